@@ -1,0 +1,29 @@
+"""Shared fixtures: a digits CNN trained once per session, its exports, and probe files."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.digits import DigitsCNN, DigitsData, digits_data, export_onnx, train_digits_cnn
+
+
+@dataclass(frozen=True)
+class TrainedDigits:
+    model: DigitsCNN
+    data: DigitsData
+    onnx_legacy: Path  # torch's legacy exporter, opset 17
+    onnx_dynamo: Path  # torch's dynamo exporter, opset 18+
+    probes: Path  # .npz with x and y: 48 held-out images
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> TrainedDigits:
+    folder = tmp_path_factory.mktemp("digits")
+    data = digits_data()
+    model = train_digits_cnn(data)
+    export_onnx(model, folder / "legacy.onnx", dynamo=False)
+    export_onnx(model, folder / "dynamo.onnx", dynamo=True)
+    np.savez(folder / "probes.npz", x=data.x_test[:48], y=data.y_test[:48])
+    return TrainedDigits(model, data, folder / "legacy.onnx", folder / "dynamo.onnx", folder / "probes.npz")

@@ -1,0 +1,167 @@
+"""Each saliency method against an independent computation of what it should return."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.engine.errors import AuditInputError, MethodUnsupportedError
+from workers.engine.methods import MethodContext, available_methods, create_method
+from workers.engine.methods.edges import sobel_magnitude
+from workers.engine.settings import AuditSettings
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).flatten(1))
+
+
+class FunctionalReluCNN(SmallCNN):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.conv(x)).flatten(1))
+
+
+def _method(name: str, **settings: object):  # type: ignore[no-untyped-def]
+    return create_method(name, MethodContext(AuditSettings(**settings), gradcam_layer="conv"))
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    return x, torch.tensor([0, 1, 2, 0, 1])
+
+
+def _autograd_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    model(x)[torch.arange(len(x)), target].sum().backward()
+    return x.grad
+
+
+def test_registry_holds_every_method_of_the_paper() -> None:
+    assert available_methods() == [
+        "edge_detector",
+        "gradcam",
+        "gradient",
+        "gradient_x_input",
+        "guided_backprop",
+        "guided_gradcam",
+        "integrated_gradients",
+        "smoothgrad",
+        "vargrad",
+    ]
+
+
+def test_unknown_method_is_refused_with_the_list_of_methods() -> None:
+    with pytest.raises(AuditInputError, match="available: edge_detector, gradcam"):
+        _method("lime")
+
+
+def test_gradient_and_gradient_x_input_match_autograd() -> None:
+    model, (x, target) = SmallCNN().eval(), _inputs()
+    expected = _autograd_gradient(model, x, target)
+    generator = torch.Generator()
+    assert torch.allclose(_method("gradient").attribute(model, x, target, generator), expected)
+    assert torch.allclose(_method("gradient_x_input").attribute(model, x, target, generator), expected * x)
+
+
+def test_integrated_gradients_satisfies_completeness() -> None:
+    model, (x, target) = SmallCNN().eval(), _inputs()
+    maps = _method("integrated_gradients", ig_steps=200, internal_batch_size=7).attribute(
+        model, x, target, torch.Generator()
+    )
+    with torch.no_grad():
+        gap = model(x)[torch.arange(5), target] - model(torch.zeros_like(x))[torch.arange(5), target]
+    assert torch.allclose(maps.flatten(1).sum(1), gap, atol=1e-3)
+
+
+def test_smoothgrad_is_the_mean_gradient_over_seeded_noise() -> None:
+    model, (x, target) = SmallCNN().eval(), _inputs()
+    method = _method("smoothgrad", noise_samples=6, internal_batch_size=10)
+    first = method.attribute(model, x, target, torch.Generator().manual_seed(3))
+    again = method.attribute(model, x, target, torch.Generator().manual_seed(3))
+    other = method.attribute(model, x, target, torch.Generator().manual_seed(4))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    generator = torch.Generator().manual_seed(3)
+    std = 0.15 * (x.flatten(1).max(1).values - x.flatten(1).min(1).values).view(-1, 1, 1, 1)
+    noises = [torch.randn((2, *x.shape), generator=generator) for _ in range(3)]  # 10 // 5 samples per pass
+    expected = torch.stack(
+        [_autograd_gradient(model, x + n * std, target) for chunk in noises for n in chunk]
+    ).mean(0)
+    assert torch.allclose(first, expected, atol=1e-6)
+
+
+def test_vargrad_is_the_variance_of_the_noisy_gradients() -> None:
+    model, (x, target) = SmallCNN().eval(), _inputs()
+    maps = _method("vargrad", noise_samples=8).attribute(model, x, target, torch.Generator().manual_seed(0))
+    assert (maps >= 0).all() and maps.sum() > 0
+
+
+def test_guided_backprop_zeroes_negative_gradients_at_relus() -> None:
+    model, (x, target) = SmallCNN().eval(), _inputs()
+    guided = _method("guided_backprop").attribute(model, x, target, torch.Generator())
+    plain = _autograd_gradient(model, x, target)
+    assert not torch.allclose(guided, plain)
+    # by hand: backward through the ReLU keeps only positive gradients where the activation was positive
+    x_ = x.clone().requires_grad_(True)
+    hidden = model.conv(x_)
+    active = hidden > 0
+    upstream = torch.autograd.grad(
+        model.fc(torch.relu(hidden).flatten(1))[torch.arange(5), target].sum(), hidden
+    )
+    guided_hidden = upstream[0].clamp_min(0) * active
+    (expected,) = torch.autograd.grad(hidden, x_, guided_hidden)
+    assert torch.allclose(guided, expected, atol=1e-6)
+
+
+def test_guided_methods_refuse_functional_relus() -> None:
+    model, (x, _) = FunctionalReluCNN().eval(), _inputs()
+    for name in ("guided_backprop", "guided_gradcam"):
+        with pytest.raises(MethodUnsupportedError, match="1 ReLU\\(s\\) as functions"):
+            _method(name).check_supported(model, x[:1])
+    _method("guided_backprop").check_supported(SmallCNN().eval(), x[:1])
+
+
+def test_gradcam_is_relu_of_weighted_activations_scaled_to_max_one() -> None:
+    model, (x, target) = SmallCNN().eval(), _inputs()
+    maps = _method("gradcam").attribute(model, x, target, torch.Generator())
+    activations = model.conv(x).detach().requires_grad_(True)
+    score = model.fc(torch.relu(activations).flatten(1))[torch.arange(5), target].sum()
+    (gradient,) = torch.autograd.grad(score, activations)
+    cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * activations).sum(1, keepdim=True)).detach()
+    peak = cam.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    expected = torch.where(peak > 0, cam / peak, torch.zeros_like(cam))  # same size: no upsampling here
+    assert maps.shape == (5, 1, 8, 8)
+    assert torch.allclose(maps, expected, atol=1e-5)
+
+
+def test_gradcam_without_a_convolution_is_refused() -> None:
+    method = create_method("gradcam", MethodContext(AuditSettings(), gradcam_layer=None))
+    with pytest.raises(MethodUnsupportedError, match="no 2-D convolution"):
+        method.check_supported(SmallCNN(), torch.zeros(1, 1, 8, 8))
+
+
+def test_guided_gradcam_is_the_product_of_its_parts() -> None:
+    model, (x, target) = SmallCNN().eval(), _inputs()
+    generator = torch.Generator()
+    product = _method("guided_gradcam").attribute(model, x, target, generator)
+    parts = _method("guided_backprop").attribute(model, x, target, generator) * _method("gradcam").attribute(
+        model, x, target, generator
+    )
+    assert torch.allclose(product, parts)
+
+
+def test_edge_detector_sees_a_vertical_step_and_nothing_on_flat_areas() -> None:
+    image = torch.zeros(1, 1, 6, 6)
+    image[..., 3:] = 1.0
+    edges = sobel_magnitude(image)[0, 0]
+    assert torch.equal(edges[:, [0, 1, 4, 5]], torch.zeros(6, 4))
+    assert torch.allclose(edges[:, 2], torch.full((6,), 4.0)) and torch.allclose(
+        edges[:, 3], torch.full((6,), 4.0)
+    )

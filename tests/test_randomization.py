@@ -1,0 +1,89 @@
+"""Layer order, seeded re-initialization, and the cascading and independent stages."""
+
+import pytest
+import torch
+from torch import nn
+
+from workers.engine.errors import AuditInputError
+from workers.engine.layers import last_conv2d, layers_in_forward_order, reinitialize
+from workers.engine.randomization import randomized_stages
+from workers.engine.settings import AuditSettings, RandomizationTest, ReinitScheme
+
+
+class RegisteredBackwards(nn.Module):
+    """Registers its layers in the reverse of the order it runs them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+        self.middle = nn.Conv2d(4, 2, 3, padding=1)
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(torch.relu(self.middle(torch.relu(self.stem(x))))).flatten(1))
+
+
+def _layers(model: nn.Module):  # type: ignore[no-untyped-def]
+    return layers_in_forward_order(model, torch.zeros(1, 1, 6, 6))
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in model.state_dict().items()}
+
+
+def test_layers_follow_forward_execution_not_registration() -> None:
+    model = RegisteredBackwards()
+    layers = _layers(model)
+    assert [layer.path for layer in layers] == ["stem", "middle", "head"]
+    assert [layer.parameters for layer in layers] == [4 * 9 + 4, 2 * 4 * 9 + 2, 8 * 3 + 3]
+    assert last_conv2d(model, layers) == "middle"
+
+
+def test_a_model_without_parameters_is_refused() -> None:
+    with pytest.raises(AuditInputError, match="no layers with parameters"):
+        layers_in_forward_order(nn.Flatten(), torch.zeros(1, 4))
+
+
+def test_cascading_randomizes_from_the_top_down_and_keeps_the_trained_model() -> None:
+    model = RegisteredBackwards()
+    trained = _weights(model)
+    stages = []
+    for stage in randomized_stages(model, _layers(model), RandomizationTest.cascading, AuditSettings()):
+        after = stage.model.state_dict()
+        changed = sorted(
+            {name.split(".")[0] for name in trained if not torch.equal(trained[name], after[name])}
+        )
+        stages.append((stage.index, [layer.path for layer in stage.randomized], changed))
+    assert stages == [
+        (1, ["head"], ["head"]),
+        (2, ["head", "middle"], ["head", "middle"]),
+        (3, ["head", "middle", "stem"], ["head", "middle", "stem"]),
+    ]
+    assert all(torch.equal(trained[name], value) for name, value in model.state_dict().items())
+
+
+def test_independent_randomizes_one_layer_with_the_same_weights_as_cascading() -> None:
+    model = RegisteredBackwards()
+    trained = _weights(model)
+    layers = _layers(model)
+    settings = AuditSettings(seed=5)
+    cascade_head = next(randomized_stages(model, layers, RandomizationTest.cascading, settings)).model.head
+    for stage in randomized_stages(model, layers, RandomizationTest.independent, settings):
+        after = stage.model.state_dict()
+        changed = {name.split(".")[0] for name in trained if not torch.equal(trained[name], after[name])}
+        assert changed == {stage.randomized[0].path}
+        if stage.index == 1:
+            assert torch.equal(stage.model.head.weight, cascade_head.weight)
+
+
+def test_reinitialization_is_seeded_and_follows_the_scheme() -> None:
+    first, second = nn.Linear(200, 100), nn.Linear(200, 100)
+    reinitialize(first, ReinitScheme.default, 0.01, seed=7)
+    reinitialize(second, ReinitScheme.default, 0.01, seed=7)
+    assert torch.equal(first.weight, second.weight)
+    bound = 1 / 200**0.5  # torch's default for Linear: kaiming-uniform with a = sqrt(5)
+    assert first.weight.abs().max() <= bound and first.weight.abs().max() > 0.9 * bound
+    reinitialize(second, ReinitScheme.normal, 0.02, seed=7)
+    assert abs(second.weight.std().item() - 0.02) < 0.002
+    assert abs(second.bias.std().item() - 0.02) < 0.006

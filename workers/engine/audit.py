@@ -1,0 +1,348 @@
+"""Runs a model parameter randomization audit end to end: load, verify, randomize, compare, judge, write.
+
+The same function serves the CLI (in-process) and the Celery worker. ``on_progress`` hears of every
+finished unit of work; ``should_cancel`` is asked between stages, so a cancel never tears a stage.
+"""
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from workers.engine.archive import MapArchive
+from workers.engine.artifacts import LoadedModel, detect_format, load_model
+from workers.engine.errors import AuditInputError, MethodUnsupportedError
+from workers.engine.layers import Layer, last_conv2d, layers_in_forward_order
+from workers.engine.methods import MethodContext, SaliencyMethod, create_method
+from workers.engine.probes import ProbeSet, load_probes
+from workers.engine.randomization import randomized_stages
+from workers.engine.report import (
+    AuditReport,
+    LayerInfo,
+    MethodResult,
+    MetricTable,
+    ProbeInfo,
+    Stage,
+    TestResult,
+    Versions,
+)
+from workers.engine.settings import AuditSettings, TargetPolicy
+from workers.engine.similarity import compare, is_degenerate
+from workers.engine.statistics import summarize_all
+from workers.engine.verdict import judge
+from workers.engine.verification import verify_conversion
+
+REPORT_FILE = "report.json"
+ARCHIVE_FILE = "maps.zip"
+
+TARGET_NOTES = {
+    TargetPolicy.predicted: "Maps explain the trained model's predicted class, held fixed at every stage.",
+    TargetPolicy.label: "Maps explain the probe labels supplied with the images, at every stage.",
+    TargetPolicy.randomized_argmax: "Maps explain the argmax of the model at each stage, as the original "
+    "code did: the explained class changes as layers are randomized.",
+}
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str
+    done: int
+    total: int
+
+
+class AuditCancelled(Exception):
+    """The caller asked to stop; raised between stages."""
+
+
+@dataclass
+class _Run:
+    """What every method's pass over the stages shares."""
+
+    settings: AuditSettings
+    model: nn.Module
+    layers: list[Layer]
+    x: Tensor
+    fixed_target: Tensor | None
+    archive: MapArchive
+    report_progress: Callable[[str], None]
+    should_cancel: Callable[[], bool]
+
+    def targets(self, model: nn.Module) -> Tensor:
+        return (
+            self.fixed_target if self.fixed_target is not None else predictions(model, self.x, self.settings)
+        )
+
+
+def run_audit(
+    model_path: Path,
+    probes_path: Path,
+    settings: AuditSettings,
+    out_dir: Path,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> AuditReport:
+    """Audit ``model_path`` on ``probes_path``; write report.json and maps.zip into ``out_dir``."""
+    started = time.perf_counter()
+    loaded, probes = _load_inputs(model_path, probes_path, settings)
+    conversion = verify_conversion(
+        loaded,
+        probes.x,
+        atol=settings.conversion_atol,
+        rtol=settings.conversion_rtol,
+        batch_size=settings.batch_size,
+    )
+    device = resolve_device(settings.device)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    model = loaded.module.to(device).eval().requires_grad_(False)
+    x = torch.from_numpy(probes.x).to(device)
+    layers = layers_in_forward_order(model, x[:1], loaded.module.layer_names)
+    predicted = predictions(model, x, settings)
+    fixed_target = _fixed_target(settings, probes, predicted, model, x)
+    methods = _create_methods(settings, model, layers, x)
+
+    total = sum(1 + m.stochastic + len(layers) * len(settings.tests) for m in methods)
+    done = 0
+
+    def report_progress(phase: str) -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(Progress(phase, done, total))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with MapArchive(out_dir / ARCHIVE_FILE) as archive:
+        archive.add_array("inputs.npy", probes.x, kind="inputs")
+        run = _Run(
+            settings, model, layers, x, fixed_target, archive, report_progress, should_cancel or _never
+        )
+        results = [_audit_method(run, method, index) for index, method in enumerate(methods)]
+        report = AuditReport(
+            created_at=datetime.now(UTC),
+            model=loaded.artifact,
+            conversion=conversion,
+            layers=[
+                LayerInfo(index=y.index, name=y.name, kind=y.kind, parameters=y.parameters) for y in layers
+            ],
+            probes=_probe_info(probes, x, predicted),
+            settings=settings,
+            target_policy_note=TARGET_NOTES[settings.target],
+            device=str(device),
+            versions=_versions(),
+            methods=results,
+            notes=loaded.notes,
+            seconds=time.perf_counter() - started,
+        )
+        report_json = report.model_dump_json(indent=2)
+        archive.add_text(REPORT_FILE, report_json)
+        archive.commit()
+    _write_atomically(out_dir / REPORT_FILE, report_json)
+    return report
+
+
+def _never() -> bool:
+    return False
+
+
+def _load_inputs(
+    model_path: Path, probes_path: Path, settings: AuditSettings
+) -> tuple[LoadedModel, ProbeSet]:
+    """ONNX declares its input shape, so probes are checked against it; the others need a probe batch."""
+    if detect_format(model_path) == "onnx":
+        loaded = load_model(model_path)
+        probes = load_probes(
+            probes_path, settings.preprocessing, loaded.module.input_shape, settings.max_images
+        )
+        return loaded, probes
+    probes = load_probes(probes_path, settings.preprocessing, None, settings.max_images)
+    return load_model(model_path, example_input=probes.x[: min(2, len(probes.x))]), probes
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AuditInputError(f"device {requested!r} was requested but CUDA is not available here")
+    return device
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: Tensor, settings: AuditSettings) -> Tensor:
+    return torch.cat([model(batch).argmax(dim=1) for batch in x.split(settings.batch_size)])
+
+
+def _fixed_target(
+    settings: AuditSettings, probes: ProbeSet, predicted: Tensor, model: nn.Module, x: Tensor
+) -> Tensor | None:
+    if settings.target is TargetPolicy.predicted:
+        return predicted
+    if settings.target is TargetPolicy.randomized_argmax:
+        return None
+    if probes.labels is None:
+        raise AuditInputError(
+            "target policy 'label' needs labelled probes (a 'y' array or class sub-folders)"
+        )
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    if probes.labels.max() >= classes:
+        raise AuditInputError(
+            f"probe labels go up to {probes.labels.max()}, but the model has {classes} classes"
+        )
+    return torch.from_numpy(probes.labels).to(x.device)
+
+
+def _create_methods(
+    settings: AuditSettings, model: nn.Module, layers: list[Layer], x: Tensor
+) -> list[SaliencyMethod]:
+    """Build every requested method and refuse up front, naming all methods that cannot run correctly."""
+    context = MethodContext(settings, _gradcam_layer(settings, model, layers))
+    methods = [create_method(name, context) for name in settings.methods]
+    problems = []
+    for method in methods:
+        try:
+            method.check_supported(model, x[:1])
+        except MethodUnsupportedError as error:
+            problems.append(str(error))
+    if problems:
+        raise MethodUnsupportedError("; ".join(problems))
+    return methods
+
+
+def _gradcam_layer(settings: AuditSettings, model: nn.Module, layers: list[Layer]) -> str | None:
+    """The user may name a layer by its artifact name or its module path."""
+    if settings.gradcam_layer is None:
+        return last_conv2d(model, layers)
+    for layer in layers:
+        if settings.gradcam_layer in (layer.name, layer.path):
+            return layer.path
+    names = ", ".join(layer.name for layer in layers)
+    raise AuditInputError(f"gradcam_layer {settings.gradcam_layer!r} is not a layer of the model ({names})")
+
+
+def _audit_method(run: _Run, method: SaliencyMethod, method_index: int) -> MethodResult:
+    started = time.perf_counter()
+    noise_seed = int(np.random.SeedSequence([run.settings.seed, method_index]).generate_state(1)[0])
+    trained = _maps(run, method, run.model, noise_seed)
+    run.archive.add_array(f"maps/{method.name}/trained.npy", trained, method=method.name, stage=0)
+    run.report_progress(f"{method.name}: trained model")
+    derangement = np.roll(np.arange(len(trained)), 1)
+
+    def stage(index: int, label: str, randomized: list[str], maps: np.ndarray) -> Stage:
+        return Stage(
+            index=index,
+            label=label,
+            randomized_layers=randomized,
+            similarity=summarize_all(compare(trained, maps)),
+            cross_image_floor=summarize_all(compare(trained, maps[derangement])),
+            degenerate_maps=int(is_degenerate(maps).sum()),
+        )
+
+    tests = []
+    for test in run.settings.tests:
+        stages = [stage(0, "trained model", [], trained)]
+        for randomized in randomized_stages(run.model, run.layers, test, run.settings):
+            if run.should_cancel():
+                raise AuditCancelled
+            maps = _maps(run, method, randomized.model, noise_seed)
+            run.archive.add_array(
+                f"maps/{method.name}/{test.value}/{randomized.index:02d}.npy",
+                maps,
+                method=method.name,
+                test=test.value,
+                stage=randomized.index,
+                label=randomized.label,
+            )
+            names = [layer.name for layer in randomized.randomized]
+            stages.append(stage(randomized.index, randomized.label, names, maps))
+            run.report_progress(f"{method.name}: {test.value} {randomized.label}")
+        tests.append(
+            TestResult(
+                test=test, stages=stages, verdict=judge(test, stages, run.settings.verdict, len(trained))
+            )
+        )
+
+    return MethodResult(
+        name=method.name,
+        stochastic=method.stochastic,
+        parameters=method.parameters(),
+        random_mask_calibration=_calibration(trained, run.settings.seed),
+        self_similarity=_self_similarity(run, method, trained, noise_seed),
+        edge_detector_similarity=summarize_all(compare(trained, _edge_maps(run))),
+        degenerate_trained_maps=int(is_degenerate(trained).sum()),
+        tests=tests,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _maps(run: _Run, method: SaliencyMethod, model: nn.Module, noise_seed: int) -> np.ndarray:
+    """Maps of every probe; the same noise seed at every stage, so stages differ only by the model."""
+    generator = torch.Generator().manual_seed(noise_seed)
+    targets = run.targets(model)
+    batch = run.settings.batch_size
+    chunks = [
+        method.attribute(model, run.x[i : i + batch], targets[i : i + batch], generator).float().cpu()
+        for i in range(0, len(run.x), batch)
+    ]
+    return torch.cat(chunks).numpy()
+
+
+def _calibration(trained: np.ndarray, seed: int) -> MetricTable:
+    masks = np.random.default_rng([seed, 0xCA11]).random(trained.shape, dtype=np.float32)
+    return summarize_all(compare(trained, masks))
+
+
+def _self_similarity(
+    run: _Run, method: SaliencyMethod, trained: np.ndarray, noise_seed: int
+) -> MetricTable | None:
+    if not method.stochastic:
+        return None
+    second = _maps(run, method, run.model, noise_seed + 1)
+    run.report_progress(f"{method.name}: noise floor")
+    return summarize_all(compare(trained, second))
+
+
+def _edge_maps(run: _Run) -> np.ndarray:
+    edge = create_method("edge_detector", MethodContext(run.settings, None))
+    return _maps(run, edge, run.model, 0)
+
+
+def _probe_info(probes: ProbeSet, x: Tensor, predicted: Tensor) -> ProbeInfo:
+    accuracy = None
+    if probes.labels is not None:
+        accuracy = float((predicted.cpu().numpy() == probes.labels).mean())
+    return ProbeInfo(
+        filename=probes.source,
+        sha256=probes.sha256,
+        count=len(probes.x),
+        shape=list(x.shape),
+        labels=probes.labels is not None,
+        trained_accuracy=accuracy,
+    )
+
+
+def _versions() -> Versions:
+    return Versions(
+        engine=metadata.version("saliency-audit"),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        captum=metadata.version("captum"),
+        onnx=metadata.version("onnx"),
+        onnxruntime=metadata.version("onnxruntime"),
+        numpy=np.__version__,
+    )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)

@@ -1,0 +1,19 @@
+"""Saliency methods behind one interface; importing this package registers every built-in method."""
+
+from workers.engine.methods import edges, gradients, guided
+from workers.engine.methods.base import (
+    MethodContext,
+    SaliencyMethod,
+    available_methods,
+    create_method,
+)
+
+__all__ = [
+    "MethodContext",
+    "SaliencyMethod",
+    "available_methods",
+    "create_method",
+    "edges",
+    "gradients",
+    "guided",
+]

@@ -1,0 +1,68 @@
+"""One interface for every saliency method, in the manner of captum: a class per method.
+
+A contributor adds a method by writing one subclass with a ``name``; ``__init_subclass__`` registers it.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from workers.engine.errors import AuditInputError
+from workers.engine.settings import AuditSettings
+
+_REGISTRY: dict[str, type["SaliencyMethod"]] = {}
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may need to know about the audited model beyond the settings."""
+
+    settings: AuditSettings
+    gradcam_layer: str | None  # module path of the layer GradCAM reads, None when the model has no conv
+
+
+class SaliencyMethod(ABC):
+    """Maps a batch of inputs [N, C, H, W] and target classes [N] to saliency maps of the same shape as x."""
+
+    name: ClassVar[str]
+    stochastic: ClassVar[bool] = False
+    uses_model: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, context: MethodContext) -> None:
+        self.context = context
+
+    def check_supported(self, model: nn.Module, example: Tensor) -> None:
+        """Raise MethodUnsupportedError when this method cannot give a correct map on ``model``."""
+        return
+
+    def parameters(self) -> dict[str, float | int | str | None]:
+        """The settings that shape this method's maps, recorded in the report."""
+        return {}
+
+    @abstractmethod
+    def attribute(
+        self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        """Saliency maps for ``inputs`` explaining logit ``target``; ``generator`` seeds any noise."""
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_method(name: str, context: MethodContext) -> SaliencyMethod:
+    try:
+        method_class = _REGISTRY[name]
+    except KeyError:
+        raise AuditInputError(
+            f"unknown saliency method {name!r}; available: {', '.join(available_methods())}"
+        ) from None
+    return method_class(context)

@@ -1,0 +1,181 @@
+"""Probe images: a folder of PNG/JPEG files or a .npy/.npz array, turned into the model's input tensor.
+
+Images are decoded with a pixel cap and only as PNG or JPEG (decompression bombs, exotic decoders).
+Arrays are read with ``allow_pickle=False``. Images are decoded with the channel count the model expects
+(or the one declared) but never resized unless a size is declared: a mismatch with the model's input is an
+error that names both shapes.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from workers.engine.errors import ProbeError
+from workers.engine.settings import Layout, Preprocessing
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+IMAGE_FORMATS = ("PNG", "JPEG")
+MAX_IMAGE_PIXELS = 4096 * 4096
+MIN_IMAGES = 2
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    x: np.ndarray  # float32 [N, C, H, W], preprocessed
+    labels: np.ndarray | None  # int64 [N]
+    names: list[str]
+    source: str
+    sha256: str
+
+
+def load_probes(
+    path: Path, preprocessing: Preprocessing, expected_shape: tuple[int | None, ...] | None, max_images: int
+) -> ProbeSet:
+    """Read and preprocess probes; ``expected_shape`` is the model's input shape (None = dynamic)."""
+    if path.is_dir():
+        raw, labels, names, digest = _read_image_folder(path, preprocessing, expected_shape)
+        default_scale = 255.0
+    elif path.suffix.lower() in {".npy", ".npz"}:
+        raw, labels, digest = _read_array(path)
+        names = [f"{path.name}[{i}]" for i in range(len(raw))]
+        raw = _to_nchw(raw, preprocessing.layout)
+        default_scale = 1.0 if np.issubdtype(raw.dtype, np.floating) else 255.0
+    else:
+        raise ProbeError(f"{path}: probes must be a folder of PNG/JPEG images or a .npy/.npz array")
+    if len(raw) < MIN_IMAGES:
+        raise ProbeError(f"{path}: {len(raw)} probe image(s); at least {MIN_IMAGES} are needed")
+    if len(raw) > max_images:
+        raise ProbeError(f"{path}: {len(raw)} probe images; at most {max_images} are allowed (max_images)")
+    x = _normalize(raw.astype(np.float64), preprocessing, default_scale).astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ProbeError(f"{path}: probes contain NaN or infinite values")
+    _check_shape(x, expected_shape, path)
+    return ProbeSet(x=x, labels=labels, names=names, source=path.name, sha256=digest)
+
+
+def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ProbeError(f"{path}: not a readable NumPy array file ({error})") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded, None, digest
+    with loaded:
+        keys = list(loaded.keys())
+        image_key = next((k for k in ("x", "images", "X") if k in keys), keys[0] if len(keys) == 1 else None)
+        if image_key is None:
+            raise ProbeError(f"{path}: .npz holds {keys}; name the images 'x' (and labels 'y')")
+        label_key = next((k for k in ("y", "labels", "Y") if k in keys), None)
+        x = loaded[image_key]
+        labels = _check_labels(loaded[label_key], len(x), path) if label_key else None
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ProbeError(f"{path}: images must be numeric, not {x.dtype}")
+    return x, labels, digest
+
+
+def _check_labels(labels: np.ndarray, count: int, path: Path) -> np.ndarray:
+    if labels.ndim != 1 or len(labels) != count:
+        raise ProbeError(f"{path}: labels have shape {list(labels.shape)}; expected [{count}]")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ProbeError(f"{path}: labels must be integer class indices, not {labels.dtype}")
+    if (labels < 0).any():
+        raise ProbeError(f"{path}: labels must be non-negative class indices")
+    return labels.astype(np.int64)
+
+
+def _to_nchw(x: np.ndarray, layout: Layout) -> np.ndarray:
+    if x.ndim == 3:
+        return x[:, None, :, :]
+    if x.ndim != 4:
+        raise ProbeError(
+            f"probe array has shape {list(x.shape)}; expected [N, C, H, W], [N, H, W, C] or [N, H, W]"
+        )
+    return x.transpose(0, 3, 1, 2) if layout is Layout.nhwc else x
+
+
+def _read_image_folder(
+    folder: Path, preprocessing: Preprocessing, expected_shape: tuple[int | None, ...] | None
+) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ProbeError(f"{folder}: no .png/.jpg/.jpeg files found")
+    relative = [p.relative_to(folder) for p in files]
+    labels = _folder_labels(relative, folder)
+    channels = preprocessing.channels or _expected(expected_shape, 1) or 3
+    size = preprocessing.size or (None, None)
+    digest = hashlib.sha256()
+    images = []
+    for file, name in zip(files, relative, strict=True):
+        data = file.read_bytes()
+        digest.update(str(name).encode() + b"\0" + hashlib.sha256(data).digest())
+        images.append(_decode(file, channels, size))
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise ProbeError(
+            f"{folder}: images differ in size {sorted(shapes)}; declare a size to resize them to"
+        )
+    return np.stack(images), labels, [str(name) for name in relative], digest.hexdigest()
+
+
+def _folder_labels(relative: list[Path], folder: Path) -> np.ndarray | None:
+    """Images in sub-folders named by integer class index are labelled by their folder."""
+    parents = {p.parent for p in relative}
+    if parents == {Path(".")}:
+        return None
+    if any(len(p.parts) != 2 or not p.parts[0].isdigit() for p in relative):
+        raise ProbeError(
+            f"{folder}: put images either all at the top level, or all in sub-folders named by integer class"
+        )
+    return np.array([int(p.parts[0]) for p in relative], dtype=np.int64)
+
+
+def _expected(shape: tuple[int | None, ...] | None, axis: int) -> int | None:
+    return shape[axis] if shape is not None and len(shape) == 4 else None
+
+
+def _decode(file: Path, channels: int, size: tuple[int | None, int | None]) -> np.ndarray:
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with Image.open(file, formats=IMAGE_FORMATS) as image:
+            image.load()
+            converted = image.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise ProbeError(f"{file}: not a readable PNG or JPEG image ({error})") from None
+    if channels not in (1, 3):
+        raise ProbeError(f"images can be read with 1 or 3 channels, not {channels}")
+    height, width = size
+    if height is not None and width is not None and converted.size != (width, height):
+        converted = converted.resize((width, height), Image.Resampling.BILINEAR)
+    array = np.asarray(converted)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _normalize(x: np.ndarray, preprocessing: Preprocessing, default_scale: float) -> np.ndarray:
+    x = x / (preprocessing.value_scale or default_scale)
+    channels = x.shape[1]
+    for name in ("mean", "std"):
+        values = getattr(preprocessing, name)
+        if values is not None and len(values) not in (1, channels):
+            raise ProbeError(f"preprocessing {name} has {len(values)} values for {channels} channel(s)")
+    if preprocessing.mean is not None:
+        x = x - np.asarray(preprocessing.mean).reshape(1, -1, 1, 1)
+    if preprocessing.std is not None:
+        x = x / np.asarray(preprocessing.std).reshape(1, -1, 1, 1)
+    return x
+
+
+def _check_shape(x: np.ndarray, expected: tuple[int | None, ...] | None, path: Path) -> None:
+    if expected is None:
+        return
+    expected_text = "[" + ", ".join("N" if d is None else str(d) for d in expected) + "]"
+    if x.ndim != len(expected) or any(
+        e is not None and e != d for e, d in zip(expected[1:], x.shape[1:], strict=True)
+    ):
+        raise ProbeError(
+            f"{path}: probes have shape {list(x.shape)} after preprocessing, but the model expects input of "
+            f"shape {expected_text}; declare size/channels/layout to match"
+        )

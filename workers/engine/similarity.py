@@ -1,0 +1,205 @@
+"""How similar two batches of saliency maps are, image by image. NumPy, SciPy and scikit-image only.
+
+The four metrics are the paper's (Adebayo et al., NeurIPS 2018, and its notebooks), with the fixes below.
+
+- **Normalization.** Like the paper, absolute maps sum |.| over channels, are clipped at each image's
+  99th percentile (so a few extreme pixels do not flatten the rest) and scaled to [0, 1]; signed
+  ("diverging") maps sum over channels keeping the sign, clip |.| the same way and scale to [-1, 1].
+  Where fewer than 1% of the pixels are non-zero the 99th percentile is 0 and the paper's code divides
+  by zero; we clip at the map's maximum instead, so a sparse map stays a map.
+- **SSIM** runs on the absolute maps min-max normalized to [0, 1] with ``data_range=1.0`` stated
+  explicitly. The original code inherited ``data_range=2.0`` from an old scikit-image default for float
+  images; a doubled range quadruples the stabilizing constants, which pulls SSIM toward 1.
+- **HOG.** The paper used 16x16-pixel cells on 224x224 ImageNet maps (14 cells across). On small maps
+  such cells would leave one cell or none (28x28 MNIST), so the cell is ``min(H, W) // 7`` pixels,
+  at least 2 and at most 16: about 7 cells across the short side, which keeps a 6x6 grid of 2x2-cell
+  blocks, and the paper's 16 pixels from 112 pixels up. Blocks shrink to 1x1 cell when fewer than two
+  cells fit. The similarity is the Pearson correlation of the two HOG feature vectors.
+- **Floors.** Maps of independent noise score about 0 on the rank metrics (within 1/sqrt(pixels)),
+  about 0.01 on SSIM (its stabilizing constant), and 0.03 to 0.16 on HOG, more for non-Gaussian pixel
+  values: the pixel grid favours some orientation bins in every image alike. The paper's "below 0.005
+  for a random mask" does not hold for HOG here: read it against the report's random-mask row.
+- **Undefined values.** A map that is constant (the all-zero GradCAM of a randomized model) or holds
+  non-finite values has no ranks, structure or gradients: all four metrics are NaN for that image, and
+  :mod:`workers.engine.statistics` counts it instead of averaging it. A metric is also NaN where its own
+  normalized map is constant (|.| of a +-c pattern). Constants are detected here, so SciPy never warns.
+"""
+
+import numpy as np
+from scipy.stats import rankdata
+from skimage.feature import hog
+from skimage.metrics import structural_similarity
+
+from workers.engine.settings import Metric
+
+CLIP_PERCENTILE = 99.0
+SSIM_WIN_SIZE = 7
+HOG_ORIENTATIONS = 9
+HOG_MAX_CELL = 16
+HOG_CELLS_ACROSS = 7
+MIN_SIDE = 3  # the smallest SSIM window and HOG gradient need three pixels per side
+
+
+def normalize_absolute(maps: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] -> [N, H, W] in [0, 1]: sum |.| over channels, clip at the 99th percentile, scale."""
+    summed = np.abs(_as_nchw(maps)).sum(axis=1)
+    clip = _clip_values(summed)
+    return _scale(np.minimum(summed, clip[:, None, None]), clip)
+
+
+def normalize_signed(maps: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] -> [N, H, W] in [-1, 1]: sum over channels, clip |.| at its 99th percentile, scale."""
+    summed = _as_nchw(maps).sum(axis=1)
+    clip = _clip_values(np.abs(summed))
+    return _scale(np.clip(summed, -clip[:, None, None], clip[:, None, None]), clip)
+
+
+def is_degenerate(maps: np.ndarray) -> np.ndarray:
+    """Which images ([N, ...]) have a constant map or a non-finite value: no metric is defined for them.
+
+    Constant means max - min within a few units of the dtype's resolution of the map's magnitude, so a
+    float32 map that differs only by rounding counts as constant.
+    """
+    maps = np.asarray(maps)
+    flat = maps.reshape(len(maps), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    constant = np.ones(len(flat), dtype=bool)
+    constant[finite] = _constant_rows(flat[finite])
+    return constant
+
+
+def compare(reference: np.ndarray, other: np.ndarray) -> dict[Metric, np.ndarray]:
+    """Per-image similarity of two batches of raw maps [N, C, H, W] of the same shape.
+
+    Returns float64 (N,) per metric, NaN where the metric is undefined (see the module docstring).
+    """
+    reference, other = _checked_pair(reference, other)
+    invalid = is_degenerate(reference) | is_degenerate(other)
+    reference, other = _zeroed(reference, invalid), _zeroed(other, invalid)
+    abs_ref, abs_other = normalize_absolute(reference), normalize_absolute(other)
+    unit_ref, unit_other = _min_max(abs_ref), _min_max(abs_other)
+    results = {
+        Metric.spearman_abs: _spearman(abs_ref, abs_other),
+        Metric.spearman_signed: _spearman(normalize_signed(reference), normalize_signed(other)),
+        Metric.ssim: _ssim(unit_ref, unit_other),
+        Metric.hog: _pearson_rows(_hog_features(unit_ref), _hog_features(unit_other)),
+    }
+    for values in results.values():
+        values[invalid] = np.nan
+    return results
+
+
+def hog_geometry(height: int, width: int) -> tuple[int, int]:
+    """(pixels per cell side, cells per block side) for maps of this size; see the module docstring."""
+    side = min(height, width)
+    cell = min(HOG_MAX_CELL, max(2, side // HOG_CELLS_ACROSS))
+    return cell, 2 if side // cell >= 2 else 1
+
+
+def ssim_win_size(height: int, width: int) -> int:
+    """The default 7-pixel window, or the largest odd window that fits a smaller map."""
+    side = min(height, width)
+    return SSIM_WIN_SIZE if side >= SSIM_WIN_SIZE else side - (1 - side % 2)
+
+
+def _as_nchw(maps: np.ndarray) -> np.ndarray:
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 4:
+        raise ValueError(f"maps must be [N, C, H, W], got shape {maps.shape}")
+    return maps
+
+
+def _checked_pair(reference: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two batches as arrays (dtype kept, for is_degenerate's tolerance), or a ValueError."""
+    reference, other = np.asarray(reference), np.asarray(other)
+    if reference.shape != other.shape:
+        raise ValueError(f"maps differ in shape: {reference.shape} vs {other.shape}")
+    if reference.ndim != 4:
+        raise ValueError(f"maps must be [N, C, H, W], got shape {reference.shape}")
+    if min(reference.shape[2:]) < MIN_SIDE:
+        raise ValueError(f"maps need at least {MIN_SIDE}x{MIN_SIDE} pixels, got {reference.shape[2:]}")
+    return reference, other
+
+
+def _clip_values(magnitudes: np.ndarray) -> np.ndarray:
+    """Each image's 99th percentile of a non-negative [N, H, W] map, or its maximum where that is 0."""
+    flat = magnitudes.reshape(len(magnitudes), -1)
+    clip = np.percentile(flat, CLIP_PERCENTILE, axis=1)
+    return np.where(clip > 0, clip, flat.max(axis=1, initial=0.0))
+
+
+def _scale(maps: np.ndarray, clip: np.ndarray) -> np.ndarray:
+    """Divide each image by its clip value; an all-zero map (clip 0) stays zero."""
+    return np.divide(maps, clip[:, None, None], out=np.zeros_like(maps), where=clip[:, None, None] > 0)
+
+
+def _min_max(maps: np.ndarray) -> np.ndarray:
+    """Scale each image to [0, 1]; a constant image becomes zeros (and is undefined for every metric)."""
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
+
+
+def _constant_rows(rows: np.ndarray) -> np.ndarray:
+    """max - min of each row within a few units of the dtype's resolution of its magnitude."""
+    if len(rows) == 0 or rows.shape[1] == 0:
+        return np.ones(len(rows), dtype=bool)
+    dtype = rows.dtype if np.issubdtype(rows.dtype, np.floating) else np.float64
+    tolerance = 8 * np.finfo(dtype).eps * np.abs(rows).max(axis=1)
+    return np.ptp(rows, axis=1) <= tolerance
+
+
+def _zeroed(maps: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A float64 copy with the given images zeroed, so NaN and inf never reach the arithmetic."""
+    maps = np.array(maps, dtype=np.float64)
+    maps[rows] = 0.0
+    return maps
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of a with the same row of b; NaN where either row is constant."""
+    undefined = _constant_rows(a) | _constant_rows(b)
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    result = np.full(len(a), np.nan)
+    result[~undefined] = (a * b).sum(axis=1)[~undefined] / denominator[~undefined]
+    return np.clip(result, -1.0, 1.0)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each image of [N, H, W] a with the same image of b: Pearson of ranks."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    result = _pearson_rows(rankdata(a, axis=1, method="average"), rankdata(b, axis=1, method="average"))
+    result[_constant_rows(a) | _constant_rows(b)] = np.nan
+    return result
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SSIM of [0, 1] maps [N, H, W] image by image, with data_range stated; NaN where either is constant."""
+    win_size = ssim_win_size(*a.shape[1:])
+    defined = ~(_constant_rows(a.reshape(len(a), -1)) | _constant_rows(b.reshape(len(b), -1)))
+    result = np.full(len(a), np.nan)
+    for i in np.flatnonzero(defined):
+        result[i] = structural_similarity(
+            a[i], b[i], data_range=1.0, win_size=win_size, gaussian_weights=False
+        )
+    return result
+
+
+def _hog_features(maps: np.ndarray) -> np.ndarray:
+    """[N, H, W] -> [N, F] HOG feature vectors (9 orientations, L2-Hys blocks)."""
+    cell, block = hog_geometry(*maps.shape[1:])
+    return np.stack(
+        [
+            hog(
+                image,
+                orientations=HOG_ORIENTATIONS,
+                pixels_per_cell=(cell, cell),
+                cells_per_block=(block, block),
+                block_norm="L2-Hys",
+                feature_vector=True,
+            )
+            for image in maps
+        ]
+    )
