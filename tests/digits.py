@@ -81,6 +81,7 @@ def export_onnx(model: nn.Module, path, *, dynamo: bool) -> None:  # type: ignor
             input_names=["input"],
             output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
+            external_data=False,
             verbose=False,
         )
     else:

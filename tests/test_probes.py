@@ -13,7 +13,9 @@ from workers.engine.settings import Preprocessing
 MODEL_SHAPE = (None, 1, 8, 8)
 
 
-def _write_png(path: Path, value: int | tuple[int, int, int], size: tuple[int, int] = (8, 8), mode: str = "L") -> None:
+def _write_png(
+    path: Path, value: int | tuple[int, int, int], size: tuple[int, int] = (8, 8), mode: str = "L"
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, value).save(path)
 

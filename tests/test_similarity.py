@@ -174,6 +174,11 @@ def test_bad_shapes_raise(reference: tuple[int, ...], other: tuple[int, ...]) ->
         compare(np.ones(reference), np.ones(other))
 
 
+def test_empty_batch_gives_empty_values() -> None:
+    result = compare(np.zeros((0, 1, 28, 28)), np.zeros((0, 1, 28, 28)))
+    assert all(values.shape == (0,) for values in result.values())
+
+
 def test_too_small_maps_raise() -> None:
     with pytest.raises(ValueError, match="3x3"):
         compare(np.ones((1, 1, 2, 8)), np.ones((1, 1, 2, 8)))

@@ -6,15 +6,21 @@ Exit codes: 0 done (and, with --fail-on-verdict, every method passed), 1 a metho
 
 import argparse
 import sys
+from enum import Enum
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from workers.engine.settings import AuditSettings, Metric, ReinitScheme, TargetPolicy
+from workers.engine.settings import AuditSettings, Metric, ReinitScheme, TargetPolicy, VerdictRule
 
 EXIT_FAILED_CHECK = 1
 EXIT_REFUSED = 2
+
+
+def _default(field: str, section: type[BaseModel] = AuditSettings) -> str:
+    default = section.model_fields[field].get_default(call_default_factory=True)
+    return f" (default: {default.value if isinstance(default, Enum) else default})"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -28,41 +34,39 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run the model parameter randomization test and write report.json and maps.zip",
         description="Randomize the model's layers from the logits down (cascading) and one at a time "
         "(independent), recompute each method's maps and compare them with the trained model's maps.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    run.add_argument("model", type=Path, help="ONNX (single file), TorchScript (.pt) or torch.export (.pt2)")
-    run.add_argument(
-        "probes", type=Path, help="folder of PNG/JPEG images, or a .npy/.npz array (x, optional y)"
+    add = run.add_argument
+    add("model", type=Path, help="ONNX (single file), TorchScript (.pt) or torch.export (.pt2) file")
+    add("probes", type=Path, help="folder of PNG/JPEG images, or a .npy/.npz array (x, optional labels y)")
+    add("--out", type=Path, default=Path("audit-out"), help="directory for the results (default: audit-out)")
+    add("--settings", type=Path, help="JSON file of settings; the options below override it")
+    add("--methods", help="comma-separated methods, see 'saliency-audit methods' (default: all)")
+    add("--tests", help="comma-separated: cascading,independent (default: both)")
+    add("--seed", type=int, help="seeds re-initialization and noise" + _default("seed"))
+    add("--target", choices=list(TargetPolicy), help="class each map explains" + _default("target"))
+    add("--reinit", choices=list(ReinitScheme), help="how layers are re-initialized" + _default("reinit"))
+    add("--reinit-std", type=float, help="std of the 'normal' re-initialization" + _default("reinit_std"))
+    add("--ig-steps", type=int, help="Integrated Gradients steps" + _default("ig_steps"))
+    add("--noise-samples", type=int, help="SmoothGrad/VarGrad samples" + _default("noise_samples"))
+    add("--noise-level", type=float, help="noise std / (max - min) of each image" + _default("noise_level"))
+    add("--gradcam-layer", help="layer GradCAM reads (default: the last convolution)")
+    add("--batch-size", type=int, help="images per batch" + _default("batch_size"))
+    add("--internal-batch-size", type=int, help="rows per pass of IG/noise" + _default("internal_batch_size"))
+    add("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W (default: never)")
+    add("--channels", type=int, choices=[1, 3], help="read images as grey or RGB (default: as the model)")
+    add("--value-scale", type=float, help="divide raw values by this (default: 255 for 8-bit, 1 for floats)")
+    add("--mean", type=float, nargs="+", help="per-channel mean subtracted after scaling (default: none)")
+    add("--std", type=float, nargs="+", help="per-channel std divided after the mean (default: none)")
+    add("--layout", choices=["NCHW", "NHWC"], help="axis order of .npy/.npz arrays (default: NCHW)")
+    add("--metric", choices=list(Metric), help="metric of the verdict" + _default("metric", VerdictRule))
+    add(
+        "--threshold",
+        type=float,
+        help="pass below this upper 95%% bound" + _default("threshold", VerdictRule),
     )
-    run.add_argument(
-        "--out", type=Path, default=Path("audit-out"), help="directory for report.json and maps.zip"
-    )
-    run.add_argument("--settings", type=Path, help="JSON file of settings; the options below override it")
-    run.add_argument("--methods", help="comma-separated methods (see 'saliency-audit methods'); default all")
-    run.add_argument("--tests", help="comma-separated: cascading,independent; default both")
-    run.add_argument("--seed", type=int)
-    run.add_argument("--target", choices=[t.value for t in TargetPolicy], help="class each map explains")
-    run.add_argument("--reinit", choices=[r.value for r in ReinitScheme], help="re-initialization of layers")
-    run.add_argument("--reinit-std", type=float, help="std of the 'normal' re-initialization")
-    run.add_argument("--ig-steps", type=int, help="Integrated Gradients steps")
-    run.add_argument("--noise-samples", type=int, help="SmoothGrad/VarGrad samples")
-    run.add_argument("--noise-level", type=float, help="noise std as a fraction of each image's value range")
-    run.add_argument("--gradcam-layer", help="layer GradCAM reads (default: the last convolution)")
-    run.add_argument("--batch-size", type=int, help="images per batch")
-    run.add_argument("--internal-batch-size", type=int, help="rows per pass for IG steps and noise samples")
-    run.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W")
-    run.add_argument("--channels", type=int, choices=[1, 3], help="read images as grey (1) or RGB (3)")
-    run.add_argument("--value-scale", type=float, help="divide raw values by this (default 255 for 8-bit)")
-    run.add_argument("--mean", type=float, nargs="+", help="per-channel mean to subtract after scaling")
-    run.add_argument("--std", type=float, nargs="+", help="per-channel std to divide by")
-    run.add_argument("--layout", choices=["NCHW", "NHWC"], help="axis order of .npy/.npz arrays")
-    run.add_argument("--metric", choices=[m.value for m in Metric], help="metric the verdict is judged on")
-    run.add_argument("--threshold", type=float, help="verdict threshold on the upper 95%% confidence bound")
-    run.add_argument("--device", help="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    run.add_argument(
-        "--fail-on-verdict", action="store_true", help="exit 1 when any requested method fails its check"
-    )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add("--device", help="'auto' (CUDA when present), 'cpu', 'cuda:1', ..." + _default("device"))
+    add("--fail-on-verdict", action="store_true", help="exit 1 when any requested method fails its check")
+    add("--quiet", action="store_true", help="no progress bar")
     commands.add_parser("methods", help="list the saliency methods")
     commands.add_parser("schema", help="print the JSON Schema of report.json")
     return parser

@@ -25,6 +25,8 @@ The four metrics are the paper's (Adebayo et al., NeurIPS 2018, and its notebook
   normalized map is constant (|.| of a +-c pattern). Constants are detected here, so SciPy never warns.
 """
 
+import math
+
 import numpy as np
 from scipy.stats import rankdata
 from skimage.feature import hog
@@ -60,8 +62,7 @@ def is_degenerate(maps: np.ndarray) -> np.ndarray:
     Constant means max - min within a few units of the dtype's resolution of the map's magnitude, so a
     float32 map that differs only by rounding counts as constant.
     """
-    maps = np.asarray(maps)
-    flat = maps.reshape(len(maps), -1)
+    flat = _flat(np.asarray(maps))
     finite = np.isfinite(flat).all(axis=1)
     constant = np.ones(len(flat), dtype=bool)
     constant[finite] = _constant_rows(flat[finite])
@@ -74,6 +75,8 @@ def compare(reference: np.ndarray, other: np.ndarray) -> dict[Metric, np.ndarray
     Returns float64 (N,) per metric, NaN where the metric is undefined (see the module docstring).
     """
     reference, other = _checked_pair(reference, other)
+    if len(reference) == 0:
+        return {metric: np.empty(0) for metric in Metric}
     invalid = is_degenerate(reference) | is_degenerate(other)
     reference, other = _zeroed(reference, invalid), _zeroed(other, invalid)
     abs_ref, abs_other = normalize_absolute(reference), normalize_absolute(other)
@@ -121,9 +124,14 @@ def _checked_pair(reference: np.ndarray, other: np.ndarray) -> tuple[np.ndarray,
     return reference, other
 
 
+def _flat(maps: np.ndarray) -> np.ndarray:
+    """[N, ...] -> [N, P], also for N = 0."""
+    return maps.reshape(maps.shape[0], math.prod(maps.shape[1:]))
+
+
 def _clip_values(magnitudes: np.ndarray) -> np.ndarray:
     """Each image's 99th percentile of a non-negative [N, H, W] map, or its maximum where that is 0."""
-    flat = magnitudes.reshape(len(magnitudes), -1)
+    flat = _flat(magnitudes)
     clip = np.percentile(flat, CLIP_PERCENTILE, axis=1)
     return np.where(clip > 0, clip, flat.max(axis=1, initial=0.0))
 
@@ -169,7 +177,7 @@ def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman correlation of each image of [N, H, W] a with the same image of b: Pearson of ranks."""
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    a, b = _flat(a), _flat(b)
     result = _pearson_rows(rankdata(a, axis=1, method="average"), rankdata(b, axis=1, method="average"))
     result[_constant_rows(a) | _constant_rows(b)] = np.nan
     return result
@@ -178,7 +186,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """SSIM of [0, 1] maps [N, H, W] image by image, with data_range stated; NaN where either is constant."""
     win_size = ssim_win_size(*a.shape[1:])
-    defined = ~(_constant_rows(a.reshape(len(a), -1)) | _constant_rows(b.reshape(len(b), -1)))
+    defined = ~(_constant_rows(_flat(a)) | _constant_rows(_flat(b)))
     result = np.full(len(a), np.nan)
     for i in np.flatnonzero(defined):
         result[i] = structural_similarity(

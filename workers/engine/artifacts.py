@@ -1,0 +1,361 @@
+"""Load a model file as a differentiable torch module plus a reference run of the original artifact.
+
+Every format goes through ONNX and our converter (``onnx_import``), so every audit sees the same kind of
+module: real Conv/Linear layers and one ``nn.ReLU`` per Relu node, with forward hooks. TorchScript and
+torch.export programs are lowered to ONNX in memory first; their reference is the program itself. The
+format is read from the bytes, never the extension. Pickles (raw or inside a ``torch.save`` zip) are
+refused: unpickling runs arbitrary code. TorchScript and .pt2 files are programs too (PyTorch's
+SECURITY.md), so workers that load them must be isolated from secrets.
+"""
+
+import contextlib
+import hashlib
+import io
+import logging
+import pickletools
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import uses_external_data
+from torch import Tensor
+
+from workers.engine.errors import AuditInputError, ModelConversionError, UnsafeArtifactError
+from workers.engine.onnx_import import OnnxGraphModule, onnx_to_torch
+from workers.engine.report import ArtifactInfo
+
+MAX_ARTIFACT_BYTES = 2 * 1024**3  # protobuf's own limit for a single-file ONNX model
+TORCHSCRIPT_ONNX_OPSET = 17
+
+ArtifactFormat = Literal["onnx", "torchscript", "torch_export"]
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_EXPORT_ADVICE = (
+    "Export the model as ONNX (torch.onnx.export with a dynamic batch dimension), TorchScript "
+    "(torch.jit.script(model).save(path)) or torch.export (torch.export.save(program, path), a .pt2 file)."
+)
+_BATCH_HINTS: dict[ArtifactFormat, str] = {
+    "onnx": "torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}), or dynamic_shapes with dynamo",
+    "torch_export": "torch.export.export(model, (x,), dynamic_shapes={'x': {0: torch.export.Dim('batch')}})",
+    "torchscript": "a TorchScript program whose graph does not fix the batch size",
+}
+
+
+@dataclass
+class LoadedModel:
+    module: OnnxGraphModule  # eval mode, float32, CPU, returns logits
+    artifact: ArtifactInfo
+    reference_runtime: str  # e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)"
+    reference: Callable[[np.ndarray], np.ndarray]  # the original artifact run by its own runtime
+    notes: list[str] = field(default_factory=list)
+    # The value of ``module`` that ``reference`` returns, when it is not ``module.output_name``: a
+    # TorchScript or torch.export program ending in softmax exposes only the probabilities.
+    reference_output: str | None = None
+
+
+def detect_format(path: Path) -> ArtifactFormat:
+    """The artifact's format, read from its bytes; refuses what the engine will not load."""
+    return _sniff(_read(path), path.name)
+
+
+def load_model(path: Path, example_input: np.ndarray | None = None) -> LoadedModel:
+    """Load ``path``; TorchScript and torch.export files need ``example_input`` (a probe batch) to lower."""
+    data = _read(path)
+    kind = _sniff(data, path.name)
+    digest = hashlib.sha256(data).hexdigest()
+    if kind == "onnx":
+        return _load_onnx(data, path.name, digest)
+    if example_input is None:
+        raise AuditInputError(
+            f"{path.name} is a {_label(kind)} program: it declares no input shape, so the engine needs probe "
+            "images to lower it to ONNX; pass the probes along with the model"
+        )
+    example = torch.from_numpy(np.ascontiguousarray(example_input, dtype=np.float32))
+    loader = _load_torchscript if kind == "torchscript" else _load_torch_export
+    return loader(data, path.name, digest, example)
+
+
+# --- recognizing the bytes ------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_ARTIFACT_BYTES:
+        raise UnsafeArtifactError(
+            f"{path.name} is {size / 2**30:.1f} GiB; model files are limited to "
+            f"{MAX_ARTIFACT_BYTES / 2**30:g} GiB"
+        )
+    return path.read_bytes()
+
+
+def _label(kind: ArtifactFormat) -> str:
+    return {"onnx": "ONNX", "torchscript": "TorchScript", "torch_export": "torch.export"}[kind]
+
+
+def _sniff(data: bytes, filename: str) -> ArtifactFormat:
+    if data.startswith(_ZIP_MAGIC):
+        return _zip_format(data, filename)
+    if _is_pickle(data):
+        raise UnsafeArtifactError(
+            f"{filename} is a Python pickle (e.g. torch.save of a model or state dict). Loading a pickle "
+            f"runs arbitrary code, so the engine refuses it. {_EXPORT_ADVICE}"
+        )
+    if data[:1] == b"\x08":  # field 1 (ir_version, a varint) opens every serialized ONNX ModelProto
+        return "onnx"
+    raise UnsafeArtifactError(
+        f"{filename} is not an ONNX, TorchScript or torch.export file. {_EXPORT_ADVICE}"
+    )
+
+
+def _is_pickle(data: bytes) -> bool:
+    """Protocol 2+ pickles open with PROTO (0x80); older ones are a run of valid opcodes ending in STOP."""
+    if data[:1] == b"\x80":
+        return True
+    try:
+        last = None
+        for opcode, _, _ in pickletools.genops(data):  # parses opcodes, executes nothing
+            last = opcode.name
+    except Exception:  # any malformed opcode stream: not a pickle
+        return False
+    return last == "STOP"
+
+
+def _zip_format(data: bytes, filename: str) -> ArtifactFormat:
+    """TorchScript archives hold ``code/`` and ``constants.pkl``; torch.export ones ``archive_format`` = pt2;
+    a ``data.pkl`` alone is a torch.save checkpoint, i.e. a pickle."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        entries = {name.split("/", 1)[1]: name for name in archive.namelist() if "/" in name}
+        if "constants.pkl" in entries and any(entry.startswith("code/") for entry in entries):
+            return "torchscript"
+        if "archive_format" in entries and archive.read(entries["archive_format"]).strip() == b"pt2":
+            return "torch_export"
+    except (zipfile.BadZipFile, KeyError, OSError):
+        raise UnsafeArtifactError(f"{filename} is a damaged zip archive. {_EXPORT_ADVICE}") from None
+    if "data.pkl" in entries:
+        raise UnsafeArtifactError(
+            f"{filename} is a torch.save checkpoint (a pickled module or state dict in a zip). Loading it "
+            f"runs arbitrary code, so the engine refuses it. {_EXPORT_ADVICE}"
+        )
+    raise UnsafeArtifactError(
+        f"{filename} is a zip archive but not a TorchScript or torch.export file. {_EXPORT_ADVICE}"
+    )
+
+
+# --- ONNX -------------------------------------------------------------------------------------------
+
+
+def _load_onnx(data: bytes, filename: str, digest: str) -> LoadedModel:
+    model = _parse_onnx(data, filename)
+    module = _convert(model, filename, "onnx")
+    notes = []
+    original_opset = _opset(model)
+    if module.opset != original_opset:
+        notes.append(f"ONNX opset {original_opset} was converted to opset {module.opset} before the rebuild")
+    _drop_final_softmax(module, notes)
+    session = _onnxruntime_session(model, data, module.output_name, filename)
+    input_name, output_name = module.input_name, module.output_name
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        feed = {input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        return np.asarray(session.run([output_name], feed)[0], dtype=np.float32)
+
+    return LoadedModel(
+        module=module,
+        artifact=ArtifactInfo(filename=filename, sha256=digest, format="onnx", opset=module.opset),
+        reference_runtime=f"onnxruntime {ort.__version__} (CPUExecutionProvider)",
+        reference=reference,
+        notes=notes,
+    )
+
+
+def _parse_onnx(data: bytes, filename: str) -> onnx.ModelProto:
+    try:
+        model = onnx.load_model_from_string(data)  # from bytes: never follows external-data paths
+    except DecodeError:
+        model = None
+    if model is None or not model.HasField("graph"):
+        raise UnsafeArtifactError(
+            f"{filename} looks like ONNX but cannot be read: the file is truncated or corrupt"
+        )
+    if any(uses_external_data(tensor) for tensor in _tensors(model.graph)):
+        raise UnsafeArtifactError(
+            f"{filename} keeps weights in external data files; only single-file models are accepted "
+            "(external data paths have a history of path-traversal bugs). Export it as one file: "
+            "torch.onnx.export(..., external_data=False) (the dynamo exporter's default is True), or "
+            "onnx.save_model(model, path, save_as_external_data=False)"
+        )
+    return model
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    yield from (sparse.values for sparse in graph.sparse_initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for subgraph in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
+                yield from _tensors(subgraph)
+
+
+def _opset(model: onnx.ModelProto) -> int | None:
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
+def _onnxruntime_session(
+    model: onnx.ModelProto, data: bytes, output_name: str, filename: str
+) -> ort.InferenceSession:
+    """A CPU session that also exposes ``output_name`` (the logits under a dropped final softmax)."""
+    if output_name not in {value.name for value in model.graph.output}:
+        extended = onnx.ModelProto()
+        extended.CopyFrom(model)
+        extended.graph.output.append(
+            onnx.helper.make_tensor_value_info(output_name, onnx.TensorProto.FLOAT, None)
+        )
+        data = extended.SerializeToString()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types, one per status code
+        raise ModelConversionError(
+            f"{filename}: onnxruntime cannot load the model, so its torch rebuild cannot be verified "
+            f"({_first_line(error)})"
+        ) from None
+
+
+# --- TorchScript and torch.export ----------------------------------------------------------------
+
+
+def _load_torchscript(data: bytes, filename: str, digest: str, example: Tensor) -> LoadedModel:
+    with _lowering(filename, "TorchScript"):
+        program = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            program,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=TORCHSCRIPT_ONNX_OPSET,
+            input_names=["input"],
+            dynamic_axes={"input": {0: "batch"}},
+        )
+        model = onnx.load_model_from_string(buffer.getvalue())
+    runtime = f"torch.jit {torch.__version__}"
+    return _from_program(model, program, filename, digest, "torchscript", runtime)
+
+
+def _load_torch_export(data: bytes, filename: str, digest: str, example: Tensor) -> LoadedModel:
+    with _lowering(filename, "torch.export"):
+        exported = torch.export.load(io.BytesIO(data))
+        model = torch.onnx.export(exported, (example,), dynamo=True, verbose=False).model_proto
+        program = exported.module()
+    runtime = f"torch.export {torch.__version__}"
+    return _from_program(model, program, filename, digest, "torch_export", runtime)
+
+
+@contextlib.contextmanager
+def _lowering(filename: str, kind: str) -> Iterator[None]:
+    """Silence the exporters' progress prints and warnings; turn their failures into a refusal."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    except AuditInputError:
+        raise
+    except Exception as error:  # loaders and exporters raise anything from RuntimeError to their own types
+        raise ModelConversionError(
+            f"{filename}: this {kind} program could not be loaded and lowered to ONNX, which the engine "
+            f"needs to rebuild it with hookable layers ({_first_line(error)}). Export it to ONNX yourself "
+            "and upload that file"
+        ) from None
+    finally:
+        logger.setLevel(level)
+
+
+def _from_program(
+    model: onnx.ModelProto,
+    program: Callable[[Tensor], Any],
+    filename: str,
+    digest: str,
+    kind: ArtifactFormat,
+    runtime: str,
+) -> LoadedModel:
+    module = _convert(model, filename, kind)
+    notes = [
+        f"{_label(kind)} program lowered in memory to ONNX opset {module.opset} with torch.onnx and rebuilt "
+        "with hookable layers; the rebuild is verified against the program itself"
+    ]
+    final = module.output_name
+    reference_output = None
+    if _drop_final_softmax(module, notes):
+        reference_output = final
+        notes.append("the conversion check compares softmax outputs: the program exposes no logits")
+    return LoadedModel(
+        module=module,
+        artifact=ArtifactInfo(filename=filename, sha256=digest, format=kind, opset=module.opset),
+        reference_runtime=runtime,
+        reference=_program_reference(program),
+        notes=notes,
+        reference_output=reference_output,
+    )
+
+
+def _program_reference(program: Callable[[Tensor], Any]) -> Callable[[np.ndarray], np.ndarray]:
+    def reference(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = program(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        while isinstance(out, tuple | list) and out:
+            out = out[0]
+        if not isinstance(out, Tensor):
+            raise ModelConversionError(f"the program returns {type(out).__name__}, not a tensor of logits")
+        return out.detach().float().numpy()
+
+    return reference
+
+
+# --- shared ---------------------------------------------------------------------------------------
+
+
+def _convert(model: onnx.ModelProto, filename: str, kind: ArtifactFormat) -> OnnxGraphModule:
+    try:
+        module = onnx_to_torch(model)
+    except ModelConversionError as error:
+        raise ModelConversionError(f"{filename}: {error}") from None
+    shape = module.input_shape
+    if not shape or shape[0] is not None:
+        shown = tuple("batch" if d is None else d for d in shape)
+        raise AuditInputError(
+            f"{filename}: input {module.input_name!r} has shape {shown} with a fixed batch size; the audit "
+            "runs batches of any size (Integrated Gradients, SmoothGrad), so the model must be exported "
+            f"with a dynamic batch dimension: {_BATCH_HINTS[kind]}"
+        )
+    return module
+
+
+def _drop_final_softmax(module: OnnxGraphModule, notes: list[str]) -> bool:
+    """Maps explain logits: a final Softmax/LogSoftmax would squash the gradients of confident classes."""
+    logits = module.pre_softmax_output()
+    if logits is None:
+        return False
+    module.output_name = logits
+    notes.append(f"final Softmax dropped: maps explain the logits ({logits!r}), not the probabilities")
+    return True
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
