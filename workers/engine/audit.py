@@ -22,6 +22,7 @@ from workers.engine.artifacts import LoadedModel, detect_format, load_model
 from workers.engine.errors import AuditInputError, MethodUnsupportedError
 from workers.engine.layers import Layer, last_conv2d, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method
+from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.probes import ProbeSet, load_probes
 from workers.engine.randomization import randomized_stages
 from workers.engine.report import (
@@ -35,7 +36,7 @@ from workers.engine.report import (
     Versions,
 )
 from workers.engine.settings import AuditSettings, TargetPolicy
-from workers.engine.similarity import compare, is_degenerate
+from workers.engine.similarity import PreparedMaps, compare_prepared, prepare
 from workers.engine.statistics import summarize_all
 from workers.engine.verdict import judge
 from workers.engine.verification import verify_conversion
@@ -74,6 +75,7 @@ class _Run:
     archive: MapArchive
     report_progress: Callable[[str], None]
     should_cancel: Callable[[], bool]
+    edge_maps: PreparedMaps  # the model-free Sobel baseline every method is compared with
 
     def targets(self, model: nn.Module) -> Tensor:
         return (
@@ -122,9 +124,9 @@ def run_audit(
     out_dir.mkdir(parents=True, exist_ok=True)
     with MapArchive(out_dir / ARCHIVE_FILE) as archive:
         archive.add_array("inputs.npy", probes.x, kind="inputs")
-        run = _Run(
-            settings, model, layers, x, fixed_target, archive, report_progress, should_cancel or _never
-        )
+        edges = prepare(sobel_magnitude(x).cpu().numpy())
+        cancelled = should_cancel or _never
+        run = _Run(settings, model, layers, x, fixed_target, archive, report_progress, cancelled, edges)
         results = [_audit_method(run, method, index) for index, method in enumerate(methods)]
         report = AuditReport(
             created_at=datetime.now(UTC),
@@ -232,19 +234,20 @@ def _gradcam_layer(settings: AuditSettings, model: nn.Module, layers: list[Layer
 def _audit_method(run: _Run, method: SaliencyMethod, method_index: int) -> MethodResult:
     started = time.perf_counter()
     noise_seed = int(np.random.SeedSequence([run.settings.seed, method_index]).generate_state(1)[0])
-    trained = _maps(run, method, run.model, noise_seed)
-    run.archive.add_array(f"maps/{method.name}/trained.npy", trained, method=method.name, stage=0)
+    trained_maps = _maps(run, method, run.model, noise_seed)
+    run.archive.add_array(f"maps/{method.name}/trained.npy", trained_maps, method=method.name, stage=0)
+    trained = prepare(trained_maps)
     run.report_progress(f"{method.name}: trained model")
-    derangement = np.roll(np.arange(len(trained)), 1)
+    derangement = np.roll(np.arange(len(trained)), 1)  # pairs each image with another one
 
-    def stage(index: int, label: str, randomized: list[str], maps: np.ndarray) -> Stage:
+    def stage(index: int, label: str, randomized: list[str], maps: PreparedMaps) -> Stage:
         return Stage(
             index=index,
             label=label,
             randomized_layers=randomized,
-            similarity=summarize_all(compare(trained, maps)),
-            cross_image_floor=summarize_all(compare(trained, maps[derangement])),
-            degenerate_maps=int(is_degenerate(maps).sum()),
+            similarity=summarize_all(compare_prepared(trained, maps)),
+            cross_image_floor=summarize_all(compare_prepared(trained, maps[derangement])),
+            degenerate_maps=int(maps.invalid.sum()),
         )
 
     tests = []
@@ -263,22 +266,19 @@ def _audit_method(run: _Run, method: SaliencyMethod, method_index: int) -> Metho
                 label=randomized.label,
             )
             names = [layer.name for layer in randomized.randomized]
-            stages.append(stage(randomized.index, randomized.label, names, maps))
+            stages.append(stage(randomized.index, randomized.label, names, prepare(maps)))
             run.report_progress(f"{method.name}: {test.value} {randomized.label}")
-        tests.append(
-            TestResult(
-                test=test, stages=stages, verdict=judge(test, stages, run.settings.verdict, len(trained))
-            )
-        )
+        verdict = judge(test, stages, run.settings.verdict, len(trained))
+        tests.append(TestResult(test=test, stages=stages, verdict=verdict))
 
     return MethodResult(
         name=method.name,
         stochastic=method.stochastic,
         parameters=method.parameters(),
-        random_mask_calibration=_calibration(trained, run.settings.seed),
+        random_mask_calibration=_calibration(trained, trained_maps.shape, run.settings.seed),
         self_similarity=_self_similarity(run, method, trained, noise_seed),
-        edge_detector_similarity=summarize_all(compare(trained, _edge_maps(run))),
-        degenerate_trained_maps=int(is_degenerate(trained).sum()),
+        edge_detector_similarity=summarize_all(compare_prepared(trained, run.edge_maps)),
+        degenerate_trained_maps=int(trained.invalid.sum()),
         tests=tests,
         seconds=time.perf_counter() - started,
     )
@@ -296,24 +296,19 @@ def _maps(run: _Run, method: SaliencyMethod, model: nn.Module, noise_seed: int) 
     return torch.cat(chunks).numpy()
 
 
-def _calibration(trained: np.ndarray, seed: int) -> MetricTable:
-    masks = np.random.default_rng([seed, 0xCA11]).random(trained.shape, dtype=np.float32)
-    return summarize_all(compare(trained, masks))
+def _calibration(trained: PreparedMaps, shape: tuple[int, ...], seed: int) -> MetricTable:
+    masks = np.random.default_rng([seed, 0xCA11]).random(shape, dtype=np.float32)
+    return summarize_all(compare_prepared(trained, prepare(masks)))
 
 
 def _self_similarity(
-    run: _Run, method: SaliencyMethod, trained: np.ndarray, noise_seed: int
+    run: _Run, method: SaliencyMethod, trained: PreparedMaps, noise_seed: int
 ) -> MetricTable | None:
     if not method.stochastic:
         return None
     second = _maps(run, method, run.model, noise_seed + 1)
     run.report_progress(f"{method.name}: noise floor")
-    return summarize_all(compare(trained, second))
-
-
-def _edge_maps(run: _Run) -> np.ndarray:
-    edge = create_method("edge_detector", MethodContext(run.settings, None))
-    return _maps(run, edge, run.model, 0)
+    return summarize_all(compare_prepared(trained, prepare(second)))
 
 
 def _probe_info(probes: ProbeSet, x: Tensor, predicted: Tensor) -> ProbeInfo:

@@ -26,6 +26,7 @@ The four metrics are the paper's (Adebayo et al., NeurIPS 2018, and its notebook
 """
 
 import math
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.stats import rankdata
@@ -69,27 +70,74 @@ def is_degenerate(maps: np.ndarray) -> np.ndarray:
     return constant
 
 
+@dataclass(frozen=True)
+class PreparedMaps:
+    """What every comparison needs of one batch of maps, computed once: an audit compares each stage's
+    maps with the trained maps of the same images and of other images, and the trained maps with many."""
+
+    invalid: np.ndarray  # (N,) degenerate maps: every metric is NaN for them
+    abs_ranks: np.ndarray  # (N, P) ranks of the normalized absolute map
+    abs_constant: np.ndarray
+    signed_ranks: np.ndarray  # (N, P) ranks of the normalized signed map
+    signed_constant: np.ndarray
+    unit: np.ndarray  # (N, H, W) absolute map min-max scaled to [0, 1], for SSIM
+    unit_constant: np.ndarray
+    hog: np.ndarray  # (N, F) HOG features of ``unit``
+
+    def __len__(self) -> int:
+        return len(self.invalid)
+
+    def __getitem__(self, images: np.ndarray) -> "PreparedMaps":
+        """The same quantities for a reordering or subset of the images."""
+        return PreparedMaps(**{f.name: getattr(self, f.name)[images] for f in fields(self)})
+
+
+def prepare(maps: np.ndarray) -> PreparedMaps:
+    """Normalize, rank and HOG a batch of raw maps [N, C, H, W] once, for any number of comparisons."""
+    maps = _checked(np.asarray(maps))
+    invalid = is_degenerate(maps)
+    maps = _zeroed(maps, invalid)
+    absolute, signed = _flat(normalize_absolute(maps)), _flat(normalize_signed(maps))
+    unit = _min_max(normalize_absolute(maps))
+    return PreparedMaps(
+        invalid=invalid,
+        abs_ranks=rankdata(absolute, axis=1, method="average"),
+        abs_constant=_constant_rows(absolute),
+        signed_ranks=rankdata(signed, axis=1, method="average"),
+        signed_constant=_constant_rows(signed),
+        unit=unit,
+        unit_constant=_constant_rows(_flat(unit)),
+        hog=_hog_features(unit) if len(unit) else np.empty((0, 0)),
+    )
+
+
+def compare_prepared(reference: PreparedMaps, other: PreparedMaps) -> dict[Metric, np.ndarray]:
+    """Per-image similarity of two prepared batches of the same shape; see ``compare``."""
+    if reference.unit.shape != other.unit.shape:
+        raise ValueError(f"maps differ in shape: {reference.unit.shape} vs {other.unit.shape}")
+    invalid = reference.invalid | other.invalid
+    results = {
+        Metric.spearman_abs: _pearson_rows(reference.abs_ranks, other.abs_ranks),
+        Metric.spearman_signed: _pearson_rows(reference.signed_ranks, other.signed_ranks),
+        Metric.ssim: _ssim(reference.unit, other.unit, ~(reference.unit_constant | other.unit_constant)),
+        Metric.hog: _pearson_rows(reference.hog, other.hog) if len(invalid) else np.empty(0),
+    }
+    results[Metric.spearman_abs][reference.abs_constant | other.abs_constant] = np.nan
+    results[Metric.spearman_signed][reference.signed_constant | other.signed_constant] = np.nan
+    for values in results.values():
+        values[invalid] = np.nan
+    return results
+
+
 def compare(reference: np.ndarray, other: np.ndarray) -> dict[Metric, np.ndarray]:
     """Per-image similarity of two batches of raw maps [N, C, H, W] of the same shape.
 
     Returns float64 (N,) per metric, NaN where the metric is undefined (see the module docstring).
     """
-    reference, other = _checked_pair(reference, other)
-    if len(reference) == 0:
-        return {metric: np.empty(0) for metric in Metric}
-    invalid = is_degenerate(reference) | is_degenerate(other)
-    reference, other = _zeroed(reference, invalid), _zeroed(other, invalid)
-    abs_ref, abs_other = normalize_absolute(reference), normalize_absolute(other)
-    unit_ref, unit_other = _min_max(abs_ref), _min_max(abs_other)
-    results = {
-        Metric.spearman_abs: _spearman(abs_ref, abs_other),
-        Metric.spearman_signed: _spearman(normalize_signed(reference), normalize_signed(other)),
-        Metric.ssim: _ssim(unit_ref, unit_other),
-        Metric.hog: _pearson_rows(_hog_features(unit_ref), _hog_features(unit_other)),
-    }
-    for values in results.values():
-        values[invalid] = np.nan
-    return results
+    reference, other = np.asarray(reference), np.asarray(other)
+    if reference.shape != other.shape:
+        raise ValueError(f"maps differ in shape: {reference.shape} vs {other.shape}")
+    return compare_prepared(prepare(reference), prepare(other))
 
 
 def hog_geometry(height: int, width: int) -> tuple[int, int]:
@@ -112,16 +160,13 @@ def _as_nchw(maps: np.ndarray) -> np.ndarray:
     return maps
 
 
-def _checked_pair(reference: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The two batches as arrays (dtype kept, for is_degenerate's tolerance), or a ValueError."""
-    reference, other = np.asarray(reference), np.asarray(other)
-    if reference.shape != other.shape:
-        raise ValueError(f"maps differ in shape: {reference.shape} vs {other.shape}")
-    if reference.ndim != 4:
-        raise ValueError(f"maps must be [N, C, H, W], got shape {reference.shape}")
-    if min(reference.shape[2:]) < MIN_SIDE:
-        raise ValueError(f"maps need at least {MIN_SIDE}x{MIN_SIDE} pixels, got {reference.shape[2:]}")
-    return reference, other
+def _checked(maps: np.ndarray) -> np.ndarray:
+    """The batch as given (dtype kept, for is_degenerate's tolerance), or a ValueError."""
+    if maps.ndim != 4:
+        raise ValueError(f"maps must be [N, C, H, W], got shape {maps.shape}")
+    if min(maps.shape[2:]) < MIN_SIDE:
+        raise ValueError(f"maps need at least {MIN_SIDE}x{MIN_SIDE} pixels, got {maps.shape[2:]}")
+    return maps
 
 
 def _flat(maps: np.ndarray) -> np.ndarray:
@@ -175,18 +220,9 @@ def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(result, -1.0, 1.0)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each image of [N, H, W] a with the same image of b: Pearson of ranks."""
-    a, b = _flat(a), _flat(b)
-    result = _pearson_rows(rankdata(a, axis=1, method="average"), rankdata(b, axis=1, method="average"))
-    result[_constant_rows(a) | _constant_rows(b)] = np.nan
-    return result
-
-
-def _ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """SSIM of [0, 1] maps [N, H, W] image by image, with data_range stated; NaN where either is constant."""
+def _ssim(a: np.ndarray, b: np.ndarray, defined: np.ndarray) -> np.ndarray:
+    """SSIM of [0, 1] maps [N, H, W] image by image, with data_range stated; NaN where not ``defined``."""
     win_size = ssim_win_size(*a.shape[1:])
-    defined = ~(_constant_rows(_flat(a)) | _constant_rows(_flat(b)))
     result = np.full(len(a), np.nan)
     for i in np.flatnonzero(defined):
         result[i] = structural_similarity(
