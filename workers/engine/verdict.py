@@ -3,6 +3,8 @@
 from workers.engine.report import Stage, Verdict
 from workers.engine.settings import RandomizationTest, VerdictRule
 
+FLOOR_MARGIN = 0.05  # a failing similarity this close to the cross-image floor gets an explanation
+
 
 def judged_stage(test: RandomizationTest, stages: list[Stage]) -> Stage:
     """Cascading: every layer randomized (the last stage). Independent: the top layer alone (stage 1)."""
@@ -38,6 +40,11 @@ def judge(test: RandomizationTest, stages: list[Stage], rule: VerdictRule, image
     floor = stage.cross_image_floor[rule.metric].mean
     floor_text = f"; maps of different images score {floor:.3f} at this stage" if floor is not None else ""
     relation = "below" if passed else "not below"
+    if not passed and floor is not None and summary.mean is not None and summary.mean - floor < FLOOR_MARGIN:
+        floor_text += (
+            ", so the similarity that remains is shared by all images (e.g. the border pattern of "
+            "unpadded convolutions), not image content"
+        )
     return Verdict(
         passed=passed,
         rule=rule_text,

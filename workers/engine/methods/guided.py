@@ -94,8 +94,22 @@ class GradCam(SaliencyMethod):
                 f"{self.name}: the model has no 2-D convolution to read; name a layer with gradcam_layer "
                 "or leave GradCAM methods out"
             )
-        if layer not in dict(model.named_modules()):
+        modules = dict(model.named_modules())
+        if layer not in modules:
             raise MethodUnsupportedError(f"{self.name}: the model has no layer named {layer!r}")
+        shapes: list[torch.Size] = []
+        handle = modules[layer].register_forward_hook(lambda _m, _i, output: shapes.append(output.shape))
+        try:
+            with torch.no_grad():
+                model(example)
+        finally:
+            handle.remove()
+        if not shapes or len(shapes[0]) != 4:
+            shown = list(shapes[0]) if shapes else "nothing"
+            raise MethodUnsupportedError(
+                f"{self.name}: layer {layer!r} outputs {shown}; GradCAM needs a layer with an [N, C, H, W] "
+                "output such as a 2-D convolution"
+            )
 
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
