@@ -98,6 +98,9 @@ def test_report_carries_calibration_noise_floor_and_baselines(
             assert abs(method.random_mask_calibration[metric].mean) < 0.05
         stage = method.tests[0].stages[-1]
         summary = stage.similarity["spearman_abs"]
+        assert summary.n + summary.n_undefined == report.probes.count
+        if method.name != "gradcam":  # randomized GradCAM maps may be constant: undefined, counted
+            assert summary.n == report.probes.count
         if summary.n > 1:
             assert summary.ci95_low <= summary.mean <= summary.ci95_high
     assert methods["smoothgrad"].self_similarity is not None

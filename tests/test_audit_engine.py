@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import TrainedDigits
-from workers.engine.audit import AuditCancelled, Progress, run_audit
-from workers.engine.errors import MethodUnsupportedError
+from workers.engine.audit import AuditCancelled, Progress, cross_image_partners, run_audit
+from workers.engine.errors import AuditInputError, MethodUnsupportedError
 from workers.engine.settings import AuditSettings
 
 QUICK = AuditSettings(methods=["gradient", "gradcam"], tests=["cascading"], batch_size=16)
@@ -52,3 +53,51 @@ def test_unsupported_methods_are_refused_before_any_work(
             trained_digits.onnx_dynamo, trained_digits.probes, settings, tmp_path, on_progress=events.append
         )
     assert events == []
+
+
+def test_a_refused_run_leaves_no_earlier_results_behind(
+    trained_digits: TrainedDigits, tmp_path: Path
+) -> None:
+    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "maps.zip").write_bytes(b"old")
+    with pytest.raises(AuditInputError, match="'foo' is not a torch device"):
+        run_audit(
+            trained_digits.onnx_dynamo,
+            trained_digits.probes,
+            QUICK.model_copy(update={"device": "foo"}),
+            tmp_path,
+        )
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(AuditInputError, match="not supported"):
+        run_audit(
+            trained_digits.onnx_dynamo,
+            trained_digits.probes,
+            QUICK.model_copy(update={"device": "meta"}),
+            tmp_path,
+        )
+
+
+def test_noise_depends_on_the_method_not_its_place_in_the_list(
+    trained_digits: TrainedDigits, tmp_path: Path
+) -> None:
+    def smoothgrad_result(methods: list[str], out: Path) -> dict:
+        settings = AuditSettings(methods=methods, tests=["cascading"], noise_samples=4)
+        report = run_audit(trained_digits.onnx_dynamo, trained_digits.probes, settings, out)
+        result = next(m for m in report.methods if m.name == "smoothgrad").model_dump(mode="json")
+        result.pop("seconds")
+        return result
+
+    assert smoothgrad_result(["smoothgrad"], tmp_path / "a") == smoothgrad_result(
+        ["gradient", "smoothgrad"], tmp_path / "b"
+    )
+
+
+def test_cross_image_partners_are_other_images_of_other_classes() -> None:
+    classes = np.repeat(np.arange(4), 5)  # sorted by class, as a probe folder is
+    partners = cross_image_partners(classes, seed=0)
+    assert (partners != np.arange(20)).all()
+    assert (classes[partners] != classes).all()
+    assert not np.array_equal(partners, np.roll(np.arange(20), 1))
+    assert np.array_equal(partners, cross_image_partners(classes, seed=0))
+    single_class = cross_image_partners(np.zeros(6, dtype=np.int64), seed=1)
+    assert (single_class != np.arange(6)).all()

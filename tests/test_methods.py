@@ -14,10 +14,11 @@ from workers.engine.settings import AuditSettings
 class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.relu = nn.ReLU()
-        self.fc = nn.Linear(4 * 8 * 8, 3)
+        with torch.random.fork_rng(devices=[]):  # same weights every time, global RNG left as it was
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.relu = nn.ReLU()
+            self.fc = nn.Linear(4 * 8 * 8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.relu(self.conv(x)).flatten(1))
@@ -26,6 +27,21 @@ class SmallCNN(nn.Module):
 class FunctionalReluCNN(SmallCNN):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(F.relu(self.conv(x)).flatten(1))
+
+
+class StridedCNN(nn.Module):
+    """GradCAM's layer (``conv``) outputs 4 x 4 maps for 8 x 8 inputs, so its CAM must be upsampled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+            self.relu = nn.ReLU()
+            self.fc = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).flatten(1))
 
 
 def _method(name: str, **settings: object):  # type: ignore[no-untyped-def]
@@ -97,10 +113,32 @@ def test_smoothgrad_is_the_mean_gradient_over_seeded_noise() -> None:
     assert torch.allclose(first, expected, atol=1e-6)
 
 
-def test_vargrad_is_the_variance_of_the_noisy_gradients() -> None:
+def test_vargrad_is_the_population_variance_of_the_gradients_over_seeded_noise() -> None:
     model, (x, target) = SmallCNN().eval(), _inputs()
-    maps = _method("vargrad", noise_samples=8).attribute(model, x, target, torch.Generator().manual_seed(0))
-    assert (maps >= 0).all() and maps.sum() > 0
+    method = _method("vargrad", noise_samples=8, internal_batch_size=15)
+    maps = method.attribute(model, x, target, torch.Generator().manual_seed(5))
+    assert torch.equal(maps, method.attribute(model, x, target, torch.Generator().manual_seed(5)))
+    generator = torch.Generator().manual_seed(5)
+    std = 0.15 * (x.flatten(1).max(1).values - x.flatten(1).min(1).values).view(-1, 1, 1, 1)
+    # 15 // 5 = 3 samples per pass: passes of 3, 3 and 2 noise samples, drawn in that order
+    noises = [torch.randn((count, *x.shape), generator=generator) for count in (3, 3, 2)]
+    gradients = torch.stack(
+        [_autograd_gradient(model, x + n * std, target) for chunk in noises for n in chunk]
+    )
+    assert gradients.shape == (8, *x.shape)
+    expected = torch.var(gradients.double(), dim=0, unbiased=False).float()
+    assert expected.sum() > 0  # the noise moves ReLUs across zero: a non-trivial variance
+    assert torch.allclose(maps, expected, rtol=1e-4, atol=1e-9)
+    # the sample (n - 1) variance is 8/7 of this: far outside the tolerance
+    assert not torch.allclose(maps, torch.var(gradients, dim=0, unbiased=True), rtol=1e-4, atol=1e-9)
+
+
+def test_building_the_test_models_leaves_the_global_rng_alone() -> None:
+    state = torch.get_rng_state()
+    first, second = SmallCNN(), StridedCNN()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first.conv.weight, SmallCNN().conv.weight)
+    assert torch.equal(second.fc.weight, StridedCNN().fc.weight)
 
 
 def test_guided_backprop_zeroes_negative_gradients_at_relus() -> None:
@@ -123,7 +161,7 @@ def test_guided_backprop_zeroes_negative_gradients_at_relus() -> None:
 def test_guided_methods_refuse_functional_relus() -> None:
     model, (x, _) = FunctionalReluCNN().eval(), _inputs()
     for name in ("guided_backprop", "guided_gradcam"):
-        with pytest.raises(MethodUnsupportedError, match="1 ReLU\\(s\\) as functions"):
+        with pytest.raises(MethodUnsupportedError, match=r"not nn.ReLU modules \(1 x relu\)"):
             _method(name).check_supported(model, x[:1])
     _method("guided_backprop").check_supported(SmallCNN().eval(), x[:1])
 
@@ -139,6 +177,35 @@ def test_gradcam_is_relu_of_weighted_activations_scaled_to_max_one() -> None:
     expected = torch.where(peak > 0, cam / peak, torch.zeros_like(cam))  # same size: no upsampling here
     assert maps.shape == (5, 1, 8, 8)
     assert torch.allclose(maps, expected, atol=1e-5)
+
+
+def test_gradcam_upsamples_a_smaller_cam_bilinearly_then_scales_to_max_one() -> None:
+    model, (x, target) = StridedCNN().eval(), _inputs()
+    _method("gradcam").check_supported(model, x[:1])
+    maps = _method("gradcam").attribute(model, x, target, torch.Generator())
+    activations = model.conv(x).detach().requires_grad_(True)
+    assert activations.shape[-2:] == (4, 4)
+    score = model.fc(torch.relu(activations).flatten(1))[torch.arange(5), target].sum()
+    (gradient,) = torch.autograd.grad(score, activations)
+    cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * activations).sum(1, keepdim=True)).detach()
+    assert (cam.flatten(1).max(1).values > 0).all()
+
+    def scaled(upsampled: torch.Tensor) -> torch.Tensor:
+        return upsampled / upsampled.flatten(1).max(1).values.view(-1, 1, 1, 1)
+
+    expected = scaled(F.interpolate(cam, size=(8, 8), mode="bilinear", align_corners=False))
+    assert maps.shape == (5, 1, 8, 8)
+    assert torch.allclose(maps, expected, atol=1e-5)
+    assert torch.allclose(maps.flatten(1).max(1).values, torch.ones(5))
+    wrong = {
+        "nearest": scaled(F.interpolate(cam, size=(8, 8), mode="nearest")),
+        "align_corners": scaled(F.interpolate(cam, size=(8, 8), mode="bilinear", align_corners=True)),
+        "scaled before upsampling": F.interpolate(
+            cam / cam.flatten(1).max(1).values.view(-1, 1, 1, 1), size=(8, 8), mode="bilinear"
+        ),
+    }
+    for name, other in wrong.items():
+        assert (maps - other).abs().max() > 1e-2, name
 
 
 def test_gradcam_without_a_convolution_is_refused() -> None:

@@ -47,6 +47,9 @@ def test_constant_maps_after_randomization_pass_but_constant_trained_maps_do_not
     assert verdict.passed and verdict.upper_bound is None and "constant" in verdict.explanation
     undefined = [_stage(0, None), _stage(1, None, None, degenerate=0)]
     assert not judge(RandomizationTest.cascading, undefined, VerdictRule(), IMAGES).passed
+    constant_throughout = [_stage(0, None, None, degenerate=IMAGES), _stage(1, None, None, degenerate=IMAGES)]
+    verdict = judge(RandomizationTest.cascading, constant_throughout, VerdictRule(), IMAGES)
+    assert not verdict.passed and "trained maps are constant" in verdict.explanation
 
 
 def test_a_failure_at_the_cross_image_floor_is_explained() -> None:

@@ -7,6 +7,7 @@ finished unit of work; ``should_cancel`` is asked between stages, so a cancel ne
 import os
 import platform
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from workers.engine.archive import MapArchive
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
 from workers.engine.errors import AuditInputError, MethodUnsupportedError
-from workers.engine.layers import Layer, last_conv2d, layers_in_forward_order
+from workers.engine.layers import Layer, gradcam_default_layer, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.probes import ProbeSet, load_probes
@@ -76,6 +77,7 @@ class _Run:
     report_progress: Callable[[str], None]
     should_cancel: Callable[[], bool]
     edge_maps: PreparedMaps  # the model-free Sobel baseline every method is compared with
+    partners: np.ndarray  # image i's cross-image floor compares it with image partners[i]
 
     def targets(self, model: nn.Module) -> Tensor:
         return (
@@ -94,6 +96,8 @@ def run_audit(
 ) -> AuditReport:
     """Audit ``model_path`` on ``probes_path``; write report.json and maps.zip into ``out_dir``."""
     started = time.perf_counter()
+    _remove_previous_results(out_dir)
+    device = resolve_device(settings.device)
     loaded, probes = _load_inputs(model_path, probes_path, settings)
     conversion = verify_conversion(
         loaded,
@@ -102,15 +106,14 @@ def run_audit(
         rtol=settings.conversion_rtol,
         batch_size=settings.batch_size,
     )
-    device = resolve_device(settings.device)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+    _use_exact_kernels(device)
     model = loaded.module.to(device).eval().requires_grad_(False)
     x = torch.from_numpy(probes.x).to(device)
     layers = layers_in_forward_order(model, x[:1], loaded.module.layer_names)
     predicted = predictions(model, x, settings)
     fixed_target = _fixed_target(settings, probes, predicted, model, x)
     methods = _create_methods(settings, model, layers, x)
+    partners = cross_image_partners(predicted.cpu().numpy(), settings.seed)
 
     total = sum(1 + m.stochastic + len(layers) * len(settings.tests) for m in methods)
     done = 0
@@ -126,8 +129,10 @@ def run_audit(
         archive.add_array("inputs.npy", probes.x, kind="inputs")
         edges = prepare(sobel_magnitude(x).cpu().numpy())
         cancelled = should_cancel or _never
-        run = _Run(settings, model, layers, x, fixed_target, archive, report_progress, cancelled, edges)
-        results = [_audit_method(run, method, index) for index, method in enumerate(methods)]
+        run = _Run(
+            settings, model, layers, x, fixed_target, archive, report_progress, cancelled, edges, partners
+        )
+        results = [_audit_method(run, method) for method in methods]
         report = AuditReport(
             created_at=datetime.now(UTC),
             model=loaded.artifact,
@@ -141,7 +146,7 @@ def run_audit(
             device=str(device),
             versions=_versions(),
             methods=results,
-            notes=loaded.notes,
+            notes=loaded.notes + _constant_notes(model),
             seconds=time.perf_counter() - started,
         )
         report_json = report.model_dump_json(indent=2)
@@ -172,10 +177,76 @@ def _load_inputs(
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise AuditInputError(
+            f"device {requested!r} is not a torch device; use 'auto', 'cpu' or 'cuda[:N]'"
+        ) from None
+    if device.type not in ("cpu", "cuda"):
+        raise AuditInputError(f"device {requested!r} is not supported; use 'auto', 'cpu' or 'cuda[:N]'")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AuditInputError(f"device {requested!r} was requested but CUDA is not available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise AuditInputError(
+            f"device {requested!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
     return device
+
+
+def _use_exact_kernels(device: torch.device) -> None:
+    """The conversion check ran in float32 on the CPU: the maps must come from the same arithmetic.
+
+    TF32 (on by default for cuDNN convolutions on Ampere and newer) would compute a numerically
+    different model than the verified one, and nondeterministic kernels would break reproducibility.
+    """
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _remove_previous_results(out_dir: Path) -> None:
+    """A refused or failed run must not leave an earlier run's results looking current."""
+    for name in (REPORT_FILE, ARCHIVE_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def cross_image_partners(classes: np.ndarray, seed: int) -> np.ndarray:
+    """For each image, another image to compare with, of a different class where one exists.
+
+    The partner comes from a seeded shuffle, not from neighbours in the given order: probe folders are
+    sorted by class, and neighbours of one class share more structure, which would raise the floor.
+    """
+    count = len(classes)
+    order = np.random.default_rng([seed, 0xF1002]).permutation(count)
+    partners = np.empty(count, dtype=np.int64)
+    for position, image in enumerate(order):
+        candidates = order[np.roll(np.arange(count), -position - 1)[:-1]]
+        other_class = candidates[classes[candidates] != classes[image]]
+        partners[image] = other_class[0] if len(other_class) else candidates[0]
+    return partners
+
+
+def _constant_notes(model: nn.Module) -> list[str]:
+    """Float constants outside the layers are never randomized: say so, since they may be learned."""
+    owners = dict(model.named_modules())
+    constants = [
+        name
+        for name, buffer in model.named_buffers()
+        if buffer.is_floating_point()
+        and buffer.numel() > 1
+        and not any(True for _ in owners[name.rpartition(".")[0]].parameters(recurse=False))
+    ]
+    if not constants:
+        return []
+    return [
+        f"{len(constants)} float constant tensor(s) outside the layers are kept as trained at every stage "
+        f"(not randomized): {', '.join(constants[:10])}{' ...' if len(constants) > 10 else ''}"
+    ]
 
 
 @torch.no_grad()
@@ -207,7 +278,8 @@ def _create_methods(
     settings: AuditSettings, model: nn.Module, layers: list[Layer], x: Tensor
 ) -> list[SaliencyMethod]:
     """Build every requested method and refuse up front, naming all methods that cannot run correctly."""
-    context = MethodContext(settings, _gradcam_layer(settings, model, layers))
+    gradcam_layer = _gradcam_layer(settings, model, layers, x[:1])
+    context = MethodContext(settings, gradcam_layer, _layer_label(gradcam_layer, model, layers))
     methods = [create_method(name, context) for name in settings.methods]
     problems = []
     for method in methods:
@@ -220,10 +292,21 @@ def _create_methods(
     return methods
 
 
-def _gradcam_layer(settings: AuditSettings, model: nn.Module, layers: list[Layer]) -> str | None:
+def _layer_label(path: str | None, model: nn.Module, layers: list[Layer]) -> str | None:
+    """A layer's artifact name; a rectifier read in place of a convolution is named after it."""
+    names = {layer.path: layer.name for layer in layers}
+    if path is None or path in names:
+        return names.get(path) if path else None
+    convs = [layer.name for layer in layers if layer.kind == "Conv2d"]
+    return f"{convs[-1]} (after its ReLU)" if convs else path
+
+
+def _gradcam_layer(
+    settings: AuditSettings, model: nn.Module, layers: list[Layer], example: Tensor
+) -> str | None:
     """The user may name a layer by its artifact name or its module path."""
     if settings.gradcam_layer is None:
-        return last_conv2d(model, layers)
+        return gradcam_default_layer(model, layers, example)
     for layer in layers:
         if settings.gradcam_layer in (layer.name, layer.path):
             return layer.path
@@ -231,14 +314,14 @@ def _gradcam_layer(settings: AuditSettings, model: nn.Module, layers: list[Layer
     raise AuditInputError(f"gradcam_layer {settings.gradcam_layer!r} is not a layer of the model ({names})")
 
 
-def _audit_method(run: _Run, method: SaliencyMethod, method_index: int) -> MethodResult:
+def _audit_method(run: _Run, method: SaliencyMethod) -> MethodResult:
     started = time.perf_counter()
-    noise_seed = int(np.random.SeedSequence([run.settings.seed, method_index]).generate_state(1)[0])
+    method_key = zlib.crc32(method.name.encode())  # noise depends on the method, not its place in the list
+    noise_seed = int(np.random.SeedSequence([run.settings.seed, method_key]).generate_state(1)[0])
     trained_maps = _maps(run, method, run.model, noise_seed)
     run.archive.add_array(f"maps/{method.name}/trained.npy", trained_maps, method=method.name, stage=0)
     trained = prepare(trained_maps)
     run.report_progress(f"{method.name}: trained model")
-    derangement = np.roll(np.arange(len(trained)), 1)  # pairs each image with another one
 
     def stage(index: int, label: str, randomized: list[str], maps: PreparedMaps) -> Stage:
         return Stage(
@@ -246,7 +329,7 @@ def _audit_method(run: _Run, method: SaliencyMethod, method_index: int) -> Metho
             label=label,
             randomized_layers=randomized,
             similarity=summarize_all(compare_prepared(trained, maps)),
-            cross_image_floor=summarize_all(compare_prepared(trained, maps[derangement])),
+            cross_image_floor=summarize_all(compare_prepared(trained, maps[run.partners])),
             degenerate_maps=int(maps.invalid.sum()),
         )
 
@@ -256,7 +339,7 @@ def _audit_method(run: _Run, method: SaliencyMethod, method_index: int) -> Metho
         for randomized in randomized_stages(run.model, run.layers, test, run.settings):
             if run.should_cancel():
                 raise AuditCancelled
-            maps = _maps(run, method, randomized.model, noise_seed)
+            maps = _maps(run, method, randomized.model, noise_seed) if method.uses_model else trained_maps
             run.archive.add_array(
                 f"maps/{method.name}/{test.value}/{randomized.index:02d}.npy",
                 maps,
@@ -266,7 +349,8 @@ def _audit_method(run: _Run, method: SaliencyMethod, method_index: int) -> Metho
                 label=randomized.label,
             )
             names = [layer.name for layer in randomized.randomized]
-            stages.append(stage(randomized.index, randomized.label, names, prepare(maps)))
+            prepared = prepare(maps) if method.uses_model else trained
+            stages.append(stage(randomized.index, randomized.label, names, prepared))
             run.report_progress(f"{method.name}: {test.value} {randomized.label}")
         verdict = judge(test, stages, run.settings.verdict, len(trained))
         tests.append(TestResult(test=test, stages=stages, verdict=verdict))

@@ -70,6 +70,41 @@ def last_conv2d(model: nn.Module, layers: list[Layer]) -> str | None:
     return convs[-1] if convs else None
 
 
+def gradcam_default_layer(model: nn.Module, layers: list[Layer], example: Tensor) -> str | None:
+    """The last 2-D convolution's activations as Grad-CAM reads them: after the ReLU that follows it.
+
+    Grad-CAM weighs the rectified feature maps of the last convolutional layer (Keras-style layers
+    include their activation). Where the convolution's output goes straight into an ``nn.ReLU``, that
+    module is read; otherwise the convolution itself.
+    """
+    conv_path = last_conv2d(model, layers)
+    if conv_path is None:
+        return None
+    modules = dict(model.named_modules())
+    conv_outputs: list[Tensor] = []
+    rectifier: list[str] = []
+
+    def record_conv(_: nn.Module, __: object, output: Tensor) -> None:
+        conv_outputs.append(output)
+
+    handles = [modules[conv_path].register_forward_hook(record_conv)]
+    for path, module in modules.items():
+        if isinstance(module, nn.ReLU):
+
+            def record_relu(_: nn.Module, inputs: tuple[Tensor, ...], path: str = path) -> None:
+                if conv_outputs and inputs[0] is conv_outputs[-1] and not rectifier:
+                    rectifier.append(path)
+
+            handles.append(module.register_forward_pre_hook(record_relu))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return rectifier[0] if rectifier else conv_path
+
+
 def layer_seed(seed: int, layer: Layer) -> int:
     """One seed per layer: a layer gets the same new weights in the cascading and the independent test."""
     return int(np.random.SeedSequence([seed, layer.index]).generate_state(1)[0])

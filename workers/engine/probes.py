@@ -1,9 +1,12 @@
 """Probe images: a folder of PNG/JPEG files or a .npy/.npz array, turned into the model's input tensor.
 
-Images are decoded with a pixel cap and only as PNG or JPEG (decompression bombs, exotic decoders).
-Arrays are read with ``allow_pickle=False``. Images are decoded with the channel count the model expects
-(or the one declared) but never resized unless a size is declared: a mismatch with the model's input is an
-error that names both shapes.
+Images are decoded only as PNG or JPEG (exotic decoders), and an image whose header declares more than
+``MAX_IMAGE_PIXELS`` pixels is refused before its pixels are decoded (decompression bombs). Arrays are read
+with ``allow_pickle=False`` and must hold real integer or floating-point values. Images are decoded with the
+channel count the model expects (or the one declared) but never resized unless a size is declared; arrays
+are never resized or re-channelled. A mismatch with the model's input is an error that names both shapes.
+The engine works on channels-first input [N, C, H, W], at least 3 x 3 pixels (the similarity metrics need
+a 3 x 3 window).
 """
 
 import hashlib
@@ -20,6 +23,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 IMAGE_FORMATS = ("PNG", "JPEG")
 MAX_IMAGE_PIXELS = 4096 * 4096
 MIN_IMAGES = 2
+MIN_SIDE = 3  # SSIM and the other windowed similarity metrics need at least 3 x 3 pixels
+MAX_CHANNELS_LAST_WIDTH = 4  # a "width" this small next to more channels than that is a channels-last axis
 
 
 @dataclass(frozen=True)
@@ -35,13 +40,16 @@ def load_probes(
     path: Path, preprocessing: Preprocessing, expected_shape: tuple[int | None, ...] | None, max_images: int
 ) -> ProbeSet:
     """Read and preprocess probes; ``expected_shape`` is the model's input shape (None = dynamic)."""
+    if expected_shape is not None:
+        _check_channels_first(expected_shape, "the model's input", path)
     if path.is_dir():
         raw, labels, names, digest = _read_image_folder(path, preprocessing, expected_shape)
         default_scale = 255.0
     elif path.suffix.lower() in {".npy", ".npz"}:
+        _refuse_image_only_settings(path, preprocessing)
         raw, labels, digest = _read_array(path)
+        raw = _to_nchw(raw, preprocessing.layout, path)
         names = [f"{path.name}[{i}]" for i in range(len(raw))]
-        raw = _to_nchw(raw, preprocessing.layout)
         default_scale = 1.0 if np.issubdtype(raw.dtype, np.floating) else 255.0
     else:
         raise ProbeError(f"{path}: probes must be a folder of PNG/JPEG images or a .npy/.npz array")
@@ -49,11 +57,56 @@ def load_probes(
         raise ProbeError(f"{path}: {len(raw)} probe image(s); at least {MIN_IMAGES} are needed")
     if len(raw) > max_images:
         raise ProbeError(f"{path}: {len(raw)} probe images; at most {max_images} are allowed (max_images)")
-    x = _normalize(raw.astype(np.float64), preprocessing, default_scale).astype(np.float32)
+    # preprocessing below only rescales values: raw already has the final shape
+    _check_channels_first(raw.shape, "the probes", path)
+    _check_min_size(raw.shape, path)
+    x = _normalize(raw.astype(np.float64), preprocessing, default_scale, path).astype(np.float32)
     if not np.isfinite(x).all():
         raise ProbeError(f"{path}: probes contain NaN or infinite values")
     _check_shape(x, expected_shape, path)
     return ProbeSet(x=x, labels=labels, names=names, source=path.name, sha256=digest)
+
+
+def _refuse_image_only_settings(path: Path, preprocessing: Preprocessing) -> None:
+    """Refuse size/channels for arrays: they say how to decode images, and arrays are taken as they are."""
+    declared = [name for name in ("size", "channels") if getattr(preprocessing, name) is not None]
+    if declared:
+        raise ProbeError(
+            f"{path}: preprocessing {' and '.join(declared)} apply only to image folders; arrays are never "
+            "resized or re-channelled. Prepare the array at the model's input size and channel count "
+            f"beforehand and leave {' and '.join(declared)} out"
+        )
+
+
+def _check_channels_first(shape: tuple[int | None, ...], what: str, path: Path) -> None:
+    """Refuse a 4-D shape that looks channels-last: more than 4 "channels" and a "width" of at most 4.
+
+    The engine reads [N, C, H, W]. Images have 1 (grey), 3 (RGB) or 4 (RGBA) channels, so an axis of at most
+    4 in the width position next to more than 4 in the channel position is almost surely [N, H, W, C] read
+    as channels-first (e.g. [N, 8, 8, 3] or [N, 28, 28, 1]). Dimensions not known (None) are not judged;
+    3-D and other shapes are left to the other checks.
+    """
+    if len(shape) != 4:
+        return
+    channels, width = shape[1], shape[3]
+    if channels is None or width is None:
+        return
+    if channels > MAX_CHANNELS_LAST_WIDTH and width <= MAX_CHANNELS_LAST_WIDTH:
+        shown = "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
+        raise ProbeError(
+            f"{path}: the engine needs [N, C, H, W] (channels-first) input, but the shape {shown} of {what} "
+            "looks channels-last ([N, H, W, C]). Pass --layout NHWC (preprocessing layout) for .npy/.npz "
+            "arrays, or export the model with a channels-first input"
+        )
+
+
+def _check_min_size(shape: tuple[int, ...], path: Path) -> None:
+    height, width = shape[2], shape[3]
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise ProbeError(
+            f"{path}: probe images are {height} x {width} pixels; the similarity metrics need at least "
+            f"{MIN_SIDE} x {MIN_SIDE}. Use larger images (or declare a larger size for image folders)"
+        )
 
 
 def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -63,7 +116,20 @@ def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     except (ValueError, OSError) as error:
         raise ProbeError(f"{path}: not a readable NumPy array file ({error})") from None
     if isinstance(loaded, np.ndarray):
-        return loaded, None, digest
+        x, labels = loaded, None
+    else:
+        x, labels = _read_npz(loaded, path)
+    # kinds i/u/f only: refuses bool, complex, strings, bytes, records, datetimes and timedeltas (which
+    # np.issubdtype counts as integers)
+    if x.dtype.kind not in "iuf":
+        raise ProbeError(
+            f"{path}: images must be real integer or floating-point numbers, not {x.dtype}; "
+            "convert the array (e.g. to uint8 or float32) and save it again"
+        )
+    return x, labels, digest
+
+
+def _read_npz(loaded: np.lib.npyio.NpzFile, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     with loaded:
         keys = list(loaded.keys())
         image_key = next((k for k in ("x", "images", "X") if k in keys), keys[0] if len(keys) == 1 else None)
@@ -71,28 +137,28 @@ def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
             raise ProbeError(f"{path}: .npz holds {keys}; name the images 'x' (and labels 'y')")
         label_key = next((k for k in ("y", "labels", "Y") if k in keys), None)
         x = loaded[image_key]
+        if x.ndim == 0:
+            raise ProbeError(f"{path}: '{image_key}' is a single number; save the images as an array")
         labels = _check_labels(loaded[label_key], len(x), path) if label_key else None
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ProbeError(f"{path}: images must be numeric, not {x.dtype}")
-    return x, labels, digest
+    return x, labels
 
 
 def _check_labels(labels: np.ndarray, count: int, path: Path) -> np.ndarray:
     if labels.ndim != 1 or len(labels) != count:
         raise ProbeError(f"{path}: labels have shape {list(labels.shape)}; expected [{count}]")
-    if not np.issubdtype(labels.dtype, np.integer):
+    if labels.dtype.kind not in "iu":
         raise ProbeError(f"{path}: labels must be integer class indices, not {labels.dtype}")
     if (labels < 0).any():
         raise ProbeError(f"{path}: labels must be non-negative class indices")
     return labels.astype(np.int64)
 
 
-def _to_nchw(x: np.ndarray, layout: Layout) -> np.ndarray:
+def _to_nchw(x: np.ndarray, layout: Layout, path: Path) -> np.ndarray:
     if x.ndim == 3:
         return x[:, None, :, :]
     if x.ndim != 4:
         raise ProbeError(
-            f"probe array has shape {list(x.shape)}; expected [N, C, H, W], [N, H, W, C] or [N, H, W]"
+            f"{path}: probe array has shape {list(x.shape)}; expected [N, C, H, W], [N, H, W, C] or [N, H, W]"
         )
     return x.transpose(0, 3, 1, 2) if layout is Layout.nhwc else x
 
@@ -106,6 +172,11 @@ def _read_image_folder(
     relative = [p.relative_to(folder) for p in files]
     labels = _folder_labels(relative, folder)
     channels = preprocessing.channels or _expected(expected_shape, 1) or 3
+    if channels not in (1, 3):
+        raise ProbeError(
+            f"{folder}: images can be read with 1 (grey) or 3 (RGB) channels, not {channels}; declare "
+            "channels 1 or 3, or give the probes as a .npy/.npz array with the channels the model expects"
+        )
     size = preprocessing.size or (None, None)
     digest = hashlib.sha256()
     images = []
@@ -138,15 +209,21 @@ def _expected(shape: tuple[int | None, ...] | None, axis: int) -> int | None:
 
 
 def _decode(file: Path, channels: int, size: tuple[int | None, int | None]) -> np.ndarray:
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    """Decode one PNG/JPEG; the pixel cap is checked on the header, before any pixel is decompressed.
+
+    PIL's own guard (the process-wide ``Image.MAX_IMAGE_PIXELS``) is left as it is: it only raises above
+    twice its cap, and changing it would change every other user of PIL in the process.
+    """
     try:
-        with Image.open(file, formats=IMAGE_FORMATS) as image:
+        with Image.open(file, formats=IMAGE_FORMATS) as image:  # lazy: reads the header only
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ProbeError(_too_many_pixels(file, f"{image.width} x {image.height}"))
             image.load()
             converted = image.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise ProbeError(_too_many_pixels(file, str(error))) from None
+    except (UnidentifiedImageError, OSError) as error:
         raise ProbeError(f"{file}: not a readable PNG or JPEG image ({error})") from None
-    if channels not in (1, 3):
-        raise ProbeError(f"images can be read with 1 or 3 channels, not {channels}")
     height, width = size
     if height is not None and width is not None and converted.size != (width, height):
         converted = converted.resize((width, height), Image.Resampling.BILINEAR)
@@ -154,13 +231,23 @@ def _decode(file: Path, channels: int, size: tuple[int | None, int | None]) -> n
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def _normalize(x: np.ndarray, preprocessing: Preprocessing, default_scale: float) -> np.ndarray:
+def _too_many_pixels(file: Path, detail: str) -> str:
+    return (
+        f"{file}: image is too large ({detail}); at most {MAX_IMAGE_PIXELS} pixels are read "
+        "(decompression-bomb guard). Downscale the image before auditing"
+    )
+
+
+def _normalize(x: np.ndarray, preprocessing: Preprocessing, default_scale: float, path: Path) -> np.ndarray:
     x = x / (preprocessing.value_scale or default_scale)
     channels = x.shape[1]
     for name in ("mean", "std"):
         values = getattr(preprocessing, name)
         if values is not None and len(values) not in (1, channels):
-            raise ProbeError(f"preprocessing {name} has {len(values)} values for {channels} channel(s)")
+            raise ProbeError(
+                f"{path}: preprocessing {name} has {len(values)} values for {channels} channel(s); "
+                f"give 1 value or {channels}"
+            )
     if preprocessing.mean is not None:
         x = x - np.asarray(preprocessing.mean).reshape(1, -1, 1, 1)
     if preprocessing.std is not None:

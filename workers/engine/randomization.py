@@ -27,9 +27,9 @@ def randomized_stages(
     asking for the next.
     """
     top_down = list(reversed(layers))
-    cascade = copy.deepcopy(model)
+    cascade = copy.deepcopy(model) if test is RandomizationTest.cascading else None
     for index, layer in enumerate(top_down, start=1):
-        target = cascade if test is RandomizationTest.cascading else copy.deepcopy(model)
+        target = cascade if cascade is not None else copy.deepcopy(model)
         module = dict(target.named_modules())[layer.path]
         reinitialize(module, settings.reinit, settings.reinit_std, layer_seed(settings.seed, layer))
         if test is RandomizationTest.cascading:

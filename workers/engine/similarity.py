@@ -97,8 +97,9 @@ def prepare(maps: np.ndarray) -> PreparedMaps:
     maps = _checked(np.asarray(maps))
     invalid = is_degenerate(maps)
     maps = _zeroed(maps, invalid)
-    absolute, signed = _flat(normalize_absolute(maps)), _flat(normalize_signed(maps))
-    unit = _min_max(normalize_absolute(maps))
+    absolute_maps = normalize_absolute(maps)
+    absolute, signed = _flat(absolute_maps), _flat(normalize_signed(maps))
+    unit = _min_max(absolute_maps)
     return PreparedMaps(
         invalid=invalid,
         abs_ranks=rankdata(absolute, axis=1, method="average"),

@@ -20,7 +20,7 @@ def judge(test: RandomizationTest, stages: list[Stage], rule: VerdictRule, image
     )
     upper = summary.ci95_high if summary.ci95_high is not None else summary.mean
     if upper is None:
-        all_constant = stage.degenerate_maps == images
+        all_constant = stage.degenerate_maps == images and stages[0].degenerate_maps < images
         explanation = (
             "every map at this stage is constant: nothing of the trained maps survives randomization"
             if all_constant

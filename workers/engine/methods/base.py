@@ -22,6 +22,7 @@ class MethodContext:
 
     settings: AuditSettings
     gradcam_layer: str | None  # module path of the layer GradCAM reads, None when the model has no conv
+    gradcam_label: str | None = None  # how the report names that layer
 
 
 class SaliencyMethod(ABC):

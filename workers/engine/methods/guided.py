@@ -1,8 +1,9 @@
 """Guided Backprop, GradCAM and Guided GradCAM.
 
-captum's GuidedBackprop overrides only ``nn.ReLU`` modules: a ReLU applied as a function (``F.relu``,
-``torch.relu``, ``x.relu()``) keeps its plain gradient and the map silently degrades to something that is
-not Guided Backprop. ``check_supported`` counts ReLUs run as functions on a forward pass and refuses.
+captum's GuidedBackprop overrides only ``nn.ReLU`` modules. Any other rectifier on the path, a ReLU
+applied as a function (``F.relu``), a ReLU6 (ONNX ``Clip``), a LeakyReLU or a GELU, keeps its plain
+gradient, and the map silently becomes something that is not Guided Backprop. ``check_supported``
+counts such operations on a forward pass and refuses.
 """
 
 import warnings
@@ -17,22 +18,55 @@ from torch.overrides import TorchFunctionMode
 from workers.engine.errors import MethodUnsupportedError
 from workers.engine.methods.base import SaliencyMethod
 
-_RELU_FUNCTIONS = frozenset({torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_})
+_RELU_FUNCTIONS = frozenset({torch.relu, torch.relu_, F.relu, F.relu_, Tensor.relu, Tensor.relu_})
+_OTHER_RECTIFIERS = frozenset(
+    {
+        F.relu6,
+        F.leaky_relu,
+        F.leaky_relu_,
+        F.prelu,
+        F.rrelu,
+        F.elu,
+        F.selu,
+        F.celu,
+        F.gelu,
+        F.silu,
+        F.mish,
+        F.hardswish,
+        F.hardsigmoid,
+        F.hardtanh,
+        F.softplus,
+        torch.clamp,
+        torch.clip,
+        torch.clamp_min,
+        torch.clamp_max,
+        Tensor.clamp,
+        Tensor.clip,
+        Tensor.clamp_min,
+        Tensor.clamp_max,
+    }
+)
 
 
-class _ReluCallCounter(TorchFunctionMode):
+class _RectifierCounter(TorchFunctionMode):
+    """Counts top-level calls; calls made inside a counted function are not seen twice."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.calls = 0
+        self.relus = 0
+        self.others: dict[str, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if func in _RELU_FUNCTIONS:
-            self.calls += 1
+            self.relus += 1
+        elif func in _OTHER_RECTIFIERS:
+            name = getattr(func, "__name__", str(func))
+            self.others[name] = self.others.get(name, 0) + 1
         return func(*args, **(kwargs or {}))
 
 
-def functional_relu_calls(model: nn.Module, example: Tensor) -> int:
-    """How many ReLUs a forward pass applies outside ``nn.ReLU`` modules."""
+def unguided_rectifiers(model: nn.Module, example: Tensor) -> dict[str, int]:
+    """Rectifier-like operations a forward pass applies outside ``nn.ReLU`` modules, by function name."""
     module_calls = 0
 
     def count_module_call(*_: object) -> None:
@@ -40,34 +74,28 @@ def functional_relu_calls(model: nn.Module, example: Tensor) -> int:
         module_calls += 1
 
     handles = [m.register_forward_hook(count_module_call) for m in model.modules() if isinstance(m, nn.ReLU)]
-    counter = _ReluCallCounter()
+    counter = _RectifierCounter()
     try:
         with torch.no_grad(), counter:
             model(example)
     finally:
         for handle in handles:
             handle.remove()
-    # nn.ReLU.forward itself calls F.relu, and F.relu may call torch.relu: count each module call once.
-    return max(0, counter.calls - _calls_per_relu_module() * module_calls)
-
-
-def _calls_per_relu_module() -> int:
-    counter = _ReluCallCounter()
-    with torch.no_grad(), counter:
-        nn.ReLU()(torch.zeros(1))
-    return counter.calls
+    functional_relus = counter.relus - module_calls  # each nn.ReLU module calls F.relu once
+    return counter.others | ({"relu": functional_relus} if functional_relus > 0 else {})
 
 
 class GuidedBackprop(SaliencyMethod):
     name = "guided_backprop"
 
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
-        calls = functional_relu_calls(model, example)
-        if calls:
+        found = unguided_rectifiers(model, example)
+        if found:
+            listed = ", ".join(f"{count} x {name}" for name, count in sorted(found.items()))
             raise MethodUnsupportedError(
-                f"{self.name}: the model applies {calls} ReLU(s) as functions rather than nn.ReLU modules; "
-                "guided backpropagation cannot override those and would return plain gradients there. "
-                "Export the model to ONNX (every Relu node becomes a module) or leave this method out."
+                f"{self.name}: the model applies rectifiers that are not nn.ReLU modules ({listed}); "
+                "guided backpropagation overrides only nn.ReLU modules and would return plain gradients "
+                "through these. Leave this method out, or use a model whose rectifiers are ReLUs."
             )
 
     def attribute(
@@ -85,7 +113,8 @@ class GradCam(SaliencyMethod):
     name = "gradcam"
 
     def parameters(self) -> dict[str, float | int | str | None]:
-        return {"layer": self.context.gradcam_layer, "upsampling": "bilinear", "scaling": "divide by max"}
+        layer = self.context.gradcam_label or self.context.gradcam_layer
+        return {"layer": layer, "upsampling": "bilinear", "scaling": "divide by max"}
 
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
         layer = self.context.gradcam_layer
@@ -132,7 +161,7 @@ class GuidedGradCam(SaliencyMethod):
         self._cam = GradCam(context)
 
     def parameters(self) -> dict[str, float | int | str | None]:
-        return self._cam.parameters()
+        return self._guided.parameters() | self._cam.parameters()
 
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
         self._guided.check_supported(model, example)
