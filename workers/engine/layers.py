@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from workers.engine.errors import AuditInputError
 from workers.engine.settings import ReinitScheme
@@ -22,6 +23,16 @@ class Layer:
     name: str  # what a reader sees: the name the artifact gave the layer's weights
     kind: str
     parameters: int
+
+
+def forward_with_hooks(model: nn.Module, example: Tensor, handles: list[RemovableHandle]) -> None:
+    """Run one no-grad forward pass for the hooks' sake, then remove them whatever happens."""
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _has_own_parameters(module: nn.Module) -> bool:
@@ -42,12 +53,7 @@ def layers_in_forward_order(
                     order.append(path)
 
             handles.append(module.register_forward_hook(record))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, handles)
     if not order:
         raise AuditInputError("the model has no layers with parameters: there is nothing to randomize")
     modules = dict(model.named_modules())
@@ -96,12 +102,7 @@ def gradcam_default_layer(model: nn.Module, layers: list[Layer], example: Tensor
                     rectifier.append(path)
 
             handles.append(module.register_forward_pre_hook(record_relu))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, handles)
     return rectifier[0] if rectifier else conv_path
 
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from workers.engine.errors import MethodUnsupportedError
+from workers.engine.layers import forward_with_hooks
 from workers.engine.methods.base import SaliencyMethod
 
 _RELU_FUNCTIONS = frozenset({torch.relu, torch.relu_, F.relu, F.relu_, Tensor.relu, Tensor.relu_})
@@ -75,12 +76,8 @@ def unguided_rectifiers(model: nn.Module, example: Tensor) -> dict[str, int]:
 
     handles = [m.register_forward_hook(count_module_call) for m in model.modules() if isinstance(m, nn.ReLU)]
     counter = _RectifierCounter()
-    try:
-        with torch.no_grad(), counter:
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with counter:
+        forward_with_hooks(model, example, handles)
     functional_relus = counter.relus - module_calls  # each nn.ReLU module calls F.relu once
     return counter.others | ({"relu": functional_relus} if functional_relus > 0 else {})
 
@@ -127,12 +124,8 @@ class GradCam(SaliencyMethod):
         if layer not in modules:
             raise MethodUnsupportedError(f"{self.name}: the model has no layer named {layer!r}")
         shapes: list[torch.Size] = []
-        handle = modules[layer].register_forward_hook(lambda _m, _i, output: shapes.append(output.shape))
-        try:
-            with torch.no_grad():
-                model(example)
-        finally:
-            handle.remove()
+        hook = modules[layer].register_forward_hook(lambda _m, _i, output: shapes.append(output.shape))
+        forward_with_hooks(model, example, [hook])
         if not shapes or len(shapes[0]) != 4:
             shown = list(shapes[0]) if shapes else "nothing"
             raise MethodUnsupportedError(
