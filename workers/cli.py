@@ -12,7 +12,15 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from workers.engine.settings import AuditSettings, Metric, ReinitScheme, TargetPolicy, VerdictRule
+from workers.engine.settings import (
+    AuditSettings,
+    Metric,
+    Optimizer,
+    ReinitScheme,
+    TargetPolicy,
+    TrainingRecipe,
+    VerdictRule,
+)
 
 EXIT_FAILED_CHECK = 1
 EXIT_REFUSED = 2
@@ -41,7 +49,11 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--out", type=Path, default=Path("audit-out"), help="directory for the results (default: audit-out)")
     add("--settings", type=Path, help="JSON file of settings; the options below override it")
     add("--methods", help="comma-separated methods, see 'saliency-audit methods' (default: all)")
-    add("--tests", help="comma-separated: cascading,independent (default: both)")
+    add(
+        "--tests",
+        help="comma-separated: cascading,independent,data (default: cascading,independent, plus data when "
+        "--twin or --train-data is given)",
+    )
     add("--seed", type=int, help="seeds re-initialization and noise" + _default("seed"))
     add("--target", choices=list(TargetPolicy), help="class each map explains" + _default("target"))
     add("--reinit", choices=list(ReinitScheme), help="how layers are re-initialized" + _default("reinit"))
@@ -65,6 +77,38 @@ def _build_parser() -> argparse.ArgumentParser:
         help="pass below this upper 95%% bound" + _default("threshold", VerdictRule),
     )
     add("--device", help="'auto' (CUDA when present), 'cpu', 'cuda:1', ..." + _default("device"))
+    data = run.add_argument_group(
+        "data randomization test",
+        "compare with a model of the same architecture trained on permuted labels: give one (--twin), or "
+        "labelled training data from which the audit trains it and a true-label control",
+    )
+    data.add_argument("--twin", type=Path, help="random-label twin (ONNX, TorchScript or .pt2)")
+    data.add_argument(
+        "--control", type=Path, help="optional second true-label model (another seed), with --twin"
+    )
+    data.add_argument(
+        "--train-data", type=Path, help=".npz with x and y, or a zip of class folders of images"
+    )
+    recipe = TrainingRecipe.model_fields
+    data.add_argument(
+        "--optimizer", choices=list(Optimizer), help=f"(default: {recipe['optimizer'].default})"
+    )
+    data.add_argument("--learning-rate", type=float, help=f"(default: {recipe['learning_rate'].default})")
+    data.add_argument("--train-batch-size", type=int, help=f"(default: {recipe['batch_size'].default})")
+    data.add_argument("--max-epochs", type=int, help=f"(default: {recipe['max_epochs'].default})")
+    data.add_argument(
+        "--max-seconds", type=float, help=f"per model (default: {recipe['max_seconds'].default})"
+    )
+    data.add_argument(
+        "--memorize-accuracy",
+        type=float,
+        help=f"training accuracy each model must reach (default: {recipe['memorize_accuracy'].default})",
+    )
+    data.add_argument(
+        "--holdout-fraction",
+        type=float,
+        help=f"share held out to test accuracy (default: {recipe['holdout_fraction'].default})",
+    )
     add("--fail-on-verdict", action="store_true", help="exit 1 when any requested method fails its check")
     add("--quiet", action="store_true", help="no progress bar")
     commands.add_parser("methods", help="list the saliency methods")
@@ -102,14 +146,26 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "layout": args.layout,
     }
     verdict = {"metric": args.metric, "threshold": args.threshold}
+    training = {
+        "optimizer": args.optimizer,
+        "learning_rate": args.learning_rate,
+        "batch_size": args.train_batch_size,
+        "max_epochs": args.max_epochs,
+        "max_seconds": args.max_seconds,
+        "memorize_accuracy": args.memorize_accuracy,
+        "holdout_fraction": args.holdout_fraction,
+    }
+    if args.tests is None and (args.twin or args.train_data) and "tests" not in base:
+        overrides["tests"] = ["cascading", "independent", "data"]
     merged = base | {k: v for k, v in overrides.items() if v is not None}
-    for section, values in (("preprocessing", preprocessing), ("verdict", verdict)):
+    for section, values in (("preprocessing", preprocessing), ("verdict", verdict), ("training", training)):
         merged[section] = base.get(section, {}) | {k: v for k, v in values.items() if v is not None}
     return AuditSettings.model_validate(merged)
 
 
 def _run(args: argparse.Namespace) -> int:
     from workers.engine.audit import ARCHIVE_FILE, REPORT_FILE, run_audit
+    from workers.engine.data_randomization import DataTestInputs
     from workers.engine.summary import format_summary
 
     settings = _settings(args)
@@ -120,10 +176,20 @@ def _run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(progress.phase, refresh=False)
             bar.update(progress.done - bar.n)
 
-        report = run_audit(args.model, args.probes, settings, args.out, on_progress=on_progress)
+        data_inputs = None
+        if args.twin or args.train_data or args.control:
+            data_inputs = DataTestInputs(twin=args.twin, control=args.control, training_data=args.train_data)
+        report = run_audit(
+            args.model, args.probes, settings, args.out, on_progress=on_progress, data_inputs=data_inputs
+        )
     print(format_summary(report))
     print(f"\nreport: {args.out / REPORT_FILE}\nmaps:   {args.out / ARCHIVE_FILE}")
-    failed = any(not test.verdict.passed for method in report.methods for test in method.tests)
+    failed = any(
+        not verdict.passed
+        for method in report.methods
+        for verdict in [t.verdict for t in method.tests]
+        + ([method.data_randomization.verdict] if method.data_randomization else [])
+    )
     return EXIT_FAILED_CHECK if args.fail_on_verdict and failed else 0
 
 

@@ -33,8 +33,8 @@ class MapArchive:
         entry = {"path": name, "shape": list(array.shape), "dtype": str(array.dtype)}
         self._entries.append(entry | {"sha256": hashlib.sha256(data).hexdigest(), **metadata})
 
-    def add_text(self, name: str, text: str) -> None:
-        self._zip.writestr(name, text)
+    def add_bytes(self, name: str, data: str | bytes) -> None:
+        self._zip.writestr(name, data)
 
     def commit(self) -> None:
         """Write the manifest and move the finished archive into place."""

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from workers.engine.archive import MapArchive
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
+from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinModels
 from workers.engine.errors import AuditInputError, MethodUnsupportedError
 from workers.engine.layers import Layer, gradcam_default_layer, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method
@@ -28,6 +29,7 @@ from workers.engine.probes import ProbeSet, load_probes
 from workers.engine.randomization import randomized_stages
 from workers.engine.report import (
     AuditReport,
+    DataTestResult,
     LayerInfo,
     MethodResult,
     MetricTable,
@@ -36,7 +38,7 @@ from workers.engine.report import (
     TestResult,
     Versions,
 )
-from workers.engine.settings import AuditSettings, TargetPolicy
+from workers.engine.settings import PARAMETER_TESTS, AuditSettings, RandomizationTest, TargetPolicy
 from workers.engine.similarity import PreparedMaps, compare_prepared, prepare
 from workers.engine.statistics import summarize_all
 from workers.engine.verdict import judge
@@ -74,10 +76,11 @@ class _Run:
     x: Tensor
     fixed_target: Tensor | None
     archive: MapArchive
-    report_progress: Callable[[str], None]
+    report_progress: Callable[[str, int], None]
     should_cancel: Callable[[], bool]
     edge_maps: PreparedMaps  # the model-free Sobel baseline every method is compared with
     partners: np.ndarray  # image i's cross-image floor compares it with image partners[i]
+    twins: TwinModels | None  # the data randomization test's models, when it runs
 
     def targets(self, model: nn.Module) -> Tensor:
         return (
@@ -93,10 +96,20 @@ def run_audit(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    data_inputs: DataTestInputs | None = None,
 ) -> AuditReport:
-    """Audit ``model_path`` on ``probes_path``; write report.json and maps.zip into ``out_dir``."""
+    """Audit ``model_path`` on ``probes_path``; write report.json and maps.zip into ``out_dir``.
+
+    ``data_inputs`` (a random-label twin, or training data to train one) is needed exactly when the
+    settings ask for the data randomization test.
+    """
     started = time.perf_counter()
     _remove_previous_results(out_dir)
+    if (RandomizationTest.data in settings.tests) != (data_inputs is not None):
+        raise AuditInputError(
+            "the data randomization test needs a random-label twin or training data, and those are used "
+            "only by the data test: request test 'data' together with one of them"
+        )
     device = resolve_device(settings.device)
     loaded, probes = _load_inputs(model_path, probes_path, settings)
     conversion = verify_conversion(
@@ -114,13 +127,29 @@ def run_audit(
     fixed_target = _fixed_target(settings, probes, predicted, model, x)
     methods = _create_methods(settings, model, layers, x)
     partners = cross_image_partners(predicted.cpu().numpy(), settings.seed)
+    parameter_tests = [test for test in settings.tests if test in PARAMETER_TESTS]
+    data_setup = (
+        DataSetup.prepare(
+            data_inputs,
+            settings,
+            model,
+            layers,
+            probes,
+            lambda other: _check_methods(methods, other, x),
+            device,
+        )
+        if data_inputs is not None
+        else None
+    )
 
-    total = sum(1 + m.stochastic + len(layers) * len(settings.tests) for m in methods)
+    total = sum(1 + m.stochastic + len(layers) * len(parameter_tests) for m in methods)
+    if data_setup is not None:
+        total += data_setup.steps(len(methods))
     done = 0
 
-    def report_progress(phase: str) -> None:
+    def report_progress(phase: str, advance: int = 1) -> None:
         nonlocal done
-        done += 1
+        done += advance
         if on_progress is not None:
             on_progress(Progress(phase, done, total))
 
@@ -129,10 +158,21 @@ def run_audit(
         archive.add_array("inputs.npy", probes.x, kind="inputs")
         edges = prepare(sobel_magnitude(x).cpu().numpy())
         cancelled = should_cancel or _never
+        twins = data_setup.models(archive, report_progress) if data_setup is not None else None
         run = _Run(
-            settings, model, layers, x, fixed_target, archive, report_progress, cancelled, edges, partners
+            settings,
+            model,
+            layers,
+            x,
+            fixed_target,
+            archive,
+            report_progress,
+            cancelled,
+            edges,
+            partners,
+            twins,
         )
-        results = [_audit_method(run, method) for method in methods]
+        results = [_audit_method(run, method, parameter_tests) for method in methods]
         report = AuditReport(
             created_at=datetime.now(UTC),
             model=loaded.artifact,
@@ -146,11 +186,12 @@ def run_audit(
             device=str(device),
             versions=_versions(),
             methods=results,
+            data_randomization=twins.info if twins is not None else None,
             notes=loaded.notes + _constant_notes(model),
             seconds=time.perf_counter() - started,
         )
         report_json = report.model_dump_json(indent=2)
-        archive.add_text(REPORT_FILE, report_json)
+        archive.add_bytes(REPORT_FILE, report_json)
         archive.commit()
     _write_atomically(out_dir / REPORT_FILE, report_json)
     return report
@@ -281,14 +322,7 @@ def _create_methods(
     gradcam_layer = _gradcam_layer(settings, model, layers, x[:1])
     context = MethodContext(settings, gradcam_layer, _layer_label(gradcam_layer, model, layers))
     methods = [create_method(name, context) for name in settings.methods]
-    problems = []
-    for method in methods:
-        try:
-            method.check_supported(model, x[:1])
-        except MethodUnsupportedError as error:
-            problems.append(str(error))
-    if problems:
-        raise MethodUnsupportedError("; ".join(problems))
+    _check_methods(methods, model, x)
     return methods
 
 
@@ -299,6 +333,18 @@ def _layer_label(path: str | None, model: nn.Module, layers: list[Layer]) -> str
         return names.get(path) if path else None
     convs = [layer.name for layer in layers if layer.kind == "Conv2d"]
     return f"{convs[-1]} (after its ReLU)" if convs else path
+
+
+def _check_methods(methods: list[SaliencyMethod], model: nn.Module, x: Tensor) -> None:
+    """Refuse up front, naming every method that cannot give a correct map on ``model``."""
+    problems = []
+    for method in methods:
+        try:
+            method.check_supported(model, x[:1])
+        except MethodUnsupportedError as error:
+            problems.append(str(error))
+    if problems:
+        raise MethodUnsupportedError("; ".join(problems))
 
 
 def _gradcam_layer(
@@ -314,7 +360,9 @@ def _gradcam_layer(
     raise AuditInputError(f"gradcam_layer {settings.gradcam_layer!r} is not a layer of the model ({names})")
 
 
-def _audit_method(run: _Run, method: SaliencyMethod) -> MethodResult:
+def _audit_method(
+    run: _Run, method: SaliencyMethod, parameter_tests: list[RandomizationTest]
+) -> MethodResult:
     started = time.perf_counter()
     method_key = zlib.crc32(method.name.encode())  # noise depends on the method, not its place in the list
     noise_seed = int(np.random.SeedSequence([run.settings.seed, method_key]).generate_state(1)[0])
@@ -334,7 +382,7 @@ def _audit_method(run: _Run, method: SaliencyMethod) -> MethodResult:
         )
 
     tests = []
-    for test in run.settings.tests:
+    for test in parameter_tests:
         stages = [stage(0, "trained model", [], trained)]
         for randomized in randomized_stages(run.model, run.layers, test, run.settings):
             if run.should_cancel():
@@ -364,7 +412,53 @@ def _audit_method(run: _Run, method: SaliencyMethod) -> MethodResult:
         edge_detector_similarity=summarize_all(compare_prepared(trained, run.edge_maps)),
         degenerate_trained_maps=int(trained.invalid.sum()),
         tests=tests,
+        data_randomization=_data_test(run, method, trained_maps, trained, noise_seed) if run.twins else None,
         seconds=time.perf_counter() - started,
+    )
+
+
+def _data_test(
+    run: _Run, method: SaliencyMethod, trained_maps: np.ndarray, trained: PreparedMaps, noise_seed: int
+) -> DataTestResult:
+    """Trained maps against the random-label twin's, and the true-label control's as the retrain floor."""
+    twins = run.twins
+    assert twins is not None
+
+    def maps_of(model: nn.Module, role: str) -> PreparedMaps:
+        maps = _maps(run, method, model, noise_seed) if method.uses_model else trained_maps
+        run.archive.add_array(f"maps/{method.name}/data/{role}.npy", maps, method=method.name, test="data")
+        run.report_progress(f"{method.name}: data randomization, {role.replace('_', ' ')}", 1)
+        return prepare(maps)
+
+    twin = maps_of(twins.twin, "random_label_twin")
+    retrain_floor = None
+    if twins.control is not None:
+        retrain_floor = summarize_all(compare_prepared(trained, maps_of(twins.control, "true_label_control")))
+    stages = [
+        Stage(
+            index=0,
+            label="trained model",
+            randomized_layers=[],
+            similarity=summarize_all(compare_prepared(trained, trained)),
+            cross_image_floor=summarize_all(compare_prepared(trained, trained[run.partners])),
+            degenerate_maps=int(trained.invalid.sum()),
+        ),
+        Stage(
+            index=1,
+            label="random-label twin",
+            randomized_layers=[],
+            similarity=summarize_all(compare_prepared(trained, twin)),
+            cross_image_floor=summarize_all(compare_prepared(trained, twin[run.partners])),
+            degenerate_maps=int(twin.invalid.sum()),
+        ),
+    ]
+    verdict = judge(RandomizationTest.data, stages, run.settings.verdict, len(trained), retrain_floor)
+    return DataTestResult(
+        twin_similarity=stages[1].similarity,
+        retrain_floor=retrain_floor,
+        cross_image_floor=stages[1].cross_image_floor,
+        degenerate_maps=stages[1].degenerate_maps,
+        verdict=verdict,
     )
 
 

@@ -101,6 +101,65 @@ class TestResult(_Frozen):
     verdict: Verdict
 
 
+class DataTestResult(_Frozen):
+    """Trained-model maps against the random-label twin's (and the true-label control's) maps."""
+
+    twin_similarity: MetricTable = Field(description="Trained model vs random-label twin, same image.")
+    retrain_floor: MetricTable | None = Field(
+        None,
+        description="Trained model vs a second model trained on the true labels with another seed: how "
+        "much maps differ from retraining alone.",
+    )
+    cross_image_floor: MetricTable = Field(
+        description="Trained map of one image vs the twin's map of another."
+    )
+    degenerate_maps: int = Field(description="Images whose twin map is constant.")
+    verdict: Verdict
+
+
+class EpochRecord(_Frozen):
+    epoch: int
+    loss: float
+    train_accuracy: float
+
+
+class TrainingRun(_Frozen):
+    role: Literal["random_label_twin", "true_label_control"]
+    seed: int
+    epochs: int
+    seconds: float
+    train_accuracy: float = Field(description="On the labels it was trained on (permuted for the twin).")
+    heldout_accuracy: float = Field(
+        description="On the true labels of held-out images; near chance for the twin."
+    )
+    chance_accuracy: float = Field(
+        description="Accuracy of always answering the most frequent held-out class."
+    )
+    curve: list[EpochRecord]
+    archive_path: str = Field(description="The trained model as ONNX inside maps.zip.")
+
+
+class TrainingDataInfo(_Frozen):
+    filename: str
+    sha256: str
+    count: int
+    classes: int
+    heldout: int
+
+
+class DataRandomizationInfo(_Frozen):
+    source: Literal["client", "trained"] = Field(
+        description="'client': the twin (and control) came with the request; 'trained': the engine "
+        "trained them."
+    )
+    twin: ArtifactInfo | None = None
+    twin_conversion: ConversionCheck | None = None
+    control: ArtifactInfo | None = None
+    control_conversion: ConversionCheck | None = None
+    training_data: TrainingDataInfo | None = None
+    training: list[TrainingRun] = Field(default_factory=list)
+
+
 class MethodResult(_Frozen):
     name: str
     stochastic: bool
@@ -116,6 +175,7 @@ class MethodResult(_Frozen):
     )
     degenerate_trained_maps: int
     tests: list[TestResult]
+    data_randomization: DataTestResult | None = None
     seconds: float
 
 
@@ -141,5 +201,6 @@ class AuditReport(_Frozen):
     device: str
     versions: Versions
     methods: list[MethodResult]
+    data_randomization: DataRandomizationInfo | None = None
     notes: list[str] = Field(default_factory=list)
     seconds: float

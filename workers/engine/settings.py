@@ -12,8 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class RandomizationTest(StrEnum):
-    cascading = "cascading"
-    independent = "independent"
+    cascading = "cascading"  # model parameters, from the top layer down, cumulatively
+    independent = "independent"  # model parameters, one layer at a time
+    data = "data"  # the same architecture trained on permuted labels (the random-label twin)
+
+
+PARAMETER_TESTS = (RandomizationTest.cascading, RandomizationTest.independent)
 
 
 class TargetPolicy(StrEnum):
@@ -69,19 +73,49 @@ class Preprocessing(BaseModel):
         return value
 
 
+class Optimizer(StrEnum):
+    adam = "adam"
+    sgd = "sgd"  # with momentum 0.9
+
+
+class TrainingRecipe(BaseModel):
+    """How the service trains the random-label twin and the true-label control: one recipe for both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    optimizer: Optimizer = Optimizer.adam
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 1e-3
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    max_epochs: Annotated[int, Field(ge=1, le=100_000)] = 300
+    max_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    memorize_accuracy: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.95, description="Training accuracy each model must reach on the labels it is trained on."
+    )
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.2, description="Share of the training images held out to measure accuracy on true labels."
+    )
+
+
 class VerdictRule(BaseModel):
     """When a method passes: its maps must change a lot once the model is randomized.
 
     The method passes a test when the upper bound of the 95% confidence interval of the mean ``metric`` at
     the judged stage lies below ``threshold``. Cascading randomization is judged with every layer
     randomized; independent randomization with the top (logit) layer alone randomized, the layer whose
-    randomization changes what the model computes most directly.
+    randomization changes what the model computes most directly. Data randomization is judged on the
+    random-label twin, and, where a true-label control exists, its upper bound must also lie
+    ``retrain_gap`` below the similarity of the two true-label models.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     metric: Metric = Metric.spearman_abs
     threshold: Annotated[float, Field(gt=-1, le=1)] = 0.5
+    retrain_gap: Annotated[float, Field(ge=0, le=2)] = Field(
+        0.2,
+        description="Data randomization with a true-label control: the twin's upper bound must also lie "
+        "this far below the mean similarity of the two true-label models (the retrain floor).",
+    )
 
 
 class AuditSettings(BaseModel):
@@ -117,6 +151,7 @@ class AuditSettings(BaseModel):
     conversion_atol: Annotated[float, Field(gt=0)] = 1e-4
     conversion_rtol: Annotated[float, Field(ge=0)] = 1e-3
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    training: TrainingRecipe = Field(default_factory=TrainingRecipe)
     verdict: VerdictRule = Field(default_factory=VerdictRule)
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', or a torch device string.")
 

@@ -1,0 +1,375 @@
+"""The data randomization test's models: a random-label twin and a true-label control.
+
+Either the client supplies them (``twin``, optionally ``control``), or the engine trains them from a
+labelled training set: the audited architecture, re-initialized, trained on permuted labels until it has
+memorized them (the twin), and a second copy trained on the true labels with another seed (the control).
+The control measures how much maps differ from retraining alone, a floor the original paper lacked.
+Every input is checked before any training starts.
+"""
+
+import copy
+import io
+import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from workers.engine.archive import MapArchive
+from workers.engine.artifacts import load_model
+from workers.engine.errors import AuditInputError, ProbeError
+from workers.engine.layers import Layer, layer_seed, reinitialize
+from workers.engine.probes import IMAGE_SUFFIXES, ProbeSet, load_probes
+from workers.engine.report import (
+    ArtifactInfo,
+    ConversionCheck,
+    DataRandomizationInfo,
+    EpochRecord,
+    TrainingDataInfo,
+    TrainingRun,
+)
+from workers.engine.settings import AuditSettings, Optimizer, Preprocessing, ReinitScheme, TrainingRecipe
+from workers.engine.verification import verify_conversion
+
+MIN_TRAINING_IMAGES = 50
+MAX_TRAINING_IMAGES = 200_000
+MAX_ZIP_BYTES = 4 * 1024**3
+TWIN_ARCHIVE_PATH = "models/random_label_twin.onnx"
+CONTROL_ARCHIVE_PATH = "models/true_label_control.onnx"
+
+
+class TrainingBudgetExceeded(AuditInputError):
+    """A model did not reach the required training accuracy within the recipe's epochs or time."""
+
+
+@dataclass(frozen=True)
+class DataTestInputs:
+    """What the client sent for the data randomization test: a twin, or data to train one."""
+
+    twin: Path | None = None
+    control: Path | None = None
+    training_data: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.twin is None) == (self.training_data is None):
+            raise AuditInputError(
+                "the data randomization test needs either a random-label twin or training data"
+            )
+        if self.control is not None and self.twin is None:
+            raise AuditInputError(
+                "a true-label control goes with a client-supplied twin; with training data "
+                "the engine trains the control itself"
+            )
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    model: nn.Module
+    run: TrainingRun
+    onnx: bytes
+
+
+def load_training_set(
+    path: Path, preprocessing: Preprocessing, expected_shape: tuple[int | None, ...], classes: int
+) -> ProbeSet:
+    """Read and check a labelled training set (.npz with x and y, or a zip of class folders)."""
+    if path.suffix.lower() == ".zip":
+        with tempfile.TemporaryDirectory() as folder:
+            _extract_images(path, Path(folder))
+            data = load_probes(Path(folder), preprocessing, expected_shape, MAX_TRAINING_IMAGES)
+    elif path.suffix.lower() == ".npz":
+        data = load_probes(path, preprocessing, expected_shape, MAX_TRAINING_IMAGES)
+    else:
+        raise ProbeError(f"{path}: training data must be an .npz with x and y, or a zip of class folders")
+    if data.labels is None:
+        raise ProbeError(f"{path}: training data needs labels (a 'y' array, or images in class folders)")
+    if len(data.labels) < MIN_TRAINING_IMAGES:
+        raise ProbeError(
+            f"{path}: {len(data.labels)} training images; at least {MIN_TRAINING_IMAGES} are needed"
+        )
+    if data.labels.max() >= classes:
+        raise ProbeError(f"{path}: labels go up to {data.labels.max()}, but the model has {classes} classes")
+    present = np.unique(data.labels)
+    if len(present) < 2:
+        raise ProbeError(
+            f"{path}: every training image has label {present[0]}; at least two classes are needed"
+        )
+    return data
+
+
+def _extract_images(archive: Path, folder: Path) -> None:
+    """Unpack only image files, only inside ``folder``, within a size cap (zip slip, zip bombs)."""
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [m for m in bundle.infolist() if not m.is_dir()]
+            if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
+                raise ProbeError(f"{archive}: unpacks to more than {MAX_ZIP_BYTES} bytes")
+            for member in members:
+                name = PurePosixPath(member.filename)
+                if name.is_absolute() or ".." in name.parts or "\\" in member.filename:
+                    raise ProbeError(f"{archive}: member {member.filename!r} points outside the archive")
+                if name.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                target = folder.joinpath(*name.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(bundle.read(member))
+    except zipfile.BadZipFile:
+        raise ProbeError(f"{archive}: not a readable zip archive") from None
+
+
+def split_holdout(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng([seed, 0xDA7A]).permutation(count)
+    heldout = max(1, round(count * fraction))
+    return np.sort(order[heldout:]), np.sort(order[:heldout])
+
+
+def train_pair(
+    model: nn.Module,
+    layers: list[Layer],
+    data: ProbeSet,
+    settings: AuditSettings,
+    device: torch.device,
+    on_epoch: Callable[[str], None],
+) -> tuple[TrainedModel, TrainedModel, int]:
+    """Train the random-label twin and the true-label control; returns them and the held-out count."""
+    recipe = settings.training
+    train, heldout = split_holdout(len(data.labels), recipe.holdout_fraction, settings.seed)
+    x = torch.from_numpy(data.x).to(device)
+    labels = torch.from_numpy(data.labels).to(device)
+    permuted = labels[train][
+        torch.from_numpy(np.random.default_rng([settings.seed, 0x5EED]).permutation(len(train)))
+    ]
+    seeds = np.random.SeedSequence(settings.seed).generate_state(2)
+    twin = _train(
+        model,
+        layers,
+        x,
+        (train, permuted),
+        (heldout, labels[heldout]),
+        recipe,
+        int(seeds[0]),
+        "random_label_twin",
+        lambda text: on_epoch(f"training random-label twin: {text}"),
+    )
+    control = _train(
+        model,
+        layers,
+        x,
+        (train, labels[train]),
+        (heldout, labels[heldout]),
+        recipe,
+        int(seeds[1]),
+        "true_label_control",
+        lambda text: on_epoch(f"training true-label control: {text}"),
+    )
+    return twin, control, len(heldout)
+
+
+def _train(
+    architecture: nn.Module,
+    layers: list[Layer],
+    x: Tensor,
+    fit: tuple[np.ndarray, Tensor],
+    holdout: tuple[np.ndarray, Tensor],
+    recipe: TrainingRecipe,
+    seed: int,
+    role: str,
+    on_epoch: Callable[[str], None],
+) -> TrainedModel:
+    started = time.perf_counter()
+    model = copy.deepcopy(architecture)
+    modules = dict(model.named_modules())
+    for layer in layers:
+        reinitialize(modules[layer.path], ReinitScheme.default, 0.0, layer_seed(seed, layer))
+    model.requires_grad_(True)
+    optimizer = _optimizer(model, recipe)
+    generator = torch.Generator().manual_seed(seed)
+    fit_x, fit_y = x[torch.from_numpy(fit[0]).to(x.device)], fit[1]
+    curve: list[EpochRecord] = []
+    accuracy = 0.0
+    for epoch in range(1, recipe.max_epochs + 1):
+        model.train()
+        total_loss = 0.0
+        for batch in torch.randperm(len(fit_x), generator=generator).split(recipe.batch_size):
+            batch = batch.to(x.device)
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(fit_x[batch]), fit_y[batch])
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(batch)
+        accuracy = _accuracy(model, fit_x, fit_y, recipe.batch_size)
+        curve.append(EpochRecord(epoch=epoch, loss=total_loss / len(fit_x), train_accuracy=accuracy))
+        on_epoch(f"epoch {epoch}, train accuracy {accuracy:.3f}")
+        if accuracy >= recipe.memorize_accuracy or time.perf_counter() - started > recipe.max_seconds:
+            break
+    if accuracy < recipe.memorize_accuracy:
+        raise TrainingBudgetExceeded(
+            f"the {role.replace('_', ' ')} reached {accuracy:.1%} training accuracy after "
+            f"{len(curve)} epochs and {time.perf_counter() - started:.0f} s; it must reach "
+            f"{recipe.memorize_accuracy:.0%}. Raise "
+            "max_epochs, max_seconds or the learning rate, or train on fewer images"
+        )
+    model.eval().requires_grad_(False)
+    heldout_x = x[torch.from_numpy(holdout[0]).to(x.device)]
+    heldout_accuracy = _accuracy(model, heldout_x, holdout[1], recipe.batch_size)
+    chance = float(np.bincount(holdout[1].cpu().numpy()).max() / len(holdout[1]))
+    archive_path = TWIN_ARCHIVE_PATH if role == "random_label_twin" else CONTROL_ARCHIVE_PATH
+    run = TrainingRun(
+        role=role,  # type: ignore[arg-type]
+        seed=seed,
+        epochs=len(curve),
+        seconds=time.perf_counter() - started,
+        train_accuracy=accuracy,
+        heldout_accuracy=heldout_accuracy,
+        chance_accuracy=chance,
+        curve=curve,
+        archive_path=archive_path,
+    )
+    return TrainedModel(model, run, _to_onnx(model, x[:2]))
+
+
+def _optimizer(model: nn.Module, recipe: TrainingRecipe) -> torch.optim.Optimizer:
+    if recipe.optimizer is Optimizer.sgd:
+        return torch.optim.SGD(model.parameters(), lr=recipe.learning_rate, momentum=0.9)
+    return torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> float:
+    model.eval()
+    predicted = torch.cat([model(batch).argmax(dim=1) for batch in x.split(batch_size)])
+    return float((predicted == y).float().mean())
+
+
+def _to_onnx(model: nn.Module, example: Tensor) -> bytes:
+    """The trained model as a single-file ONNX (opset 17, dynamic batch), for the client to inspect."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            copy.deepcopy(model).cpu(),
+            (example.cpu(),),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class TwinModels:
+    twin: nn.Module
+    control: nn.Module | None
+    info: DataRandomizationInfo
+
+
+@dataclass
+class DataSetup:
+    """The data test's inputs, checked before any map is computed or any model trained."""
+
+    settings: AuditSettings
+    architecture: nn.Module
+    layers: list[Layer]
+    x: Tensor
+    device: torch.device
+    client: TwinModels | None = None
+    training: ProbeSet | None = None
+
+    @classmethod
+    def prepare(
+        cls,
+        inputs: DataTestInputs,
+        settings: AuditSettings,
+        architecture: nn.Module,
+        layers: list[Layer],
+        probes: ProbeSet,
+        check_methods: Callable[[nn.Module], None],
+        device: torch.device,
+    ) -> "DataSetup":
+        x = torch.from_numpy(probes.x).to(device)
+        setup = cls(settings, architecture, layers, x, device)
+        with torch.no_grad():
+            classes = architecture(x[:1]).shape[1]
+        if inputs.training_data is not None:
+            expected = (None, *probes.x.shape[1:])
+            setup.training = load_training_set(
+                inputs.training_data, settings.preprocessing, expected, classes
+            )
+            return setup
+        twin, twin_artifact, twin_check = setup._client_model(inputs.twin, probes, classes, check_methods)
+        control, control_artifact, control_check = (None, None, None)
+        if inputs.control is not None:
+            control, control_artifact, control_check = setup._client_model(
+                inputs.control, probes, classes, check_methods
+            )
+        info = DataRandomizationInfo(
+            source="client",
+            twin=twin_artifact,
+            twin_conversion=twin_check,
+            control=control_artifact,
+            control_conversion=control_check,
+        )
+        setup.client = TwinModels(twin, control, info)
+        return setup
+
+    def _client_model(
+        self, path: Path, probes: ProbeSet, classes: int, check_methods: Callable[[nn.Module], None]
+    ) -> tuple[nn.Module, ArtifactInfo, ConversionCheck]:
+        loaded = load_model(path, example_input=probes.x[:2])
+        check = verify_conversion(
+            loaded,
+            probes.x,
+            atol=self.settings.conversion_atol,
+            rtol=self.settings.conversion_rtol,
+            batch_size=self.settings.batch_size,
+        )
+        module = loaded.module.to(self.device).eval().requires_grad_(False)
+        with torch.no_grad():
+            own_classes = module(self.x[:1]).shape[1]
+        if own_classes != classes:
+            raise AuditInputError(f"{path.name} has {own_classes} classes; the audited model has {classes}")
+        check_methods(module)
+        return module, loaded.artifact, check
+
+    def steps(self, methods: int) -> int:
+        """Units of progress: training each model, and each method's maps of each model."""
+        models = 2 if self.training is not None or (self.client and self.client.control) else 1
+        return (2 if self.training is not None else 0) + methods * models
+
+    def models(self, archive: MapArchive, report_progress: Callable[[str, int], None]) -> TwinModels:
+        if self.client is not None:
+            return self.client
+        assert self.training is not None
+        twin, control, heldout = train_pair(
+            self.architecture,
+            self.layers,
+            self.training,
+            self.settings,
+            self.device,
+            lambda text: report_progress(text, 0),
+        )
+        for trained in (twin, control):
+            archive.add_bytes(trained.run.archive_path, trained.onnx)
+            report_progress(f"trained {trained.run.role.replace('_', ' ')}", 1)
+        data = self.training
+        info = DataRandomizationInfo(
+            source="trained",
+            training_data=TrainingDataInfo(
+                filename=data.source,
+                sha256=data.sha256,
+                count=len(data.labels),
+                classes=len(np.unique(data.labels)),
+                heldout=heldout,
+            ),
+            training=[twin.run, control.run],
+        )
+        return TwinModels(twin.model, control.model, info)
