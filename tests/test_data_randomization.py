@@ -1,0 +1,194 @@
+"""The data randomization test on the digits CNN: a twin trained on permuted labels, a true-label
+control, the same comparison with client-supplied models, and training data refused before training."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import TrainedDigits
+from workers.cli import main
+from workers.engine.artifacts import load_model
+from workers.engine.audit import run_audit
+from workers.engine.data_randomization import DataTestInputs, TrainingBudgetExceeded, load_training_set
+from workers.engine.errors import AuditInputError, ProbeError
+from workers.engine.report import AuditReport
+from workers.engine.settings import AuditSettings, Preprocessing
+
+DATA_ONLY = ("--tests", "data", "--methods", "gradient,gradient_x_input", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def training_data(trained_digits: TrainedDigits, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("training") / "train.npz"
+    np.savez(path, x=trained_digits.data.x_train, y=trained_digits.data.y_train)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_twin_audit(
+    trained_digits: TrainedDigits, training_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("twin-audit")
+    args = [str(trained_digits.onnx_dynamo), str(trained_digits.probes), "--train-data", str(training_data)]
+    assert main(["run", *args, "--out", str(out), *DATA_ONLY]) == 0
+    return out
+
+
+def _report(out: Path) -> AuditReport:
+    return AuditReport.model_validate_json((out / "report.json").read_text())
+
+
+def _twin_similarity(report: AuditReport) -> dict[str, float]:
+    return {m.name: m.data_randomization.twin_similarity["spearman_abs"].mean for m in report.methods}
+
+
+def test_twin_memorizes_permuted_labels_and_knows_nothing(trained_twin_audit: Path) -> None:
+    info = _report(trained_twin_audit).data_randomization
+    twin, control = info.training
+    assert (twin.role, control.role) == ("random_label_twin", "true_label_control")
+    assert twin.train_accuracy >= 0.95 and twin.curve[-1].train_accuracy == twin.train_accuracy
+    assert twin.heldout_accuracy < 0.25  # ten classes: chance is about 0.1
+    assert control.heldout_accuracy > 0.85
+    assert twin.seed != control.seed
+    assert info.training_data.count == 1500 and info.training_data.heldout == 300
+
+
+def test_gradient_changes_far_more_than_gradient_x_input(trained_twin_audit: Path) -> None:
+    report = _report(trained_twin_audit)
+    similarity = _twin_similarity(report)
+    assert similarity["gradient"] < 0.4
+    assert similarity["gradient_x_input"] > 0.8
+    verdicts = {m.name: m.data_randomization.verdict for m in report.methods}
+    assert verdicts["gradient"].passed and not verdicts["gradient_x_input"].passed
+    for method in report.methods:
+        floor = method.data_randomization.retrain_floor["spearman_abs"].mean
+        assert method.data_randomization.twin_similarity["spearman_abs"].mean < floor
+    assert report.methods[0].tests == []
+
+
+def test_trained_twins_are_archived_as_onnx(trained_twin_audit: Path, tmp_path: Path) -> None:
+    report = _report(trained_twin_audit)
+    with zipfile.ZipFile(trained_twin_audit / "maps.zip") as archive:
+        manifest = {entry["path"] for entry in json.loads(archive.read("manifest.json"))["arrays"]}
+        assert "maps/gradient/data/random_label_twin.npy" in manifest
+        for run in report.data_randomization.training:
+            (tmp_path / Path(run.archive_path).name).write_bytes(archive.read(run.archive_path))
+    assert load_model(tmp_path / "random_label_twin.onnx").artifact.format == "onnx"
+
+
+def test_client_supplied_twin_and_control_give_the_same_comparison(
+    trained_digits: TrainedDigits, trained_twin_audit: Path, tmp_path: Path
+) -> None:
+    with zipfile.ZipFile(trained_twin_audit / "maps.zip") as archive:
+        for name in ("random_label_twin", "true_label_control"):
+            (tmp_path / f"{name}.onnx").write_bytes(archive.read(f"models/{name}.onnx"))
+    out = tmp_path / "client"
+    args = [
+        "--twin",
+        str(tmp_path / "random_label_twin.onnx"),
+        "--control",
+        str(tmp_path / "true_label_control.onnx"),
+    ]
+    assert (
+        main(
+            [
+                "run",
+                str(trained_digits.onnx_dynamo),
+                str(trained_digits.probes),
+                *args,
+                "--out",
+                str(out),
+                *DATA_ONLY,
+            ]
+        )
+        == 0
+    )
+    client, trained = _report(out), _report(trained_twin_audit)
+    assert client.data_randomization.source == "client"
+    assert client.data_randomization.twin_conversion.max_abs_logit_diff < 1e-4
+    assert _twin_similarity(client) == pytest.approx(_twin_similarity(trained), abs=1e-3)
+
+
+def _refused(trained_digits: TrainedDigits, data: Path, tmp_path: Path, match: str) -> None:
+    settings = AuditSettings(methods=["gradient"], tests=["data"])
+    events: list[object] = []
+    with pytest.raises(AuditInputError, match=match):
+        run_audit(
+            trained_digits.onnx_dynamo,
+            trained_digits.probes,
+            settings,
+            tmp_path / "out",
+            on_progress=events.append,
+            data_inputs=DataTestInputs(training_data=data),
+        )
+    assert events == []  # refused during the checks: no model was trained, no map computed
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "labels", "match"),
+    [
+        ((100, 1, 16, 16), np.arange(100) % 12, "labels go up to 11, but the model has 10 classes"),
+        ((100, 1, 16, 16), np.full(100, 3), "every training image has label 3"),
+        ((100, 1, 8, 8), np.arange(100) % 10, r"the model expects input of shape \[N, 1, 16, 16\]"),
+        ((10, 1, 16, 16), np.arange(10), "10 training images; at least 50"),
+    ],
+)
+def test_bad_training_data_is_refused_before_training(
+    trained_digits: TrainedDigits, tmp_path: Path, x_shape: tuple[int, ...], labels: np.ndarray, match: str
+) -> None:
+    data = tmp_path / "bad.npz"
+    np.savez(data, x=np.random.default_rng(0).random(x_shape, dtype=np.float32), y=labels)
+    _refused(trained_digits, data, tmp_path, match)
+
+
+def test_unlabelled_training_data_is_refused(trained_digits: TrainedDigits, tmp_path: Path) -> None:
+    data = tmp_path / "x.npz"
+    np.savez(data, x=trained_digits.data.x_train[:100])
+    _refused(trained_digits, data, tmp_path, "training data needs labels")
+
+
+def test_zip_of_class_folders_is_read_and_escapes_are_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "train.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for index in range(60):
+            image = tmp_path / "image.png"
+            Image.fromarray(np.full((16, 16), index * 4, dtype=np.uint8)).save(image)
+            archive.write(image, f"{index % 3}/{index}.png")
+        archive.writestr("README.txt", "ignored")
+    data = load_training_set(bundle, Preprocessing(), (None, 1, 16, 16), classes=10)
+    assert data.x.shape == (60, 1, 16, 16) and sorted(set(data.labels.tolist())) == [0, 1, 2]
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../0/escape.png", b"")
+    with pytest.raises(ProbeError, match="points outside the archive"):
+        load_training_set(evil, Preprocessing(), (None, 1, 16, 16), classes=10)
+
+
+def test_a_twin_that_cannot_memorize_in_budget_is_a_clear_failure(
+    trained_digits: TrainedDigits, training_data: Path, tmp_path: Path
+) -> None:
+    settings = AuditSettings(methods=["gradient"], tests=["data"], training={"max_epochs": 2})
+    with pytest.raises(
+        TrainingBudgetExceeded, match=r"random label twin reached .* after 2 epochs.*must reach 95%"
+    ):
+        run_audit(
+            trained_digits.onnx_dynamo,
+            trained_digits.probes,
+            settings,
+            tmp_path,
+            data_inputs=DataTestInputs(training_data=training_data),
+        )
+
+
+def test_data_test_inputs_must_match_the_requested_tests(
+    trained_digits: TrainedDigits, training_data: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(AuditInputError, match="request test 'data' together with one of them"):
+        run_audit(trained_digits.onnx_dynamo, trained_digits.probes, AuditSettings(tests=["data"]), tmp_path)
+    with pytest.raises(AuditInputError, match="a true-label control goes with a client-supplied twin"):
+        DataTestInputs(control=trained_digits.onnx_dynamo, training_data=training_data)
