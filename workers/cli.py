@@ -82,6 +82,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "compare with a model of the same architecture trained on permuted labels: give one (--twin), or "
         "labelled training data from which the audit trains it and a true-label control",
     )
+    data.add_argument(
+        "--retrain-gap",
+        type=float,
+        help="with a control, pass this far below the retrain floor" + _default("retrain_gap", VerdictRule),
+    )
     data.add_argument("--twin", type=Path, help="random-label twin (ONNX, TorchScript or .pt2)")
     data.add_argument(
         "--control", type=Path, help="optional second true-label model (another seed), with --twin"
@@ -145,7 +150,7 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "std": args.std,
         "layout": args.layout,
     }
-    verdict = {"metric": args.metric, "threshold": args.threshold}
+    verdict = {"metric": args.metric, "threshold": args.threshold, "retrain_gap": args.retrain_gap}
     training = {
         "optimizer": args.optimizer,
         "learning_rate": args.learning_rate,
