@@ -7,13 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import TrainedDigits
 from workers.cli import main
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
-from workers.engine.data_randomization import DataTestInputs, TrainingBudgetExceeded, load_training_set
+from workers.engine.data_randomization import (
+    DataTestInputs,
+    TrainingBudgetExceeded,
+    _batches,
+    load_training_set,
+)
 from workers.engine.errors import AuditInputError, ProbeError
 from workers.engine.report import AuditReport
 from workers.engine.settings import AuditSettings, Preprocessing
@@ -111,6 +117,10 @@ def test_client_supplied_twin_and_control_give_the_same_comparison(
     assert client.data_randomization.source == "client"
     assert client.data_randomization.twin_conversion.max_abs_logit_diff < 1e-4
     assert _twin_similarity(client) == pytest.approx(_twin_similarity(trained), abs=1e-3)
+    for mine, theirs in zip(client.methods, trained.methods, strict=True):
+        floors = [m.data_randomization.retrain_floor["spearman_abs"].mean for m in (mine, theirs)]
+        assert floors[0] == pytest.approx(floors[1], abs=1e-3)
+        assert mine.data_randomization.verdict.passed == theirs.data_randomization.verdict.passed
 
 
 def _refused(trained_digits: TrainedDigits, data: Path, tmp_path: Path, match: str) -> None:
@@ -192,3 +202,35 @@ def test_data_test_inputs_must_match_the_requested_tests(
         run_audit(trained_digits.onnx_dynamo, trained_digits.probes, AuditSettings(tests=["data"]), tmp_path)
     with pytest.raises(AuditInputError, match="a true-label control goes with a client-supplied twin"):
         DataTestInputs(control=trained_digits.onnx_dynamo, training_data=training_data)
+    with pytest.raises(AuditInputError, match="a true-label control goes with a client-supplied twin"):
+        DataTestInputs(control=trained_digits.onnx_dynamo)
+
+
+def test_a_holdout_that_leaves_too_little_to_train_on_is_refused(
+    trained_digits: TrainedDigits, training_data: Path, tmp_path: Path
+) -> None:
+    settings = AuditSettings(methods=["gradient"], tests=["data"], training={"holdout_fraction": 0.99})
+    with pytest.raises(ProbeError, match="leaves 15 images to train on"):
+        run_audit(
+            trained_digits.onnx_dynamo,
+            trained_digits.probes,
+            settings,
+            tmp_path,
+            data_inputs=DataTestInputs(training_data=training_data),
+        )
+
+
+def test_a_batch_of_one_is_never_trained_alone() -> None:
+    sizes = [len(batch) for batch in _batches(torch.arange(129), 64)]
+    assert sizes == [64, 65]
+    assert [len(batch) for batch in _batches(torch.arange(130), 64)] == [64, 64, 2]
+
+
+def test_settings_file_with_training_data_adds_the_data_test(
+    trained_digits: TrainedDigits, training_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"methods": ["gradient"], "training": {"max_epochs": 1}}))
+    args = [str(trained_digits.onnx_dynamo), str(trained_digits.probes), "--train-data", str(training_data)]
+    assert main(["run", *args, "--settings", str(settings), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "random label twin reached" in capsys.readouterr().err  # the data test ran and trained

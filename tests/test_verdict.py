@@ -1,5 +1,7 @@
 """The pass/fail rule, on hand-made stages."""
 
+import pytest
+
 from workers.engine.report import Stage, Summary
 from workers.engine.settings import Metric, RandomizationTest, VerdictRule
 from workers.engine.verdict import judge
@@ -61,3 +63,13 @@ def test_a_failure_at_the_cross_image_floor_is_explained() -> None:
         "shared by all images"
         not in judge(RandomizationTest.cascading, above_floor, VerdictRule(), IMAGES).explanation
     )
+
+
+def test_data_verdict_needs_the_twin_below_the_retrain_floor_by_the_gap() -> None:
+    twin = [_stage(0, 1.0), _stage(1, 0.3)]  # upper bound 0.32
+    floor = {metric: _summary(0.6) for metric in Metric}
+    verdict = judge(RandomizationTest.data, twin, VerdictRule(), IMAGES, retrain_floor=floor)
+    assert verdict.passed and verdict.threshold == pytest.approx(0.4)
+    close_floor = {metric: _summary(0.45) for metric in Metric}  # limit 0.25: 0.32 is too close
+    assert not judge(RandomizationTest.data, twin, VerdictRule(), IMAGES, retrain_floor=close_floor).passed
+    assert judge(RandomizationTest.data, twin, VerdictRule(), IMAGES).threshold == 0.5

@@ -122,11 +122,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> AuditSettings:
-    base = (
-        {}
-        if args.settings is None
-        else AuditSettings.model_validate_json(args.settings.read_text()).model_dump()
+    from_file = (
+        None if args.settings is None else AuditSettings.model_validate_json(args.settings.read_text())
     )
+    base = {} if from_file is None else from_file.model_dump()
     overrides = {
         "methods": args.methods and args.methods.split(","),
         "tests": args.tests and args.tests.split(","),
@@ -160,7 +159,8 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "memorize_accuracy": args.memorize_accuracy,
         "holdout_fraction": args.holdout_fraction,
     }
-    if args.tests is None and (args.twin or args.train_data) and "tests" not in base:
+    tests_chosen = args.tests is not None or (from_file is not None and "tests" in from_file.model_fields_set)
+    if not tests_chosen and (args.twin or args.train_data):
         overrides["tests"] = ["cascading", "independent", "data"]
     merged = base | {k: v for k, v in overrides.items() if v is not None}
     for section, values in (("preprocessing", preprocessing), ("verdict", verdict), ("training", training)):

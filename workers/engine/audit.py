@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from workers.engine.archive import MapArchive
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
 from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinModels
-from workers.engine.errors import AuditInputError, MethodUnsupportedError
+from workers.engine.errors import AuditCancelled, AuditInputError, MethodUnsupportedError
 from workers.engine.layers import Layer, gradcam_default_layer, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method
 from workers.engine.methods.edges import sobel_magnitude
@@ -60,10 +60,6 @@ class Progress:
     phase: str
     done: int
     total: int
-
-
-class AuditCancelled(Exception):
-    """The caller asked to stop; raised between stages."""
 
 
 @dataclass
@@ -158,7 +154,7 @@ def run_audit(
         archive.add_array("inputs.npy", probes.x, kind="inputs")
         edges = prepare(sobel_magnitude(x).cpu().numpy())
         cancelled = should_cancel or _never
-        twins = data_setup.models(archive, report_progress) if data_setup is not None else None
+        twins = data_setup.models(archive, report_progress, cancelled) if data_setup is not None else None
         run = _Run(
             settings,
             model,

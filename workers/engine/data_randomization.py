@@ -8,6 +8,8 @@ Every input is checked before any training starts.
 """
 
 import copy
+import dataclasses
+import hashlib
 import io
 import tempfile
 import time
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from workers.engine.archive import MapArchive
 from workers.engine.artifacts import load_model
-from workers.engine.errors import AuditInputError, ProbeError
+from workers.engine.errors import AuditCancelled, AuditInputError, ProbeError
 from workers.engine.layers import Layer, layer_seed, reinitialize
 from workers.engine.probes import IMAGE_SUFFIXES, ProbeSet, load_probes
 from workers.engine.report import (
@@ -38,6 +40,8 @@ from workers.engine.settings import AuditSettings, Optimizer, Preprocessing, Rei
 from workers.engine.verification import verify_conversion
 
 MIN_TRAINING_IMAGES = 50
+MIN_FIT_IMAGES = 40
+MIN_HELDOUT_IMAGES = 10
 MAX_TRAINING_IMAGES = 200_000
 MAX_ZIP_BYTES = 4 * 1024**3
 TWIN_ARCHIVE_PATH = "models/random_label_twin.onnx"
@@ -57,14 +61,14 @@ class DataTestInputs:
     training_data: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.control is not None and self.twin is None:
+            raise AuditInputError(
+                "a true-label control goes with a client-supplied twin (--twin); with training data the "
+                "engine trains the control itself"
+            )
         if (self.twin is None) == (self.training_data is None):
             raise AuditInputError(
                 "the data randomization test needs either a random-label twin or training data"
-            )
-        if self.control is not None and self.twin is None:
-            raise AuditInputError(
-                "a true-label control goes with a client-supplied twin; with training data "
-                "the engine trains the control itself"
             )
 
 
@@ -82,7 +86,9 @@ def load_training_set(
     if path.suffix.lower() == ".zip":
         with tempfile.TemporaryDirectory() as folder:
             _extract_images(path, Path(folder))
-            data = load_probes(Path(folder), preprocessing, expected_shape, MAX_TRAINING_IMAGES)
+            unpacked = load_probes(Path(folder), preprocessing, expected_shape, MAX_TRAINING_IMAGES)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        data = dataclasses.replace(unpacked, source=path.name, sha256=digest)
     elif path.suffix.lower() == ".npz":
         data = load_probes(path, preprocessing, expected_shape, MAX_TRAINING_IMAGES)
     else:
@@ -136,6 +142,7 @@ def train_pair(
     settings: AuditSettings,
     device: torch.device,
     on_epoch: Callable[[str], None],
+    should_cancel: Callable[[], bool],
 ) -> tuple[TrainedModel, TrainedModel, int]:
     """Train the random-label twin and the true-label control; returns them and the held-out count."""
     recipe = settings.training
@@ -156,6 +163,7 @@ def train_pair(
         int(seeds[0]),
         "random_label_twin",
         lambda text: on_epoch(f"training random-label twin: {text}"),
+        should_cancel,
     )
     control = _train(
         model,
@@ -167,6 +175,7 @@ def train_pair(
         int(seeds[1]),
         "true_label_control",
         lambda text: on_epoch(f"training true-label control: {text}"),
+        should_cancel,
     )
     return twin, control, len(heldout)
 
@@ -181,6 +190,7 @@ def _train(
     seed: int,
     role: str,
     on_epoch: Callable[[str], None],
+    should_cancel: Callable[[], bool],
 ) -> TrainedModel:
     started = time.perf_counter()
     model = copy.deepcopy(architecture)
@@ -196,7 +206,7 @@ def _train(
     for epoch in range(1, recipe.max_epochs + 1):
         model.train()
         total_loss = 0.0
-        for batch in torch.randperm(len(fit_x), generator=generator).split(recipe.batch_size):
+        for batch in _batches(torch.randperm(len(fit_x), generator=generator), recipe.batch_size):
             batch = batch.to(x.device)
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(fit_x[batch]), fit_y[batch])
@@ -206,6 +216,8 @@ def _train(
         accuracy = _accuracy(model, fit_x, fit_y, recipe.batch_size)
         curve.append(EpochRecord(epoch=epoch, loss=total_loss / len(fit_x), train_accuracy=accuracy))
         on_epoch(f"epoch {epoch}, train accuracy {accuracy:.3f}")
+        if should_cancel():
+            raise AuditCancelled
         if accuracy >= recipe.memorize_accuracy or time.perf_counter() - started > recipe.max_seconds:
             break
     if accuracy < recipe.memorize_accuracy:
@@ -219,6 +231,7 @@ def _train(
     heldout_x = x[torch.from_numpy(holdout[0]).to(x.device)]
     heldout_accuracy = _accuracy(model, heldout_x, holdout[1], recipe.batch_size)
     chance = float(np.bincount(holdout[1].cpu().numpy()).max() / len(holdout[1]))
+    _check_generalization(role, heldout_accuracy, chance, len(holdout[1]))
     archive_path = TWIN_ARCHIVE_PATH if role == "random_label_twin" else CONTROL_ARCHIVE_PATH
     run = TrainingRun(
         role=role,  # type: ignore[arg-type]
@@ -232,6 +245,33 @@ def _train(
         archive_path=archive_path,
     )
     return TrainedModel(model, run, _to_onnx(model, x[:2]))
+
+
+def _check_generalization(role: str, accuracy: float, chance: float, count: int) -> None:
+    """The twin must know nothing of the true labels and the control must know them, beyond noise.
+
+    The bound is the majority-class rate plus three binomial standard errors over the held-out images.
+    """
+    bound = chance + 3 * np.sqrt(chance * (1 - chance) / count)
+    if role == "random_label_twin" and accuracy > bound:
+        raise AuditInputError(
+            f"the random-label twin scores {accuracy:.1%} on held-out true labels, above chance "
+            f"({chance:.1%} + 3 standard errors = {bound:.1%}): it learned the task, so it is no "
+            "random-label twin"
+        )
+    if role == "true_label_control" and accuracy <= bound:
+        raise AuditInputError(
+            f"the true-label control scores only {accuracy:.1%} on held-out images (chance {chance:.1%}): "
+            "it did not learn the task, so it cannot measure the retrain floor; adjust the training recipe"
+        )
+
+
+def _batches(order: Tensor, size: int) -> list[Tensor]:
+    """Mini-batches; a last batch of one image joins the one before (BatchNorm cannot train on one)."""
+    batches = list(order.split(size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
 
 
 def _optimizer(model: nn.Module, recipe: TrainingRecipe) -> torch.optim.Optimizer:
@@ -304,6 +344,14 @@ class DataSetup:
             setup.training = load_training_set(
                 inputs.training_data, settings.preprocessing, expected, classes
             )
+            recipe = settings.training
+            fit, heldout = split_holdout(len(setup.training.x), recipe.holdout_fraction, settings.seed)
+            if len(fit) < MIN_FIT_IMAGES or len(heldout) < MIN_HELDOUT_IMAGES:
+                raise ProbeError(
+                    f"{inputs.training_data.name}: holdout_fraction {recipe.holdout_fraction} leaves "
+                    f"{len(fit)} images to train on and {len(heldout)} held out; at least "
+                    f"{MIN_FIT_IMAGES} and {MIN_HELDOUT_IMAGES} are needed"
+                )
             return setup
         twin, twin_artifact, twin_check = setup._client_model(inputs.twin, probes, classes, check_methods)
         control, control_artifact, control_check = (None, None, None)
@@ -342,10 +390,18 @@ class DataSetup:
 
     def steps(self, methods: int) -> int:
         """Units of progress: training each model, and each method's maps of each model."""
-        models = 2 if self.training is not None or (self.client and self.client.control) else 1
+        has_control = self.training is not None or (
+            self.client is not None and self.client.control is not None
+        )
+        models = 2 if has_control else 1
         return (2 if self.training is not None else 0) + methods * models
 
-    def models(self, archive: MapArchive, report_progress: Callable[[str, int], None]) -> TwinModels:
+    def models(
+        self,
+        archive: MapArchive,
+        report_progress: Callable[[str, int], None],
+        should_cancel: Callable[[], bool],
+    ) -> TwinModels:
         if self.client is not None:
             return self.client
         assert self.training is not None
@@ -356,6 +412,7 @@ class DataSetup:
             self.settings,
             self.device,
             lambda text: report_progress(text, 0),
+            should_cancel,
         )
         for trained in (twin, control):
             archive.add_bytes(trained.run.archive_path, trained.onnx)

@@ -23,3 +23,7 @@ class ProbeError(AuditInputError):
 
 class MethodUnsupportedError(AuditInputError):
     """A saliency method cannot give a correct map on this model (Guided Backprop without ReLU modules)."""
+
+
+class AuditCancelled(Exception):
+    """The caller asked to stop; raised between stages and between training epochs."""
