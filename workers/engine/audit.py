@@ -367,19 +367,10 @@ def _audit_method(
     trained = prepare(trained_maps)
     run.report_progress(f"{method.name}: trained model")
 
-    def stage(index: int, label: str, randomized: list[str], maps: PreparedMaps) -> Stage:
-        return Stage(
-            index=index,
-            label=label,
-            randomized_layers=randomized,
-            similarity=summarize_all(compare_prepared(trained, maps)),
-            cross_image_floor=summarize_all(compare_prepared(trained, maps[run.partners])),
-            degenerate_maps=int(maps.invalid.sum()),
-        )
-
+    trained_stage = _stage(run, trained, 0, "trained model", [], trained)
     tests = []
     for test in parameter_tests:
-        stages = [stage(0, "trained model", [], trained)]
+        stages = [trained_stage]
         for randomized in randomized_stages(run.model, run.layers, test, run.settings):
             if run.should_cancel():
                 raise AuditCancelled
@@ -394,7 +385,7 @@ def _audit_method(
             )
             names = [layer.name for layer in randomized.randomized]
             prepared = prepare(maps) if method.uses_model else trained
-            stages.append(stage(randomized.index, randomized.label, names, prepared))
+            stages.append(_stage(run, trained, randomized.index, randomized.label, names, prepared))
             run.report_progress(f"{method.name}: {test.value} {randomized.label}")
         verdict = judge(test, stages, run.settings.verdict, len(trained))
         tests.append(TestResult(test=test, stages=stages, verdict=verdict))
@@ -408,13 +399,34 @@ def _audit_method(
         edge_detector_similarity=summarize_all(compare_prepared(trained, run.edge_maps)),
         degenerate_trained_maps=int(trained.invalid.sum()),
         tests=tests,
-        data_randomization=_data_test(run, method, trained_maps, trained, noise_seed) if run.twins else None,
+        data_randomization=(
+            _data_test(run, method, trained_maps, trained_stage, trained, noise_seed) if run.twins else None
+        ),
         seconds=time.perf_counter() - started,
     )
 
 
+def _stage(
+    run: _Run, trained: PreparedMaps, index: int, label: str, randomized: list[str], maps: PreparedMaps
+) -> Stage:
+    """One stage's maps against the trained maps: of the same image, and of a partner image."""
+    return Stage(
+        index=index,
+        label=label,
+        randomized_layers=randomized,
+        similarity=summarize_all(compare_prepared(trained, maps)),
+        cross_image_floor=summarize_all(compare_prepared(trained, maps[run.partners])),
+        degenerate_maps=int(maps.invalid.sum()),
+    )
+
+
 def _data_test(
-    run: _Run, method: SaliencyMethod, trained_maps: np.ndarray, trained: PreparedMaps, noise_seed: int
+    run: _Run,
+    method: SaliencyMethod,
+    trained_maps: np.ndarray,
+    trained_stage: Stage,
+    trained: PreparedMaps,
+    noise_seed: int,
 ) -> DataTestResult:
     """Trained maps against the random-label twin's, and the true-label control's as the retrain floor."""
     twins = run.twins
@@ -430,24 +442,7 @@ def _data_test(
     retrain_floor = None
     if twins.control is not None:
         retrain_floor = summarize_all(compare_prepared(trained, maps_of(twins.control, "true_label_control")))
-    stages = [
-        Stage(
-            index=0,
-            label="trained model",
-            randomized_layers=[],
-            similarity=summarize_all(compare_prepared(trained, trained)),
-            cross_image_floor=summarize_all(compare_prepared(trained, trained[run.partners])),
-            degenerate_maps=int(trained.invalid.sum()),
-        ),
-        Stage(
-            index=1,
-            label="random-label twin",
-            randomized_layers=[],
-            similarity=summarize_all(compare_prepared(trained, twin)),
-            cross_image_floor=summarize_all(compare_prepared(trained, twin[run.partners])),
-            degenerate_maps=int(twin.invalid.sum()),
-        ),
-    ]
+    stages = [trained_stage, _stage(run, trained, 1, "random-label twin", [], twin)]
     verdict = judge(RandomizationTest.data, stages, run.settings.verdict, len(trained), retrain_floor)
     return DataTestResult(
         twin_similarity=stages[1].similarity,

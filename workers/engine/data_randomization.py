@@ -153,30 +153,22 @@ def train_pair(
         torch.from_numpy(np.random.default_rng([settings.seed, 0x5EED]).permutation(len(train)))
     ]
     seeds = np.random.SeedSequence(settings.seed).generate_state(2)
-    twin = _train(
-        model,
-        layers,
-        x,
-        (train, permuted),
-        (heldout, labels[heldout]),
-        recipe,
-        int(seeds[0]),
-        "random_label_twin",
-        lambda text: on_epoch(f"training random-label twin: {text}"),
-        should_cancel,
-    )
-    control = _train(
-        model,
-        layers,
-        x,
-        (train, labels[train]),
-        (heldout, labels[heldout]),
-        recipe,
-        int(seeds[1]),
-        "true_label_control",
-        lambda text: on_epoch(f"training true-label control: {text}"),
-        should_cancel,
-    )
+    roles = (("random_label_twin", permuted), ("true_label_control", labels[train]))
+    twin, control = [
+        _train(
+            model,
+            layers,
+            x,
+            (train, fit_labels),
+            (heldout, labels[heldout]),
+            recipe,
+            int(seed),
+            role,
+            lambda text, role=role: on_epoch(f"training {role.replace('_', ' ')}: {text}"),
+            should_cancel,
+        )
+        for (role, fit_labels), seed in zip(roles, seeds, strict=True)
+    ]
     return twin, control, len(heldout)
 
 
