@@ -25,7 +25,7 @@ from workers.engine.errors import AuditCancelled, AuditInputError, MethodUnsuppo
 from workers.engine.layers import Layer, gradcam_default_layer, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method
 from workers.engine.methods.edges import sobel_magnitude
-from workers.engine.probes import ProbeSet, load_probes
+from workers.engine.probes import ProbeSet, check_label_range, load_probes
 from workers.engine.randomization import randomized_stages
 from workers.engine.report import (
     AuditReport,
@@ -120,7 +120,9 @@ def run_audit(
     x = torch.from_numpy(probes.x).to(device)
     layers = layers_in_forward_order(model, x[:1], loaded.module.layer_names)
     predicted = predictions(model, x, settings)
-    fixed_target = _fixed_target(settings, probes, predicted, model, x)
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    fixed_target = _fixed_target(settings, probes, predicted, classes)
     methods = _create_methods(settings, model, layers, x)
     partners = cross_image_partners(predicted.cpu().numpy(), settings.seed)
     parameter_tests = [test for test in settings.tests if test in PARAMETER_TESTS]
@@ -131,8 +133,9 @@ def run_audit(
             model,
             layers,
             probes,
+            x,
+            classes,
             lambda other: _check_methods(methods, other, x),
-            device,
         )
         if data_inputs is not None
         else None
@@ -292,7 +295,7 @@ def predictions(model: nn.Module, x: Tensor, settings: AuditSettings) -> Tensor:
 
 
 def _fixed_target(
-    settings: AuditSettings, probes: ProbeSet, predicted: Tensor, model: nn.Module, x: Tensor
+    settings: AuditSettings, probes: ProbeSet, predicted: Tensor, classes: int
 ) -> Tensor | None:
     if settings.target is TargetPolicy.predicted:
         return predicted
@@ -302,13 +305,8 @@ def _fixed_target(
         raise AuditInputError(
             "target policy 'label' needs labelled probes (a 'y' array or class sub-folders)"
         )
-    with torch.no_grad():
-        classes = model(x[:1]).shape[1]
-    if probes.labels.max() >= classes:
-        raise AuditInputError(
-            f"probe labels go up to {probes.labels.max()}, but the model has {classes} classes"
-        )
-    return torch.from_numpy(probes.labels).to(x.device)
+    check_label_range(probes.labels, classes, f"{probes.source} (probes)")
+    return torch.from_numpy(probes.labels).to(predicted.device)
 
 
 def _create_methods(

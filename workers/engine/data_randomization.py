@@ -27,7 +27,7 @@ from workers.engine.archive import MapArchive
 from workers.engine.artifacts import load_model
 from workers.engine.errors import AuditCancelled, AuditInputError, ProbeError
 from workers.engine.layers import Layer, layer_seed, reinitialize
-from workers.engine.probes import IMAGE_SUFFIXES, ProbeSet, load_probes
+from workers.engine.probes import IMAGE_SUFFIXES, ProbeSet, check_label_range, load_probes
 from workers.engine.report import (
     ArtifactInfo,
     ConversionCheck,
@@ -99,8 +99,7 @@ def load_training_set(
         raise ProbeError(
             f"{path}: {len(data.labels)} training images; at least {MIN_TRAINING_IMAGES} are needed"
         )
-    if data.labels.max() >= classes:
-        raise ProbeError(f"{path}: labels go up to {data.labels.max()}, but the model has {classes} classes")
+    check_label_range(data.labels, classes, str(path))
     present = np.unique(data.labels)
     if len(present) < 2:
         raise ProbeError(
@@ -324,13 +323,12 @@ class DataSetup:
         architecture: nn.Module,
         layers: list[Layer],
         probes: ProbeSet,
+        x: Tensor,
+        classes: int,
         check_methods: Callable[[nn.Module], None],
-        device: torch.device,
     ) -> "DataSetup":
-        x = torch.from_numpy(probes.x).to(device)
-        setup = cls(settings, architecture, layers, x, device)
-        with torch.no_grad():
-            classes = architecture(x[:1]).shape[1]
+        """``x`` is ``probes.x`` on the audit's device; ``classes`` the audited model's class count."""
+        setup = cls(settings, architecture, layers, x, x.device)
         if inputs.training_data is not None:
             expected = (None, *probes.x.shape[1:])
             setup.training = load_training_set(

@@ -67,6 +67,12 @@ def load_probes(
     return ProbeSet(x=x, labels=labels, names=names, source=path.name, sha256=digest)
 
 
+def check_label_range(labels: np.ndarray, classes: int, source: str) -> None:
+    """Labels must name classes the model has."""
+    if labels.max() >= classes:
+        raise ProbeError(f"{source}: labels go up to {labels.max()}, but the model has {classes} classes")
+
+
 def _refuse_image_only_settings(path: Path, preprocessing: Preprocessing) -> None:
     """Refuse size/channels for arrays: they say how to decode images, and arrays are taken as they are."""
     declared = [name for name in ("size", "channels") if getattr(preprocessing, name) is not None]
