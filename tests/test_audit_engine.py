@@ -55,26 +55,18 @@ def test_unsupported_methods_are_refused_before_any_work(
     assert events == []
 
 
+@pytest.mark.parametrize(
+    ("device", "message"), [("foo", "'foo' is not a torch device"), ("meta", "not supported")]
+)
 def test_a_refused_run_leaves_no_earlier_results_behind(
-    trained_digits: TrainedDigits, tmp_path: Path
+    trained_digits: TrainedDigits, tmp_path: Path, device: str, message: str
 ) -> None:
     (tmp_path / "report.json").write_text("{}")
     (tmp_path / "maps.zip").write_bytes(b"old")
-    with pytest.raises(AuditInputError, match="'foo' is not a torch device"):
-        run_audit(
-            trained_digits.onnx_dynamo,
-            trained_digits.probes,
-            QUICK.model_copy(update={"device": "foo"}),
-            tmp_path,
-        )
+    with pytest.raises(AuditInputError, match=message):
+        settings = QUICK.model_copy(update={"device": device})
+        run_audit(trained_digits.onnx_dynamo, trained_digits.probes, settings, tmp_path)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(AuditInputError, match="not supported"):
-        run_audit(
-            trained_digits.onnx_dynamo,
-            trained_digits.probes,
-            QUICK.model_copy(update={"device": "meta"}),
-            tmp_path,
-        )
 
 
 def test_noise_depends_on_the_method_not_its_place_in_the_list(

@@ -123,18 +123,24 @@ def test_client_supplied_twin_and_control_give_the_same_comparison(
         assert mine.data_randomization.verdict.passed == theirs.data_randomization.verdict.passed
 
 
+def _audit_with_training(
+    trained_digits: TrainedDigits, data: Path, settings: AuditSettings, out: Path, events: list | None = None
+) -> None:
+    run_audit(
+        trained_digits.onnx_dynamo,
+        trained_digits.probes,
+        settings,
+        out,
+        on_progress=None if events is None else events.append,
+        data_inputs=DataTestInputs(training_data=data),
+    )
+
+
 def _refused(trained_digits: TrainedDigits, data: Path, tmp_path: Path, match: str) -> None:
-    settings = AuditSettings(methods=["gradient"], tests=["data"])
     events: list[object] = []
     with pytest.raises(AuditInputError, match=match):
-        run_audit(
-            trained_digits.onnx_dynamo,
-            trained_digits.probes,
-            settings,
-            tmp_path / "out",
-            on_progress=events.append,
-            data_inputs=DataTestInputs(training_data=data),
-        )
+        settings = AuditSettings(methods=["gradient"], tests=["data"])
+        _audit_with_training(trained_digits, data, settings, tmp_path / "out", events)
     assert events == []  # refused during the checks: no model was trained, no map computed
     assert not (tmp_path / "out" / "report.json").exists()
 
@@ -186,13 +192,7 @@ def test_a_twin_that_cannot_memorize_in_budget_is_a_clear_failure(
     with pytest.raises(
         TrainingBudgetExceeded, match=r"random label twin reached .* after 2 epochs.*must reach 95%"
     ):
-        run_audit(
-            trained_digits.onnx_dynamo,
-            trained_digits.probes,
-            settings,
-            tmp_path,
-            data_inputs=DataTestInputs(training_data=training_data),
-        )
+        _audit_with_training(trained_digits, training_data, settings, tmp_path)
 
 
 def test_data_test_inputs_must_match_the_requested_tests(
@@ -211,13 +211,7 @@ def test_a_holdout_that_leaves_too_little_to_train_on_is_refused(
 ) -> None:
     settings = AuditSettings(methods=["gradient"], tests=["data"], training={"holdout_fraction": 0.99})
     with pytest.raises(ProbeError, match="leaves 15 images to train on"):
-        run_audit(
-            trained_digits.onnx_dynamo,
-            trained_digits.probes,
-            settings,
-            tmp_path,
-            data_inputs=DataTestInputs(training_data=training_data),
-        )
+        _audit_with_training(trained_digits, training_data, settings, tmp_path)
 
 
 def test_a_batch_of_one_is_never_trained_alone() -> None:
