@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from workers.engine import artifacts as artifacts_module
+from workers.engine import formats as formats_module
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
 from workers.engine.errors import AuditInputError, ModelConversionError, ProbeError, UnsafeArtifactError
 from workers.engine.onnx_import import OnnxGraphModule, onnx_to_torch
@@ -230,7 +230,7 @@ def test_fixed_batch_is_refused(model: SmallCnn, tmp_path: Path) -> None:
 
 
 def test_oversized_files_are_refused(artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(artifacts_module, "MAX_ARTIFACT_BYTES", 1000)
+    monkeypatch.setattr(formats_module, "MAX_ARTIFACT_BYTES", 1000)
     with pytest.raises(UnsafeArtifactError, match="limited to"):
         load_model(artifacts["onnx_legacy"])
 

@@ -12,36 +12,30 @@ import contextlib
 import hashlib
 import io
 import logging
-import pickletools
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from google.protobuf.message import DecodeError
-from onnx.external_data_helper import uses_external_data
 from torch import Tensor
 
-from workers.engine.errors import AuditInputError, ModelConversionError, UnsafeArtifactError
+from workers.engine.errors import AuditInputError, ModelConversionError
+from workers.engine.formats import (
+    ArtifactFormat,
+    format_label,
+    parse_onnx,
+    read_artifact,
+    sniff_format,
+)
 from workers.engine.onnx_import import OnnxGraphModule, onnx_to_torch
 from workers.engine.report import ArtifactInfo
 
-MAX_ARTIFACT_BYTES = 2 * 1024**3  # protobuf's own limit for a single-file ONNX model
 TORCHSCRIPT_ONNX_OPSET = 17
-
-ArtifactFormat = Literal["onnx", "torchscript", "torch_export"]
-
-_ZIP_MAGIC = b"PK\x03\x04"
-_EXPORT_ADVICE = (
-    "Export the model as ONNX (torch.onnx.export with a dynamic batch dimension), TorchScript "
-    "(torch.jit.script(model).save(path)) or torch.export (torch.export.save(program, path), a .pt2 file)."
-)
 _BATCH_HINTS: dict[ArtifactFormat, str] = {
     "onnx": "torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}), or dynamic_shapes with dynamo",
     "torch_export": "torch.export.export(model, (x,), dynamic_shapes={'x': {0: torch.export.Dim('batch')}})",
@@ -63,20 +57,20 @@ class LoadedModel:
 
 def detect_format(path: Path) -> ArtifactFormat:
     """The artifact's format, read from its bytes; refuses what the engine will not load."""
-    return _sniff(_read(path), path.name)
+    return sniff_format(read_artifact(path), path.name)
 
 
 def load_model(path: Path, example_input: np.ndarray | None = None) -> LoadedModel:
     """Load ``path``; TorchScript and torch.export files need ``example_input`` (a probe batch) to lower."""
-    data = _read(path)
-    kind = _sniff(data, path.name)
+    data = read_artifact(path)
+    kind = sniff_format(data, path.name)
     digest = hashlib.sha256(data).hexdigest()
     if kind == "onnx":
         return _load_onnx(data, path.name, digest)
     if example_input is None:
         raise AuditInputError(
-            f"{path.name} is a {_label(kind)} program: it declares no input shape, so the engine needs probe "
-            "images to lower it to ONNX; pass the probes along with the model"
+            f"{path.name} is a {format_label(kind)} program: it declares no input shape, so the engine needs "
+            "probe images to lower it to ONNX; pass the probes along with the model"
         )
     example = torch.from_numpy(np.ascontiguousarray(example_input, dtype=np.float32))
     loader = _load_torchscript if kind == "torchscript" else _load_torch_export
@@ -86,75 +80,8 @@ def load_model(path: Path, example_input: np.ndarray | None = None) -> LoadedMod
 # --- recognizing the bytes ------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> bytes:
-    size = path.stat().st_size
-    if size > MAX_ARTIFACT_BYTES:
-        raise UnsafeArtifactError(
-            f"{path.name} is {size / 2**30:.1f} GiB; model files are limited to "
-            f"{MAX_ARTIFACT_BYTES / 2**30:g} GiB"
-        )
-    return path.read_bytes()
-
-
-def _label(kind: ArtifactFormat) -> str:
-    return {"onnx": "ONNX", "torchscript": "TorchScript", "torch_export": "torch.export"}[kind]
-
-
-def _sniff(data: bytes, filename: str) -> ArtifactFormat:
-    if data.startswith(_ZIP_MAGIC):
-        return _zip_format(data, filename)
-    if _is_pickle(data):
-        raise UnsafeArtifactError(
-            f"{filename} is a Python pickle (e.g. torch.save of a model or state dict). Loading a pickle "
-            f"runs arbitrary code, so the engine refuses it. {_EXPORT_ADVICE}"
-        )
-    if data[:1] == b"\x08":  # field 1 (ir_version, a varint) opens every serialized ONNX ModelProto
-        return "onnx"
-    raise UnsafeArtifactError(
-        f"{filename} is not an ONNX, TorchScript or torch.export file. {_EXPORT_ADVICE}"
-    )
-
-
-def _is_pickle(data: bytes) -> bool:
-    """Protocol 2+ pickles open with PROTO (0x80); older ones are a run of valid opcodes ending in STOP."""
-    if data[:1] == b"\x80":
-        return True
-    try:
-        last = None
-        for opcode, _, _ in pickletools.genops(data):  # parses opcodes, executes nothing
-            last = opcode.name
-    except Exception:  # any malformed opcode stream: not a pickle
-        return False
-    return last == "STOP"
-
-
-def _zip_format(data: bytes, filename: str) -> ArtifactFormat:
-    """TorchScript archives hold ``code/`` and ``constants.pkl``; torch.export ones ``archive_format`` = pt2;
-    a ``data.pkl`` alone is a torch.save checkpoint, i.e. a pickle."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        entries = {name.split("/", 1)[1]: name for name in archive.namelist() if "/" in name}
-        if "constants.pkl" in entries and any(entry.startswith("code/") for entry in entries):
-            return "torchscript"
-        if "archive_format" in entries and archive.read(entries["archive_format"]).strip() == b"pt2":
-            return "torch_export"
-    except (zipfile.BadZipFile, KeyError, OSError):
-        raise UnsafeArtifactError(f"{filename} is a damaged zip archive. {_EXPORT_ADVICE}") from None
-    if "data.pkl" in entries:
-        raise UnsafeArtifactError(
-            f"{filename} is a torch.save checkpoint (a pickled module or state dict in a zip). Loading it "
-            f"runs arbitrary code, so the engine refuses it. {_EXPORT_ADVICE}"
-        )
-    raise UnsafeArtifactError(
-        f"{filename} is a zip archive but not a TorchScript or torch.export file. {_EXPORT_ADVICE}"
-    )
-
-
-# --- ONNX -------------------------------------------------------------------------------------------
-
-
 def _load_onnx(data: bytes, filename: str, digest: str) -> LoadedModel:
-    model = _parse_onnx(data, filename)
+    model = parse_onnx(data, filename)
     module = _convert(model, filename, "onnx")
     notes = []
     original_opset = _opset(model)
@@ -175,37 +102,6 @@ def _load_onnx(data: bytes, filename: str, digest: str) -> LoadedModel:
         reference=reference,
         notes=notes,
     )
-
-
-def _parse_onnx(data: bytes, filename: str) -> onnx.ModelProto:
-    try:
-        model = onnx.load_model_from_string(data)  # from bytes: never follows external-data paths
-    except DecodeError:
-        model = None
-    if model is None or not model.HasField("graph"):
-        raise UnsafeArtifactError(
-            f"{filename} looks like ONNX but cannot be read: the file is truncated or corrupt"
-        )
-    if any(uses_external_data(tensor) for tensor in _tensors(model.graph)):
-        raise UnsafeArtifactError(
-            f"{filename} keeps weights in external data files; only single-file models are accepted "
-            "(external data paths have a history of path-traversal bugs). Export it as one file: "
-            "torch.onnx.export(..., external_data=False) (the dynamo exporter's default is True), or "
-            "onnx.save_model(model, path, save_as_external_data=False)"
-        )
-    return model
-
-
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
-    yield from (sparse.values for sparse in graph.sparse_initializer)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            for subgraph in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
-                yield from _tensors(subgraph)
 
 
 def _opset(model: onnx.ModelProto) -> int | None:
@@ -296,8 +192,8 @@ def _from_program(
 ) -> LoadedModel:
     module = _convert(model, filename, kind)
     notes = [
-        f"{_label(kind)} program lowered in memory to ONNX opset {module.opset} with torch.onnx and rebuilt "
-        "with hookable layers; the rebuild is verified against the program itself"
+        f"{format_label(kind)} program lowered in memory to ONNX opset {module.opset} with torch.onnx and "
+        "rebuilt with hookable layers; the rebuild is verified against the program itself"
     ]
     final = module.output_name
     reference_output = None

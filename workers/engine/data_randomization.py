@@ -8,16 +8,12 @@ Every input is checked before any training starts.
 """
 
 import copy
-import dataclasses
-import hashlib
 import io
-import tempfile
 import time
 import warnings
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +23,7 @@ from workers.engine.archive import MapArchive
 from workers.engine.artifacts import load_model
 from workers.engine.errors import AuditCancelled, AuditInputError, ProbeError
 from workers.engine.layers import Layer, layer_seed, reinitialize
-from workers.engine.probes import IMAGE_SUFFIXES, ProbeSet, check_label_range, load_probes
+from workers.engine.probes import ProbeSet, check_label_range, load_probes
 from workers.engine.report import (
     ArtifactInfo,
     ConversionCheck,
@@ -43,7 +39,6 @@ MIN_TRAINING_IMAGES = 50
 MIN_FIT_IMAGES = 40
 MIN_HELDOUT_IMAGES = 10
 MAX_TRAINING_IMAGES = 200_000
-MAX_ZIP_BYTES = 4 * 1024**3
 TWIN_ARCHIVE_PATH = "models/random_label_twin.onnx"
 CONTROL_ARCHIVE_PATH = "models/true_label_control.onnx"
 
@@ -83,13 +78,7 @@ def load_training_set(
     path: Path, preprocessing: Preprocessing, expected_shape: tuple[int | None, ...], classes: int
 ) -> ProbeSet:
     """Read and check a labelled training set (.npz with x and y, or a zip of class folders)."""
-    if path.suffix.lower() == ".zip":
-        with tempfile.TemporaryDirectory() as folder:
-            _extract_images(path, Path(folder))
-            unpacked = load_probes(Path(folder), preprocessing, expected_shape, MAX_TRAINING_IMAGES)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        data = dataclasses.replace(unpacked, source=path.name, sha256=digest)
-    elif path.suffix.lower() == ".npz":
+    if path.suffix.lower() in (".zip", ".npz"):
         data = load_probes(path, preprocessing, expected_shape, MAX_TRAINING_IMAGES)
     else:
         raise ProbeError(f"{path}: training data must be an .npz with x and y, or a zip of class folders")
@@ -106,26 +95,6 @@ def load_training_set(
             f"{path}: every training image has label {present[0]}; at least two classes are needed"
         )
     return data
-
-
-def _extract_images(archive: Path, folder: Path) -> None:
-    """Unpack only image files, only inside ``folder``, within a size cap (zip slip, zip bombs)."""
-    try:
-        with zipfile.ZipFile(archive) as bundle:
-            members = [m for m in bundle.infolist() if not m.is_dir()]
-            if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
-                raise ProbeError(f"{archive}: unpacks to more than {MAX_ZIP_BYTES} bytes")
-            for member in members:
-                name = PurePosixPath(member.filename)
-                if name.is_absolute() or ".." in name.parts or "\\" in member.filename:
-                    raise ProbeError(f"{archive}: member {member.filename!r} points outside the archive")
-                if name.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                target = folder.joinpath(*name.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(bundle.read(member))
-    except zipfile.BadZipFile:
-        raise ProbeError(f"{archive}: not a readable zip archive") from None
 
 
 def split_holdout(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Probe images: a folder of PNG/JPEG files or a .npy/.npz array, turned into the model's input tensor.
+"""Probe images: a folder (or zip) of PNG/JPEG files or a .npy/.npz array, turned into the model's input.
 
 Images are decoded only as PNG or JPEG (exotic decoders), and an image whose header declares more than
 ``MAX_IMAGE_PIXELS`` pixels is refused before its pixels are decoded (decompression bombs). Arrays are read
@@ -9,9 +9,12 @@ The engine works on channels-first input [N, C, H, W], at least 3 x 3 pixels (th
 a 3 x 3 window).
 """
 
+import dataclasses
 import hashlib
+import tempfile
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -24,6 +27,7 @@ IMAGE_FORMATS = ("PNG", "JPEG")
 MAX_IMAGE_PIXELS = 4096 * 4096
 MIN_IMAGES = 2
 MIN_SIDE = 3  # SSIM and the other windowed similarity metrics need at least 3 x 3 pixels
+MAX_ZIP_BYTES = 4 * 1024**3  # what a zip of images may unpack to (zip bombs)
 MAX_CHANNELS_LAST_WIDTH = 4  # a "width" this small next to more channels than that is a channels-last axis
 
 
@@ -40,6 +44,12 @@ def load_probes(
     path: Path, preprocessing: Preprocessing, expected_shape: tuple[int | None, ...] | None, max_images: int
 ) -> ProbeSet:
     """Read and preprocess probes; ``expected_shape`` is the model's input shape (None = dynamic)."""
+    if path.suffix.lower() == ".zip":
+        with tempfile.TemporaryDirectory() as folder:
+            extract_image_zip(path, Path(folder))
+            unpacked = load_probes(Path(folder), preprocessing, expected_shape, max_images)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return dataclasses.replace(unpacked, source=path.name, sha256=digest)
     if expected_shape is not None:
         _check_channels_first(expected_shape, "the model's input", path)
     if path.is_dir():
@@ -52,7 +62,7 @@ def load_probes(
         names = [f"{path.name}[{i}]" for i in range(len(raw))]
         default_scale = 1.0 if np.issubdtype(raw.dtype, np.floating) else 255.0
     else:
-        raise ProbeError(f"{path}: probes must be a folder of PNG/JPEG images or a .npy/.npz array")
+        raise ProbeError(f"{path}: probes must be a folder or zip of PNG/JPEG images, or a .npy/.npz array")
     if len(raw) < MIN_IMAGES:
         raise ProbeError(f"{path}: {len(raw)} probe image(s); at least {MIN_IMAGES} are needed")
     if len(raw) > max_images:
@@ -65,6 +75,26 @@ def load_probes(
         raise ProbeError(f"{path}: probes contain NaN or infinite values")
     _check_shape(x, expected_shape, path)
     return ProbeSet(x=x, labels=labels, names=names, source=path.name, sha256=digest)
+
+
+def extract_image_zip(archive: Path, folder: Path) -> None:
+    """Unpack only image files, only inside ``folder``, within a size cap (zip slip, zip bombs)."""
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [m for m in bundle.infolist() if not m.is_dir()]
+            if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
+                raise ProbeError(f"{archive}: unpacks to more than {MAX_ZIP_BYTES} bytes")
+            for member in members:
+                name = PurePosixPath(member.filename)
+                if name.is_absolute() or ".." in name.parts or "\\" in member.filename:
+                    raise ProbeError(f"{archive}: member {member.filename!r} points outside the archive")
+                if name.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                target = folder.joinpath(*name.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(bundle.read(member))
+    except zipfile.BadZipFile:
+        raise ProbeError(f"{archive}: not a readable zip archive") from None
 
 
 def check_label_range(labels: np.ndarray, classes: int, source: str) -> None:
