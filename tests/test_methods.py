@@ -3,12 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
 from workers.engine.errors import AuditInputError, MethodUnsupportedError
 from workers.engine.methods import MethodContext, available_methods, create_method
 from workers.engine.methods.edges import sobel_magnitude
-from workers.engine.settings import AuditSettings
+from workers.engine.settings import METHOD_NAMES, AuditSettings
 
 
 class SmallCNN(nn.Module):
@@ -71,6 +72,12 @@ def test_registry_holds_every_method_of_the_paper() -> None:
         "smoothgrad",
         "vargrad",
     ]
+    assert sorted(METHOD_NAMES) == available_methods()  # settings refuse unknown names without torch
+
+
+def test_settings_refuse_an_unknown_method_before_any_model_is_loaded() -> None:
+    with pytest.raises(ValidationError, match="unknown saliency method 'lime'"):
+        AuditSettings(methods=["gradient", "lime"])
 
 
 def test_unknown_method_is_refused_with_the_list_of_methods() -> None:

@@ -1,4 +1,5 @@
-"""``saliency-audit``: run the sanity checks for saliency maps in-process, with no server.
+"""``saliency-audit``: run the sanity checks for saliency maps in-process (``run``), or serve the REST API
+(``serve``).
 
 Exit codes: 0 done (and, with --fail-on-verdict, every method passed), 1 a method failed its check under
 --fail-on-verdict, 2 the inputs were refused (the message says why), 130 interrupted.
@@ -118,6 +119,22 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--quiet", action="store_true", help="no progress bar")
     commands.add_parser("methods", help="list the saliency methods")
     commands.add_parser("schema", help="print the JSON Schema of report.json")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP API (with an in-process worker unless SALIENCY_BROKER_URL is set)",
+        description="Serve the REST API. Without SALIENCY_BROKER_URL, jobs run on a worker thread of this "
+        "process, on a SQLite job store and files under the data directory: nothing else to install. With "
+        "it, jobs go to Celery workers (celery -A workers.celery_app worker -Q audit-cpu). Other settings: "
+        "SALIENCY_DATABASE_URL, SALIENCY_MAX_UPLOAD_BYTES, SALIENCY_MAX_ATTEMPTS (see README).",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        help="uploads, results and the SQLite store (default: $SALIENCY_DATA_DIR or ./saliency-data)",
+    )
+    commands.add_parser("openapi", help="print the OpenAPI document of the REST API")
     return parser
 
 
@@ -198,6 +215,19 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_FAILED_CHECK if args.fail_on_verdict and failed else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from workers.config import Settings
+
+    settings = Settings() if args.data_dir is None else Settings(data_dir=args.data_dir)
+    mode = f"Celery broker {settings.broker_url}" if settings.broker_url else "embedded worker"
+    print(f"saliency-audit: serving http://{args.host}:{args.port} ({mode}, data in {settings.data_dir})")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "methods":
@@ -211,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         from workers.engine.report import AuditReport
 
         print(json.dumps(AuditReport.model_json_schema(), indent=2))
+        return 0
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "openapi":
+        import json
+
+        from service.app import create_app
+
+        print(json.dumps(create_app().openapi(), indent=2))
         return 0
     from workers.engine.errors import AuditInputError
 

@@ -28,6 +28,8 @@ from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
 from workers.engine.randomization import randomized_stages
 from workers.engine.report import (
+    ARCHIVE_FILE,
+    REPORT_FILE,
     AuditReport,
     DataTestResult,
     LayerInfo,
@@ -43,9 +45,6 @@ from workers.engine.similarity import PreparedMaps, compare_prepared, prepare
 from workers.engine.statistics import summarize_all
 from workers.engine.verdict import judge
 from workers.engine.verification import verify_conversion
-
-REPORT_FILE = "report.json"
-ARCHIVE_FILE = "maps.zip"
 
 TARGET_NOTES = {
     TargetPolicy.predicted: "Maps explain the trained model's predicted class, held fixed at every stage.",

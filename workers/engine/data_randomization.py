@@ -23,7 +23,7 @@ from workers.engine.archive import MapArchive
 from workers.engine.artifacts import load_model
 from workers.engine.errors import AuditCancelled, AuditInputError, ProbeError
 from workers.engine.layers import Layer, layer_seed, reinitialize
-from workers.engine.probes import ProbeSet, check_label_range, load_probes
+from workers.engine.probes import MAX_TRAINING_IMAGES, ProbeSet, check_label_range, load_probes
 from workers.engine.report import (
     ArtifactInfo,
     ConversionCheck,
@@ -38,7 +38,6 @@ from workers.engine.verification import verify_conversion
 MIN_TRAINING_IMAGES = 50
 MIN_FIT_IMAGES = 40
 MIN_HELDOUT_IMAGES = 10
-MAX_TRAINING_IMAGES = 200_000
 TWIN_ARCHIVE_PATH = "models/random_label_twin.onnx"
 CONTROL_ARCHIVE_PATH = "models/true_label_control.onnx"
 

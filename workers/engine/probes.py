@@ -26,6 +26,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 IMAGE_FORMATS = ("PNG", "JPEG")
 MAX_IMAGE_PIXELS = 4096 * 4096
 MIN_IMAGES = 2
+MAX_TRAINING_IMAGES = 200_000
 MIN_SIDE = 3  # SSIM and the other windowed similarity metrics need at least 3 x 3 pixels
 MAX_ZIP_BYTES = 4 * 1024**3  # what a zip of images may unpack to (zip bombs)
 MAX_CHANNELS_LAST_WIDTH = 4  # a "width" this small next to more channels than that is a channels-last axis
@@ -75,6 +76,53 @@ def load_probes(
         raise ProbeError(f"{path}: probes contain NaN or infinite values")
     _check_shape(x, expected_shape, path)
     return ProbeSet(x=x, labels=labels, names=names, source=path.name, sha256=digest)
+
+
+@dataclass(frozen=True)
+class ProbeFileInfo:
+    format: str  # "npy", "npz" or "zip" (of PNG/JPEG images)
+    images: int
+    labelled: bool
+
+
+def inspect_probe_file(path: Path, max_images: int) -> ProbeFileInfo:
+    """Check an uploaded image set whatever its name: readable, real numbers, every image decodable.
+
+    Cheaper than ``load_probes`` and independent of preprocessing (not yet known at upload): arrays are
+    not reshaped and images not resized, so a set of mixed sizes passes here and meets its size later.
+    """
+    with path.open("rb") as file:
+        magic = file.read(6)
+    if magic.startswith(b"\x93NUMPY") or (magic.startswith(b"PK") and _holds_only_arrays(path)):
+        x, labels, _ = _read_array(path)
+        if x.ndim not in (3, 4):
+            raise ProbeError(f"{path.name}: images have shape {list(x.shape)}; expected 3 or 4 axes")
+        info = ProbeFileInfo("npy" if magic.startswith(b"\x93NUMPY") else "npz", len(x), labels is not None)
+    elif magic.startswith(b"PK"):
+        with tempfile.TemporaryDirectory() as folder:
+            extract_image_zip(path, Path(folder))
+            files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+            if not files:
+                raise ProbeError(f"{path.name}: the zip holds no .png/.jpg/.jpeg files")
+            labels = _folder_labels([f.relative_to(folder) for f in files], path)
+            if len(files) <= max_images:
+                for file in files:
+                    _decode(file, 1, (None, None))
+        info = ProbeFileInfo("zip", len(files), labels is not None)
+    else:
+        raise ProbeError(f"{path.name}: not a .npy/.npz array or a zip of PNG/JPEG images")
+    if info.images > max_images:
+        raise ProbeError(f"{path.name}: {info.images} images; at most {max_images} are allowed")
+    return info
+
+
+def _holds_only_arrays(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            names = bundle.namelist()
+    except zipfile.BadZipFile:
+        return False
+    return bool(names) and all(name.endswith(".npy") for name in names)
 
 
 def extract_image_zip(archive: Path, folder: Path) -> None:

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from workers.engine.settings import AuditSettings, Metric, RandomizationTest
 
 SCHEMA_VERSION = "1.0"
+REPORT_FILE = "report.json"  # names of the two outputs of an audit
+ARCHIVE_FILE = "maps.zip"
 
 
 class _Frozen(BaseModel):

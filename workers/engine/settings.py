@@ -10,6 +10,20 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The saliency methods' registry names, known here without torch so the service can refuse a typo at once
+# (a test keeps this in step with the registry in workers.engine.methods).
+METHOD_NAMES = (
+    "gradient",
+    "gradient_x_input",
+    "integrated_gradients",
+    "smoothgrad",
+    "vargrad",
+    "guided_backprop",
+    "gradcam",
+    "guided_gradcam",
+    "edge_detector",
+)
+
 
 class RandomizationTest(StrEnum):
     cascading = "cascading"  # model parameters, from the top layer down, cumulatively
@@ -121,19 +135,7 @@ class VerdictRule(BaseModel):
 class AuditSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    methods: list[str] = Field(
-        default_factory=lambda: [
-            "gradient",
-            "gradient_x_input",
-            "integrated_gradients",
-            "smoothgrad",
-            "vargrad",
-            "guided_backprop",
-            "gradcam",
-            "guided_gradcam",
-            "edge_detector",
-        ]
-    )
+    methods: list[str] = Field(default_factory=lambda: list(METHOD_NAMES))
     tests: list[RandomizationTest] = Field(
         default_factory=lambda: [RandomizationTest.cascading, RandomizationTest.independent]
     )
@@ -162,4 +164,14 @@ class AuditSettings(BaseModel):
             raise ValueError("name at least one")
         if len(set(value)) != len(value):
             raise ValueError("names must not repeat")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in METHOD_NAMES]
+        if unknown:
+            raise ValueError(
+                f"unknown saliency method {unknown[0]!r}; available: {', '.join(sorted(METHOD_NAMES))}"
+            )
         return value

@@ -1,0 +1,88 @@
+"""Uploads of models, probe sets and training sets: the raw file as the request body."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+
+from service.artifacts import receive_artifact
+from service.problems import Problem, not_found
+from service.routes import problems
+from service.runtime import RuntimeDep
+from service.schemas import ArtifactOut
+from workers.requests import ArtifactKind
+
+router = APIRouter(prefix="/v1", tags=["artifacts"])
+
+_RAW_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+_KINDS = (
+    ("/models", ArtifactKind.model, "an ONNX, TorchScript (.pt) or torch.export (.pt2) model"),
+    (
+        "/probe-sets",
+        ArtifactKind.probes,
+        "probe images: .npy/.npz (x, optional labels y) or a zip of PNG/JPEG",
+    ),
+    (
+        "/training-sets",
+        ArtifactKind.training_data,
+        "training data: .npz with x and y, or a zip of class folders",
+    ),
+)
+
+
+def _add_routes(path: str, kind: ArtifactKind, what: str) -> None:
+    @router.post(
+        path,
+        status_code=201,
+        response_model=ArtifactOut,
+        responses={200: {"description": "The same bytes were uploaded before", "model": ArtifactOut}}
+        | problems(413, 415, 422),
+        openapi_extra=_RAW_BODY,
+        summary=f"Upload {what}",
+        description="Send the file's bytes as the body (Content-Type: application/octet-stream). Stored by "
+        "sha256: uploading the same file again answers 200 with the stored artifact.",
+        operation_id=f"upload_{kind.value}",
+    )
+    async def upload(
+        request: Request,
+        response: Response,
+        runtime: RuntimeDep,
+        filename: Annotated[str | None, Query(description="Name used in messages about the file")] = None,
+        content_type: Annotated[str | None, Header()] = None,
+    ) -> ArtifactOut:
+        if content_type is not None and content_type.startswith("multipart/"):
+            raise Problem(
+                415,
+                "Unsupported media type",
+                "send the file's raw bytes as the body, not a multipart form: curl --data-binary @FILE "
+                "-H 'Content-Type: application/octet-stream'",
+            )
+        length = request.headers.get("content-length")
+        size = int(length) if length is not None and length.isdigit() else None
+        artifact, created = await receive_artifact(request.stream(), size, kind, filename, runtime)
+        href = f"/v1{path}/{artifact.sha256}"
+        response.headers["Location"] = href
+        if not created:
+            response.status_code = 200
+        return ArtifactOut.of(artifact, href)
+
+    @router.get(
+        f"{path}/{{sha256}}",
+        response_model=ArtifactOut,
+        responses=problems(404),
+        summary=f"Describe an uploaded {kind.value.replace('_', ' ')} artifact",
+        operation_id=f"get_{kind.value}",
+    )
+    def describe(sha256: str, runtime: RuntimeDep) -> ArtifactOut:
+        artifact = runtime.store.get_artifact(sha256, kind)
+        if artifact is None:
+            raise not_found(f"{kind.value} artifact {sha256}")
+        return ArtifactOut.of(artifact, f"/v1{path}/{sha256}")
+
+
+for _path, _kind, _what in _KINDS:
+    _add_routes(_path, _kind, _what)

@@ -1,0 +1,136 @@
+"""Audit jobs: submit, poll, list, cancel, download."""
+
+import base64
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from service import audits
+from service.routes import problems
+from service.runtime import Runtime, RuntimeDep
+from service.schemas import JobOut, JobPage
+from workers.engine.report import ARCHIVE_FILE, REPORT_FILE
+from workers.requests import AuditRequest
+from workers.store.jobs import TERMINAL_STATES, Job, JobState
+
+router = APIRouter(prefix="/v1/audits", tags=["audits"])
+
+
+def _job_headers(job: Job, runtime: Runtime) -> dict[str, str]:
+    headers = {"ETag": f'"{job.id}.{job.version}"', "Location": f"/v1/audits/{job.id}"}
+    if job.state not in TERMINAL_STATES:
+        headers["Retry-After"] = str(runtime.settings.retry_after_s)
+    return headers
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses=problems(422, 503),
+    summary="Submit an audit",
+    description="Answers at once with the queued job; poll its Location. With an Idempotency-Key, a retry "
+    "of the same request returns the same job, and the same key with another body is refused (422).",
+)
+async def submit(
+    request: Annotated[AuditRequest, Body()],
+    response: Response,
+    runtime: RuntimeDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobOut:
+    job, created = await audits.submit_audit(request, idempotency_key, runtime)
+    response.headers.update(_job_headers(job, runtime))
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobOut.of(job)
+
+
+@router.get("", response_model=JobPage, responses=problems(400, 422), summary="List audits, newest first")
+def list_audits(
+    runtime: RuntimeDep,
+    state: Annotated[list[JobState], Query(description="Only audits in these states")] = [],  # noqa: B006
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> JobPage:
+    jobs, next_cursor = audits.list_jobs(state, limit, cursor, runtime)
+    return JobPage(items=[JobOut.of(job) for job in jobs], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    responses={304: {"description": "Not modified since the ETag in If-None-Match"}} | problems(404),
+    summary="Poll an audit",
+)
+def get_audit(
+    job_id: str,
+    response: Response,
+    runtime: RuntimeDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> JobOut | Response:
+    job = audits.get_job(job_id, runtime)
+    headers = _job_headers(job, runtime)
+    if if_none_match is not None and headers["ETag"] in _etags(if_none_match):
+        return Response(status_code=304, headers=headers)
+    response.headers.update(headers)
+    return JobOut.of(job)
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    responses=problems(404, 409),
+    summary="Cancel an audit",
+    description="A queued audit is cancelled at once; a running one becomes 'cancelling' and stops at the "
+    "worker's next stage boundary.",
+)
+def cancel(job_id: str, response: Response, runtime: RuntimeDep) -> JobOut:
+    job = audits.cancel_job(job_id, runtime)
+    response.headers.update(_job_headers(job, runtime))
+    return JobOut.of(job)
+
+
+def _result_response(
+    job_id: str, name: str, media_type: str, runtime: Runtime, request: Request
+) -> FileResponse:
+    job, path = audits.result_file(job_id, name, runtime)
+    assert job.result is not None
+    digest = job.result.report_sha256 if name == REPORT_FILE else job.result.archive_sha256
+    headers = {
+        "ETag": f'"{digest}"',
+        "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:",
+        "X-Checksum-SHA256": digest,
+    }
+    filename = f"audit-{job_id}-{name}"
+    return FileResponse(path, media_type=media_type, headers=headers, filename=filename)
+
+
+_FILE_RESPONSES = problems(404, 409)
+
+
+@router.get(
+    "/{job_id}/report",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/json": {}}, "description": "The report (report.schema.json)"}}
+    | _FILE_RESPONSES,
+    summary="Download the JSON report of a succeeded audit",
+)
+def report(job_id: str, request: Request, runtime: RuntimeDep) -> FileResponse:
+    return _result_response(job_id, REPORT_FILE, "application/json", runtime, request)
+
+
+@router.get(
+    "/{job_id}/archive",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "Every map, manifest and report"}}
+    | _FILE_RESPONSES,
+    summary="Download the map archive of a succeeded audit",
+)
+def archive(job_id: str, request: Request, runtime: RuntimeDep) -> FileResponse:
+    return _result_response(job_id, ARCHIVE_FILE, "application/zip", runtime, request)

@@ -1,0 +1,26 @@
+"""What every request handler needs, built once per app and injected with ``Depends``."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from workers.config import Settings
+from workers.dispatch import Dispatcher
+from workers.storage import Storage
+from workers.store.jobs import JobStore
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    dispatcher: Dispatcher
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]

@@ -1,0 +1,38 @@
+"""The Celery application: Redis broker, one task per job, tuned for long jobs that must not be lost.
+
+Only job ids travel through the broker; the job store holds everything else and is the source of truth
+(Celery's result backend is not used). Start a worker with
+``celery -A workers.celery_app worker -Q audit-cpu`` (or ``-Q audit-gpu`` on a GPU machine).
+"""
+
+from celery import Celery
+
+from workers.config import Settings
+from workers.requests import WorkQueue
+
+TASK_NAME = "saliency_audit.run_job"
+QUEUES = {WorkQueue.cpu: "audit-cpu", WorkQueue.gpu: "audit-gpu"}
+VISIBILITY_MARGIN_S = 3600
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("saliency_audit", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,  # a job's message is acknowledged only once the job has finished
+        task_reject_on_worker_lost=True,  # a killed worker's job is redelivered (the store counts attempts)
+        worker_prefetch_multiplier=1,  # a busy worker holds no second job another worker could run
+        task_soft_time_limit=settings.soft_time_limit_s,
+        task_time_limit=settings.hard_time_limit_s,
+        # Redis redelivers unacknowledged messages after this: above the hard limit, or long jobs run twice
+        broker_transport_options={"visibility_timeout": settings.hard_time_limit_s + VISIBILITY_MARGIN_S},
+        task_default_queue=QUEUES[WorkQueue.cpu],
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_max_tasks_per_child=20,  # bounds what a leak in a model runtime can accumulate
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+app = make_celery(Settings())

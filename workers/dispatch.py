@@ -1,0 +1,101 @@
+"""How the API hands a job to a worker: through Celery, or to a thread of its own process (embedded).
+
+Both take job ids only; the job store holds the rest. Both are torch-free to import: the embedded worker
+imports the engine on its own thread when it runs its first job.
+"""
+
+import logging
+import queue
+import threading
+from typing import Protocol
+
+from workers.celery_app import QUEUES, TASK_NAME, make_celery
+from workers.config import Settings
+from workers.requests import WorkQueue
+from workers.storage import Storage
+from workers.store.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class DispatchError(Exception):
+    """The job could not be handed to a worker (the broker is unreachable)."""
+
+
+class Dispatcher(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def submit(self, job_id: str, work_queue: WorkQueue) -> None: ...
+
+    def check(self) -> None:
+        """Raise unless jobs can be dispatched now (readiness)."""
+
+    def stop(self) -> None: ...
+
+
+class CeleryDispatcher:
+    name = "celery"
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = make_celery(settings)
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, job_id: str, work_queue: WorkQueue) -> None:
+        try:
+            self.app.send_task(
+                TASK_NAME,
+                args=[job_id],
+                queue=QUEUES[work_queue],
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+            )
+        except Exception as error:  # kombu raises transport-specific errors
+            raise DispatchError(f"the broker is unreachable ({type(error).__name__})") from error
+
+    def check(self) -> None:
+        with self.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+
+    def stop(self) -> None:
+        pass
+
+
+class EmbeddedDispatcher:
+    """One worker thread in the API process; on start it resumes the jobs the store holds unfinished."""
+
+    name = "embedded"
+
+    def __init__(self, store: JobStore, storage: Storage, settings: Settings) -> None:
+        self.store, self.storage, self.settings = store, storage, settings
+        self._jobs: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="embedded-worker", daemon=True)
+
+    def start(self) -> None:
+        for job_id in self.store.requeue_unfinished():
+            self._jobs.put(job_id)
+        self._thread.start()
+
+    def submit(self, job_id: str, work_queue: WorkQueue) -> None:
+        self._jobs.put(job_id)
+
+    def check(self) -> None:
+        if not self._thread.is_alive():
+            raise DispatchError("the embedded worker thread is not running")
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join(timeout=5)
+
+    def _work(self) -> None:
+        from workers.job_runner import execute_job  # imports torch: on this thread, at first use
+
+        while (job_id := self._jobs.get()) is not None:
+            try:
+                execute_job(job_id, self.store, self.storage, self.settings)
+            except Exception:  # the store could not be reached: the job stays unfinished and resumes later
+                log.exception("embedded worker: job %s", job_id)

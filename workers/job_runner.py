@@ -1,0 +1,118 @@
+"""Run one delivery of a job: the same code behind the Celery task and the embedded worker.
+
+The job store decides whether the delivery runs (``start_attempt``); the engine writes into a work folder
+of this attempt; results are published with one rename before the job is marked succeeded.
+"""
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from workers.config import Settings
+from workers.engine.audit import Progress, run_audit
+from workers.engine.data_randomization import DataTestInputs
+from workers.engine.errors import AuditCancelled, AuditInputError
+from workers.requests import AuditRequest
+from workers.storage import Storage
+from workers.store.jobs import JobState, JobStore
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 0.5  # at most two progress writes and two cancel reads per second
+_SUFFIXES = {
+    "onnx": ".onnx",
+    "torchscript": ".pt",
+    "torch_export": ".pt2",
+    "npy": ".npy",
+    "npz": ".npz",
+    "zip": ".zip",
+}
+
+
+def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> JobState | None:
+    """Run the job if it is due; the state it ended in, or ``None`` when there was nothing to run."""
+    job = store.start_attempt(job_id, settings.max_attempts)
+    if job is None:
+        return None
+    work = storage.new_work_dir(job_id, job.attempts)
+    try:
+        request = AuditRequest.model_validate(job.request)
+        inputs = _link_inputs(request, store, storage, work)
+        throttle = _Throttle(store, job_id)
+        run_audit(
+            inputs["model"],
+            inputs["probes"],
+            request.settings,
+            work / "out",
+            on_progress=throttle.progress,
+            should_cancel=throttle.cancel_requested,
+            data_inputs=_data_inputs(inputs),
+        )
+        result = storage.publish_results(job_id, work / "out")
+        store.finish(job_id, JobState.succeeded, result=result)
+    except AuditCancelled:
+        store.finish(job_id, JobState.cancelled)
+    except AuditInputError as error:
+        store.finish(job_id, JobState.failed, error=_problem("Audit refused", 422, str(error)))
+    except Exception as error:  # the engine's own fault, or a time limit: recorded, never lost
+        log.exception("job %s failed", job_id)
+        store.finish(
+            job_id, JobState.failed, error=_problem("Audit failed", 500, f"{type(error).__name__}: {error}")
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    final = store.get_job(job_id)
+    return None if final is None else final.state
+
+
+def _problem(title: str, status: int, detail: str) -> dict[str, Any]:
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail}
+
+
+def _link_inputs(request: AuditRequest, store: JobStore, storage: Storage, work: Path) -> dict[str, Path]:
+    """Each artifact under its role's name and its format's suffix (the engine reads probes by suffix)."""
+    folder = work / "inputs"
+    folder.mkdir()
+    links = {}
+    for role, (sha256, kind) in request.artifacts().items():
+        artifact = store.get_artifact(sha256, kind)
+        if artifact is None:
+            raise AuditInputError(f"{role}: artifact {sha256} is no longer stored; upload it again")
+        link = folder / f"{role}{_SUFFIXES[artifact.format]}"
+        link.symlink_to(storage.blob_path(sha256))
+        links[role] = link
+    return links
+
+
+def _data_inputs(inputs: dict[str, Path]) -> DataTestInputs | None:
+    if not {"twin", "training_data"} & inputs.keys():
+        return None
+    return DataTestInputs(
+        twin=inputs.get("twin"), control=inputs.get("control"), training_data=inputs.get("training_data")
+    )
+
+
+class _Throttle:
+    """Progress and cancel checks through the job store, at most every ``PROGRESS_INTERVAL_S``."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+        self._last_write = self._last_read = 0.0
+        self._phase: str | None = None
+        self._cancel = False
+
+    def progress(self, progress: Progress) -> None:
+        now = time.monotonic()
+        changed = progress.phase != self._phase or progress.done == progress.total
+        if changed or now - self._last_write >= PROGRESS_INTERVAL_S:
+            self.store.report_progress(self.job_id, progress.phase, progress.done, progress.total)
+            self._last_write, self._phase = now, progress.phase
+
+    def cancel_requested(self) -> bool:
+        now = time.monotonic()
+        if not self._cancel and now - self._last_read >= PROGRESS_INTERVAL_S:
+            self._cancel = self.store.cancel_requested(self.job_id)
+            self._last_read = now
+        return self._cancel

@@ -1,0 +1,108 @@
+"""Files on disk: uploads stored content-addressed by sha256, per-attempt work folders, published results.
+
+Every file appears under its final name by ``os.replace`` only, so a reader never sees half a file and a
+retried job never leaves a torn archive.
+"""
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.engine.report import ARCHIVE_FILE, REPORT_FILE
+from workers.store.jobs import JobResult
+
+
+class UploadTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upload exceeds {limit} bytes")
+        self.limit = limit
+
+
+class Upload:
+    """An upload being received: hashed and size-checked as it streams to a temporary file."""
+
+    def __init__(self, folder: Path, max_bytes: int, name: str) -> None:
+        """``name`` is what messages about the file call it (validation reads it from the path)."""
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self.path = Path(tempfile.mkdtemp(dir=folder, prefix="upload-")) / name
+        self._file = self.path.open("wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise UploadTooLarge(self.max_bytes)
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def close(self) -> str:
+        """Finish writing; the sha256 of what was received."""
+        self._file.close()
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        self._file.close()
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Storage:
+    root: Path
+
+    def prepare(self) -> None:
+        for folder in ("blobs", "uploads", "results", "work"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    def check(self) -> None:
+        """Raise ``OSError`` unless the storage can be written (readiness)."""
+        probe = self.root / "uploads" / f".ready-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+
+    def new_upload(self, max_bytes: int, name: str) -> Upload:
+        return Upload(self.root / "uploads", max_bytes, name)
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / sha256[:2] / sha256
+
+    def keep(self, upload: Upload, sha256: str) -> Path:
+        """Store a received upload under its hash; a file stored before is kept and the upload dropped."""
+        target = self.blob_path(sha256)
+        if target.exists():
+            upload.discard()
+        else:
+            target.parent.mkdir(exist_ok=True)
+            os.replace(upload.path, target)
+            upload.discard()
+        return target
+
+    def new_work_dir(self, job_id: str, attempt: int) -> Path:
+        folder = self.root / "work" / f"{job_id}-{attempt}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
+    def results_dir(self, job_id: str) -> Path:
+        return self.root / "results" / job_id
+
+    def publish_results(self, job_id: str, out_dir: Path) -> JobResult:
+        """Move a finished attempt's outputs into place in one rename; returns their sizes and hashes."""
+        report, archive = out_dir / REPORT_FILE, out_dir / ARCHIVE_FILE
+        result = JobResult(_sha256(report), report.stat().st_size, _sha256(archive), archive.stat().st_size)
+        target = self.results_dir(job_id)
+        shutil.rmtree(target, ignore_errors=True)  # a lost attempt's results, never marked succeeded
+        os.replace(out_dir, target)
+        return result
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

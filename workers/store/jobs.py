@@ -1,0 +1,322 @@
+"""Job and artifact records, and every state change a job goes through.
+
+``queued -> running -> succeeded | failed | cancelled``, with ``cancelling`` between running and
+cancelled. Each change is one conditional UPDATE (``WHERE state IN ...``), so the API's cancel and a
+worker's progress never overwrite each other; each bumps ``version``, the job's ETag.
+"""
+
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from workers.store.tables import ArtifactRow, JobRow
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    cancelling = "cancelling"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+ACTIVE_STATES = frozenset({JobState.queued, JobState.running, JobState.cancelling})
+
+
+@dataclass(frozen=True)
+class Artifact:
+    sha256: str
+    kind: str
+    format: str
+    size_bytes: int
+    details: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class JobResult:
+    report_sha256: str
+    report_size: int
+    archive_sha256: str
+    archive_size: int
+
+
+@dataclass(frozen=True)
+class Job:
+    seq: int
+    id: str
+    state: JobState
+    queue: str
+    request: dict[str, Any]
+    request_hash: str
+    idempotency_key: str | None
+    attempts: int
+    version: int
+    progress_phase: str | None
+    progress_done: int
+    progress_total: int
+    error: dict[str, Any] | None
+    result: JobResult | None
+    created_at: datetime
+    updated_at: datetime
+    timestamps: dict[JobState, datetime]
+
+
+class WrongState(Exception):
+    """The job is not in a state that allows the change; carries the job as it is."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} is {job.state}")
+        self.job = job
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _job(row: JobRow) -> Job:
+    result = None
+    if row.report_sha256 and row.archive_sha256:
+        result = JobResult(row.report_sha256, row.report_size or 0, row.archive_sha256, row.archive_size or 0)
+    stamps = {state: getattr(row, f"{state.value}_at") for state in JobState}
+    return Job(
+        seq=row.seq,
+        id=row.id,
+        state=JobState(row.state),
+        queue=row.queue,
+        request=json.loads(row.request),
+        request_hash=row.request_hash,
+        idempotency_key=row.idempotency_key,
+        attempts=row.attempts,
+        version=row.version,
+        progress_phase=row.progress_phase,
+        progress_done=row.progress_done,
+        progress_total=row.progress_total,
+        error=None if row.error is None else json.loads(row.error),
+        result=result,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        timestamps={state: stamp for state, stamp in stamps.items() if stamp is not None},
+    )
+
+
+def _artifact(row: ArtifactRow) -> Artifact:
+    return Artifact(row.sha256, row.kind, row.format, row.size_bytes, json.loads(row.details), row.created_at)
+
+
+class JobStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._session = sessionmaker(engine, expire_on_commit=False)
+
+    # --- artifacts -------------------------------------------------------------------------------------
+
+    def add_artifact(
+        self, sha256: str, kind: str, format: str, size_bytes: int, details: dict[str, Any]
+    ) -> tuple[Artifact, bool]:
+        """Record an artifact; ``False`` when the same bytes were already recorded as this kind."""
+        existing = self.get_artifact(sha256, kind)
+        if existing is not None:
+            return existing, False
+        row = ArtifactRow(
+            sha256=sha256,
+            kind=kind,
+            format=format,
+            size_bytes=size_bytes,
+            details=json.dumps(details),
+            created_at=_now(),
+        )
+        try:
+            with self._session.begin() as session:
+                session.add(row)
+        except IntegrityError:  # the same file, uploaded concurrently
+            raced = self.get_artifact(sha256, kind)
+            assert raced is not None
+            return raced, False
+        return _artifact(row), True
+
+    def get_artifact(self, sha256: str, kind: str) -> Artifact | None:
+        with self._session() as session:
+            row = session.get(ArtifactRow, (sha256, kind))
+            return None if row is None else _artifact(row)
+
+    # --- jobs, API side ------------------------------------------------------------------------------
+
+    def create_job(
+        self, request: dict[str, Any], request_hash: str, idempotency_key: str | None, queue: str
+    ) -> tuple[Job, bool]:
+        """A new queued job, or (``False``) the job an earlier request with this idempotency key made."""
+        if idempotency_key is not None:
+            earlier = self.get_job_by_key(idempotency_key)
+            if earlier is not None:
+                return earlier, False
+        now = _now()
+        row = JobRow(
+            id=uuid.uuid4().hex,
+            state=JobState.queued.value,
+            queue=queue,
+            request=json.dumps(request, sort_keys=True),
+            request_hash=request_hash,
+            idempotency_key=idempotency_key,
+            attempts=0,
+            version=1,
+            progress_done=0,
+            progress_total=0,
+            created_at=now,
+            updated_at=now,
+            queued_at=now,
+        )
+        try:
+            with self._session.begin() as session:
+                session.add(row)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            raced = self.get_job_by_key(idempotency_key)
+            assert raced is not None
+            return raced, False
+        return _job(row), True
+
+    def delete_job(self, job_id: str) -> None:
+        """Forget a job that could not be handed to a worker (the client is told nothing was queued)."""
+        with self._session.begin() as session:
+            row = session.scalar(select(JobRow).where(JobRow.id == job_id))
+            if row is not None:
+                session.delete(row)
+
+    def get_job(self, job_id: str) -> Job | None:
+        with self._session() as session:
+            row = session.scalar(select(JobRow).where(JobRow.id == job_id))
+            return None if row is None else _job(row)
+
+    def get_job_by_key(self, idempotency_key: str) -> Job | None:
+        with self._session() as session:
+            row = session.scalar(select(JobRow).where(JobRow.idempotency_key == idempotency_key))
+            return None if row is None else _job(row)
+
+    def list_jobs(self, states: Iterable[JobState], limit: int, before_seq: int | None) -> list[Job]:
+        """Newest first; ``before_seq`` continues after the last job of the previous page."""
+        query = select(JobRow).order_by(JobRow.seq.desc()).limit(limit)
+        wanted = [state.value for state in states]
+        if wanted:
+            query = query.where(JobRow.state.in_(wanted))
+        if before_seq is not None:
+            query = query.where(JobRow.seq < before_seq)
+        with self._session() as session:
+            return [_job(row) for row in session.scalars(query)]
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Queued jobs are cancelled at once; running ones become ``cancelling`` until the worker stops.
+
+        ``None`` for an unknown job; ``WrongState`` for a finished one.
+        """
+        now = _now()
+        moves = (
+            (JobState.queued, {"state": JobState.cancelled.value, "cancelled_at": now}),
+            (JobState.running, {"state": JobState.cancelling.value, "cancelling_at": now}),
+        )
+        for source, values in moves:
+            if self._transition(job_id, [source], values):
+                return self.get_job(job_id)
+        job = self.get_job(job_id)
+        if job is None or job.state is JobState.cancelling:
+            return job
+        raise WrongState(job)
+
+    def requeue_unfinished(self) -> list[str]:
+        """Ids of jobs not finished, oldest first: what an embedded worker resumes after a restart."""
+        with self._session() as session:
+            query = select(JobRow.id).where(JobRow.state.in_([s.value for s in ACTIVE_STATES]))
+            return list(session.scalars(query.order_by(JobRow.seq)))
+
+    # --- jobs, worker side ---------------------------------------------------------------------------
+
+    def start_attempt(self, job_id: str, max_attempts: int) -> Job | None:
+        """Claim a delivery of the job; ``None`` when there is nothing to run.
+
+        A job whose earlier attempt died (its worker was lost) is running already: it runs again. Past
+        ``max_attempts`` deliveries the job fails instead, so a job that kills its worker cannot loop.
+        A job cancelled while queued is skipped; one cancelled while its worker died is finished.
+        """
+        job = self.get_job(job_id)
+        if job is None or job.state in TERMINAL_STATES:
+            return None
+        if job.state is JobState.cancelling:
+            self.finish(job_id, JobState.cancelled)
+            return None
+        if job.attempts >= max_attempts:
+            self.finish(
+                job_id,
+                JobState.failed,
+                error={
+                    "type": "about:blank",
+                    "title": "Worker lost",
+                    "status": 500,
+                    "detail": f"the job was delivered {job.attempts} times and its worker was lost each "
+                    "time (killed, out of memory, or past the hard time limit); it is not retried again",
+                },
+            )
+            return None
+        now = _now()
+        values: dict[str, Any] = {"state": JobState.running.value, "attempts": JobRow.attempts + 1}
+        if job.state is JobState.queued:
+            values["running_at"] = now
+        if not self._transition(job_id, [JobState.queued, JobState.running], values):
+            return None
+        return self.get_job(job_id)
+
+    def report_progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+        self._transition(
+            job_id,
+            [JobState.running, JobState.cancelling],
+            {"progress_phase": phase[:200], "progress_done": done, "progress_total": total},
+        )
+
+    def cancel_requested(self, job_id: str) -> bool:
+        job = self.get_job(job_id)
+        return job is None or job.state is JobState.cancelling
+
+    def finish(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        error: dict[str, Any] | None = None,
+        result: JobResult | None = None,
+    ) -> bool:
+        """Move an unfinished job to a terminal state; ``False`` if it had already finished."""
+        assert state in TERMINAL_STATES
+        values: dict[str, Any] = {"state": state.value, f"{state.value}_at": _now()}
+        if error is not None:
+            values["error"] = json.dumps(error)
+        if result is not None:
+            values |= {
+                "report_sha256": result.report_sha256,
+                "report_size": result.report_size,
+                "archive_sha256": result.archive_sha256,
+                "archive_size": result.archive_size,
+            }
+        return self._transition(job_id, list(ACTIVE_STATES), values)
+
+    def _transition(self, job_id: str, sources: Iterable[JobState], values: dict[str, Any]) -> bool:
+        statement = (
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.state.in_([s.value for s in sources]))
+            .values(**values, version=JobRow.version + 1, updated_at=_now())
+        )
+        with self._session.begin() as session:
+            return _rowcount(session, statement) == 1
+
+
+def _rowcount(session: Session, statement: Any) -> int:
+    return session.execute(statement).rowcount  # type: ignore[attr-defined]
