@@ -1,5 +1,6 @@
 """Shared fixtures: a digits CNN trained once per session, its exports, and probe files."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.digits import DigitsCNN, DigitsData, digits_data, export_onnx, train_digits_cnn
+from tests.services import empty_tables, postgres_database, redis_server
 
 
 @dataclass(frozen=True)
@@ -27,3 +29,25 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> TrainedDigits:
     export_onnx(model, folder / "dynamo.onnx", dynamo=True)
     np.savez(folder / "probes.npz", x=data.x_test[:48], y=data.y_test[:48])
     return TrainedDigits(model, data, folder / "legacy.onnx", folder / "dynamo.onnx", folder / "probes.npz")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each job-store test runs against both backends the service supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    url = request.getfixturevalue("postgres_url")
+    empty_tables(url)
+    return url

@@ -1,0 +1,152 @@
+"""Real services for the service tests: a Redis of their own, a PostgreSQL database, free-port processes."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "SALIENCY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, httpx.HTTPError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout} s")
+
+
+@contextmanager
+def redis_server(tmp: Path) -> Iterator[str]:
+    """A private redis-server on a free port (nothing on disk); skips where Redis is not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close() is None, 10, "redis"
+        )
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server, dropped afterwards; skips where none is reachable."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"saliency_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name}"))
+    except OperationalError as error:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({type(error).__name__})")
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def empty_tables(url: str) -> None:
+    """Give a test a job store of its own inside the session's PostgreSQL database."""
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        tables = set(inspect(connection).get_table_names()) & {"jobs", "artifacts"}
+        if tables:
+            connection.execute(text(f"TRUNCATE {', '.join(sorted(tables))}"))
+    engine.dispose()
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("wb") as output:
+        child = subprocess.Popen(args, env=os.environ | env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            yield child
+        finally:
+            child.terminate()
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+@contextmanager
+def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
+    """``saliency-audit serve`` on a free port; yields its base URL once /healthz answers."""
+    port = free_port()
+    with process([str(VENV_BIN / "saliency-audit"), "serve", "--port", str(port)], env, log) as child:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: child.poll() is None and httpx.get(f"{url}/healthz").is_success, 60, "API")
+        yield url
+
+
+@contextmanager
+def celery_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """A real Celery worker process (prefork, one child) consuming the CPU queue."""
+    args = [
+        str(VENV_BIN / "celery"),
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-Q",
+        "audit-cpu",
+        "-c",
+        "1",
+        "--loglevel",
+        "INFO",
+        "-n",
+        f"test-{uuid.uuid4().hex[:6]}@%h",
+    ]
+    with process(args, env, log) as child:
+        wait_until(lambda: b"ready." in log.read_bytes(), 90, "celery worker")
+        yield child
