@@ -1,0 +1,292 @@
+"""The HTTP API in-process, with its real job store and a real Redis broker but no worker: jobs stay queued.
+
+Every client mistake must be a 4xx problem+json that says what is wrong, and must lose nothing.
+"""
+
+import io
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from tests.conftest import TrainedDigits
+from tests.services import free_port
+from workers.config import Settings
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def make_client(tmp_path: Path, database_url: str, broker_url: str, **overrides: object) -> TestClient:
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=database_url, broker_url=broker_url, **overrides
+    )
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[TestClient]:
+    with make_client(tmp_path, database_url, redis_url, max_upload_bytes=2_000_000) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def uploaded(client: TestClient, trained_digits: TrainedDigits) -> dict[str, str]:
+    model = client.post("/v1/models", content=trained_digits.onnx_dynamo.read_bytes(), headers=OCTET)
+    probes = client.post("/v1/probe-sets", content=trained_digits.probes.read_bytes(), headers=OCTET)
+    assert model.status_code == 201 and probes.status_code == 201
+    return {"model": model.json()["sha256"], "probes": probes.json()["sha256"]}
+
+
+def _problem(response: httpx.Response, status: int, detail_part: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and detail_part in body["detail"], body
+    return body
+
+
+def png_zip(images: np.ndarray, corrupt: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        for index, image in enumerate(images):
+            png = io.BytesIO()
+            Image.fromarray((image[0] * 255).astype(np.uint8)).save(png, format="PNG")
+            data = png.getvalue()
+            bundle.writestr(f"{index:03d}.png", data[: len(data) // 2] if corrupt and index == 1 else data)
+    return buffer.getvalue()
+
+
+# --- uploads --------------------------------------------------------------------------------------------
+
+
+def test_a_model_is_stored_once_by_its_sha256(client: TestClient, trained_digits: TrainedDigits) -> None:
+    data = trained_digits.onnx_dynamo.read_bytes()
+    first = client.post("/v1/models", content=data, headers=OCTET)
+    second = client.post("/v1/models", content=data, headers=OCTET)
+    assert (first.status_code, second.status_code) == (201, 200)
+    body = first.json()
+    assert body["format"] == "onnx" and body["size_bytes"] == len(data)
+    assert body["details"]["inputs"][0]["shape"][1:] == [1, 16, 16]
+    assert second.json()["sha256"] == body["sha256"] and first.headers["location"] == body["href"]
+    assert client.get(body["href"]).json() == body
+    blobs = [p for p in (client.app.state.runtime.storage.root / "blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == 1
+
+
+def test_a_file_that_is_not_a_model_is_refused_at_upload(client: TestClient) -> None:
+    _problem(client.post("/v1/models", content=b"hello, world", headers=OCTET), 422, "not an ONNX")
+
+
+def test_a_pickled_checkpoint_is_refused_at_upload(client: TestClient) -> None:
+    _problem(client.post("/v1/models", content=b"\x80\x04K\x01.", headers=OCTET), 422, "pickle")
+
+
+def test_a_damaged_onnx_file_is_refused_at_upload(client: TestClient, trained_digits: TrainedDigits) -> None:
+    data = trained_digits.onnx_legacy.read_bytes()
+    _problem(client.post("/v1/models", content=data[: len(data) // 2], headers=OCTET), 422, "ONNX")
+
+
+def test_an_oversize_upload_is_refused_from_its_content_length(client: TestClient) -> None:
+    _problem(client.post("/v1/models", content=b"\x08" * 2_000_001, headers=OCTET), 413, "limited to 2000000")
+
+
+def test_an_oversize_streamed_upload_is_cut_off_and_leaves_nothing(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts while streaming
+        for _ in range(30):
+            yield b"\x08" * 100_000
+
+    _problem(client.post("/v1/models", content=chunks(), headers=OCTET), 413, "limited to")
+    uploads = client.app.state.runtime.storage.root / "uploads"
+    assert list(uploads.iterdir()) == []
+
+
+def test_a_multipart_form_is_refused_with_the_right_command(client: TestClient) -> None:
+    response = client.post("/v1/models", files={"file": ("m.onnx", b"\x08\x07")})
+    _problem(response, 415, "--data-binary")
+
+
+def test_a_zip_of_images_is_a_probe_set(client: TestClient, trained_digits: TrainedDigits) -> None:
+    response = client.post("/v1/probe-sets", content=png_zip(trained_digits.data.x_test[:5]), headers=OCTET)
+    assert response.status_code == 201
+    assert response.json()["format"] == "zip" and response.json()["details"] == {
+        "images": 5,
+        "labelled": False,
+    }
+
+
+def test_a_corrupt_image_is_refused_at_upload(client: TestClient, trained_digits: TrainedDigits) -> None:
+    data = png_zip(trained_digits.data.x_test[:3], corrupt=True)
+    _problem(client.post("/v1/probe-sets", content=data, headers=OCTET), 422, "not a readable PNG or JPEG")
+
+
+def test_a_pickled_array_is_refused_at_upload(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    _problem(client.post("/v1/probe-sets", content=buffer.getvalue(), headers=OCTET), 422, "probes")
+
+
+def test_training_data_needs_labels(client: TestClient, trained_digits: TrainedDigits) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=trained_digits.data.x_train[:60])
+    _problem(client.post("/v1/training-sets", content=buffer.getvalue(), headers=OCTET), 422, "needs labels")
+
+
+def test_an_unknown_artifact_is_404(client: TestClient) -> None:
+    _problem(client.get(f"/v1/models/{'0' * 64}"), 404, "does not exist")
+
+
+# --- jobs -----------------------------------------------------------------------------------------------
+
+
+def test_a_submitted_audit_is_accepted_at_once(client: TestClient, uploaded: dict[str, str]) -> None:
+    response = client.post("/v1/audits", json=uploaded)
+    assert response.status_code == 202
+    job = response.json()
+    assert job["state"] == "queued" and job["queue"] == "cpu" and "queued" in job["timestamps"]
+    assert response.headers["location"] == f"/v1/audits/{job['id']}" == job["links"]["self"]
+    assert int(response.headers["retry-after"]) > 0
+    polled = client.get(response.headers["location"])
+    assert polled.json()["id"] == job["id"] and polled.headers["etag"] == response.headers["etag"]
+
+
+def test_an_unchanged_job_answers_304_to_its_etag(client: TestClient, uploaded: dict[str, str]) -> None:
+    location = client.post("/v1/audits", json=uploaded).headers["location"]
+    etag = client.get(location).headers["etag"]
+    assert client.get(location, headers={"If-None-Match": etag}).status_code == 304
+    client.post(f"{location}/cancel")
+    assert client.get(location, headers={"If-None-Match": etag}).status_code == 200
+
+
+def test_a_retry_with_the_same_idempotency_key_returns_the_same_job(
+    client: TestClient, uploaded: dict[str, str]
+) -> None:
+    headers = {"Idempotency-Key": "retry-1"}
+    first = client.post("/v1/audits", json=uploaded, headers=headers)
+    spelled_out = uploaded | {"settings": {"seed": 0}}  # the default, stated: the same request
+    second = client.post("/v1/audits", json=spelled_out, headers=headers)
+    assert second.status_code == 202 and second.json()["id"] == first.json()["id"]
+    assert second.headers["idempotent-replayed"] == "true"
+    other = client.post("/v1/audits", json=uploaded | {"settings": {"seed": 1}}, headers=headers)
+    _problem(other, 422, "different request body")
+    assert len(client.get("/v1/audits").json()["items"]) == 1
+
+
+def test_an_audit_of_artifacts_never_uploaded_is_refused(
+    client: TestClient, uploaded: dict[str, str]
+) -> None:
+    _problem(client.post("/v1/audits", json=uploaded | {"model": "f" * 64}), 422, "upload it to /v1/models")
+    swapped = {"model": uploaded["probes"], "probes": uploaded["model"]}
+    _problem(client.post("/v1/audits", json=swapped), 422, "no model artifact")
+
+
+def test_invalid_settings_are_refused_with_the_field_named(
+    client: TestClient, uploaded: dict[str, str]
+) -> None:
+    body = _problem(
+        client.post("/v1/audits", json=uploaded | {"settings": {"methods": ["lime"]}}),
+        422,
+        "settings.methods",
+    )
+    assert "unknown saliency method 'lime'" in body["detail"] and body["errors"]
+    _problem(client.post("/v1/audits", json=uploaded | {"settings": {"tests": ["data"]}}), 422, "twin")
+    _problem(
+        client.post("/v1/audits", content=b"{", headers={"Content-Type": "application/json"}), 422, "JSON"
+    )
+
+
+def test_probes_that_do_not_fit_the_preprocessing_are_refused_at_submit(
+    client: TestClient, uploaded: dict[str, str]
+) -> None:
+    body = uploaded | {"settings": {"preprocessing": {"size": [32, 32]}}}
+    _problem(client.post("/v1/audits", json=body), 422, "arrays are never resized")
+
+
+def test_cancelling_a_queued_audit_cancels_it_and_a_second_cancel_conflicts(
+    client: TestClient, uploaded: dict[str, str]
+) -> None:
+    location = client.post("/v1/audits", json=uploaded).headers["location"]
+    cancelled = client.post(f"{location}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json()["state"] == "cancelled"
+    _problem(client.post(f"{location}/cancel"), 409, "is cancelled")
+    _problem(client.get(f"{location}/report"), 409, "has no results")
+
+
+def test_the_report_of_a_queued_audit_is_a_conflict(client: TestClient, uploaded: dict[str, str]) -> None:
+    location = client.post("/v1/audits", json=uploaded).headers["location"]
+    response = client.get(f"{location}/archive")
+    _problem(response, 409, "poll it until it has succeeded")
+    assert "retry-after" in response.headers
+
+
+def test_unknown_audits_are_404(client: TestClient) -> None:
+    for response in (client.get("/v1/audits/nope"), client.post("/v1/audits/nope/cancel")):
+        _problem(response, 404, "audit nope does not exist")
+    _problem(client.get("/v1/audits/nope/report"), 404, "does not exist")
+
+
+def test_the_list_pages_with_a_cursor_and_filters_by_state(
+    client: TestClient, uploaded: dict[str, str]
+) -> None:
+    ids = [
+        client.post("/v1/audits", json=uploaded | {"settings": {"seed": s}}).json()["id"] for s in range(5)
+    ]
+    client.post(f"/v1/audits/{ids[0]}/cancel")
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/audits", params={"limit": 2} | ({"cursor": cursor} if cursor else {})).json()
+        seen += [job["id"] for job in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert seen == ids[::-1]
+    queued = client.get("/v1/audits", params={"state": ["queued", "running"]}).json()["items"]
+    assert [job["id"] for job in queued] == ids[:0:-1]
+    _problem(client.get("/v1/audits", params={"cursor": "garbage"}), 400, "cursor")
+    _problem(client.get("/v1/audits", params={"state": "done"}), 422, "state")
+
+
+# --- health, dispatch failures, OpenAPI ---------------------------------------------------------------------
+
+
+def test_ready_when_database_broker_and_storage_answer(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "database": "ok",
+        "celery": "ok",
+        "storage": "ok",
+    }
+
+
+def test_without_a_broker_nothing_is_accepted_and_readiness_says_why(
+    tmp_path: Path, database_url: str, trained_digits: TrainedDigits
+) -> None:
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"
+    with make_client(tmp_path, database_url, dead_broker) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["celery"].startswith("unavailable")
+        model = client.post("/v1/models", content=trained_digits.onnx_legacy.read_bytes(), headers=OCTET)
+        probes = client.post("/v1/probe-sets", content=trained_digits.probes.read_bytes(), headers=OCTET)
+        body = {"model": model.json()["sha256"], "probes": probes.json()["sha256"]}
+        _problem(client.post("/v1/audits", json=body), 503, "nothing was queued")
+        assert client.get("/v1/audits").json()["items"] == []
+
+
+def test_the_exported_openapi_document_matches_the_app() -> None:
+    exported = Path(__file__).parents[1] / "openapi" / "openapi.json"
+    current = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "openapi"], capture_output=True, text=True, check=True
+    ).stdout
+    assert exported.read_text() == current, "run: saliency-audit openapi > openapi/openapi.json"
+
+
+def test_the_service_does_not_import_torch() -> None:
+    code = "import sys, service.app, service.routes.audits; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
