@@ -1,0 +1,31 @@
+"""End to end through the embedded default: ``saliency-audit serve`` with no broker and no database
+configured runs the worker in-process on a SQLite store; a client talks HTTP to it with httpx."""
+
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import TrainedDigits
+from tests.e2e import FAST_SETTINGS, check_results, poll, submit, upload
+from tests.services import api_server
+from tests.test_api import png_zip
+
+
+def test_the_embedded_service_runs_an_audit_of_png_probes(
+    trained_digits: TrainedDigits, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    with (
+        api_server({"SALIENCY_DATA_DIR": str(data_dir)}, tmp_path / "api.log") as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        ready = client.get("/readyz").json()
+        assert ready["checks"] == {"database": "ok", "embedded": "ok", "storage": "ok"}
+        model = upload(client, "/v1/models", trained_digits.onnx_legacy.read_bytes())
+        probes = upload(client, "/v1/probe-sets", png_zip(trained_digits.data.x_test[:12]))
+        location = submit(client, {"model": model, "probes": probes, "settings": FAST_SETTINGS})
+        job = poll(client, location, {"succeeded", "failed", "cancelled"})
+        assert job["state"] == "succeeded", job["error"]
+        report = check_results(client, location, job, tmp_path)
+    assert report.probes.count == 12
+    assert (data_dir / "jobs.sqlite3").exists()
