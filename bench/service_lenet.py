@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.e2e import poll, submit, upload
-from tests.services import api_server, celery_worker, postgres_database, redis_server
+from tests.services import distributed_deployment, postgres_database, redis_server
 
 
 def main() -> None:
@@ -31,27 +31,22 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        with redis_server(folder) as redis_url, postgres_database() as database_url:
-            env = {
-                "SALIENCY_DATA_DIR": str(folder / "data"),
-                "SALIENCY_DATABASE_URL": database_url,
-                "SALIENCY_BROKER_URL": redis_url,
-            }
-            with (
-                api_server(env, folder / "api.log") as url,
-                celery_worker(env, folder / "worker.log"),
-                httpx.Client(base_url=url, timeout=30) as client,
-            ):
-                model = upload(client, "/v1/models", (args.data / "lenet_mnist.onnx").read_bytes())
-                probes = upload(client, "/v1/probe-sets", (args.data / "probes.npz").read_bytes())
-                started = time.perf_counter()
-                location = submit(client, {"model": model, "probes": probes})
-                job = poll(client, location, {"succeeded", "failed", "cancelled"}, timeout=900)
-                elapsed = time.perf_counter() - started
-                stamps = job["timestamps"]
-                print(f"POST -> {job['state']}: {elapsed:.1f} s (polled every 0.2 s)")
-                print(f"  timestamps: {stamps}")
-                print(_wrk(f"{url}{location}", args.seconds, args.connections))
+        with (
+            redis_server(folder) as redis_url,
+            postgres_database() as database_url,
+            distributed_deployment(folder, redis_url, database_url) as (url, _worker),
+            httpx.Client(base_url=url, timeout=30) as client,
+        ):
+            model = upload(client, "/v1/models", (args.data / "lenet_mnist.onnx").read_bytes())
+            probes = upload(client, "/v1/probe-sets", (args.data / "probes.npz").read_bytes())
+            started = time.perf_counter()
+            location = submit(client, {"model": model, "probes": probes})
+            job = poll(client, location, {"succeeded", "failed", "cancelled"}, timeout=900)
+            elapsed = time.perf_counter() - started
+            stamps = job["timestamps"]
+            print(f"POST -> {job['state']}: {elapsed:.1f} s (polled every 0.2 s)")
+            print(f"  timestamps: {stamps}")
+            print(_wrk(f"{url}{location}", args.seconds, args.connections))
 
 
 def _wrk(url: str, seconds: int, connections: int) -> str:

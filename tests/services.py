@@ -150,3 +150,17 @@ def celery_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     with process(args, env, log) as child:
         wait_until(lambda: b"ready." in log.read_bytes(), 90, "celery worker")
         yield child
+
+
+@contextmanager
+def distributed_deployment(
+    folder: Path, redis_url: str, database_url: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """The API and one Celery worker sharing a broker, a job store and a data directory."""
+    env = {
+        "SALIENCY_DATA_DIR": str(folder / "data"),
+        "SALIENCY_DATABASE_URL": database_url,
+        "SALIENCY_BROKER_URL": redis_url,
+    }
+    with api_server(env, folder / "api.log") as url, celery_worker(env, folder / "worker.log") as worker:
+        yield url, worker

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import TrainedDigits
 from tests.e2e import FAST_SETTINGS, check_results, poll, submit, upload
-from tests.services import api_server, celery_worker, empty_tables
+from tests.services import distributed_deployment, empty_tables
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,8 @@ def deployment(
 ) -> Iterator[Deployment]:
     empty_tables(postgres_url)
     folder = tmp_path_factory.mktemp("celery-deployment")
-    env = {
-        "SALIENCY_DATA_DIR": str(folder / "data"),
-        "SALIENCY_DATABASE_URL": postgres_url,
-        "SALIENCY_BROKER_URL": redis_url,
-    }
     with (
-        api_server(env, folder / "api.log") as url,
-        celery_worker(env, folder / "worker.log") as worker,
+        distributed_deployment(folder, redis_url, postgres_url) as (url, worker),
         httpx.Client(base_url=url, timeout=30) as client,
     ):
         training = io.BytesIO()

@@ -3,7 +3,7 @@
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse
 
 from service import audits
@@ -96,9 +96,7 @@ def cancel(job_id: str, response: Response, runtime: RuntimeDep) -> JobOut:
     return JobOut.of(job)
 
 
-def _result_response(
-    job_id: str, name: str, media_type: str, runtime: Runtime, request: Request
-) -> FileResponse:
+def _result_response(job_id: str, name: str, media_type: str, runtime: Runtime) -> FileResponse:
     job, path = audits.result_file(job_id, name, runtime)
     assert job.result is not None
     digest = job.result.report_sha256 if name == REPORT_FILE else job.result.archive_sha256
@@ -111,26 +109,19 @@ def _result_response(
     return FileResponse(path, media_type=media_type, headers=headers, filename=filename)
 
 
-_FILE_RESPONSES = problems(404, 409)
+def _add_result_route(name: str, file: str, media_type: str, description: str) -> None:
+    @router.get(
+        f"/{{job_id}}/{name}",
+        response_class=FileResponse,
+        responses={200: {"content": {media_type: {}}, "description": description}} | problems(404, 409),
+        summary=f"Download the {description.lower()} of a succeeded audit",
+        operation_id=f"get_audit_{name}",
+    )
+    def download(job_id: str, runtime: RuntimeDep) -> FileResponse:
+        return _result_response(job_id, file, media_type, runtime)
 
 
-@router.get(
-    "/{job_id}/report",
-    response_class=FileResponse,
-    responses={200: {"content": {"application/json": {}}, "description": "The report (report.schema.json)"}}
-    | _FILE_RESPONSES,
-    summary="Download the JSON report of a succeeded audit",
+_add_result_route("report", REPORT_FILE, "application/json", "JSON report (openapi/report.schema.json)")
+_add_result_route(
+    "archive", ARCHIVE_FILE, "application/zip", "Map archive: every map, the manifest, the report"
 )
-def report(job_id: str, request: Request, runtime: RuntimeDep) -> FileResponse:
-    return _result_response(job_id, REPORT_FILE, "application/json", runtime, request)
-
-
-@router.get(
-    "/{job_id}/archive",
-    response_class=FileResponse,
-    responses={200: {"content": {"application/zip": {}}, "description": "Every map, manifest and report"}}
-    | _FILE_RESPONSES,
-    summary="Download the map archive of a succeeded audit",
-)
-def archive(job_id: str, request: Request, runtime: RuntimeDep) -> FileResponse:
-    return _result_response(job_id, ARCHIVE_FILE, "application/zip", runtime, request)
