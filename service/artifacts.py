@@ -27,7 +27,7 @@ async def receive_artifact(
     limit = runtime.settings.max_upload_bytes
     if content_length is not None and content_length > limit:
         raise _too_large(limit)
-    name = _SAFE_NAME.sub("_", filename or kind.value)[:100] or kind.value
+    name = _SAFE_NAME.sub("_", filename or "").lstrip(".")[:100] or kind.value
     upload = runtime.storage.new_upload(limit, name)
     try:
         async for chunk in body:
@@ -53,6 +53,9 @@ async def receive_artifact(
     except AuditInputError as error:
         upload.discard()
         raise Problem(422, "Invalid artifact", str(error)) from None
+    except BaseException:
+        upload.discard()
+        raise
     runtime.storage.keep(upload, sha256)
     return runtime.store.add_artifact(sha256, kind.value, format, upload.size, details)
 

@@ -7,8 +7,6 @@ import json
 import tempfile
 from pathlib import Path
 
-from starlette.concurrency import run_in_threadpool
-
 from service.problems import Problem, not_found
 from service.runtime import Runtime
 from workers.dispatch import DispatchError
@@ -31,16 +29,14 @@ def request_hash(request: AuditRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def submit_audit(
-    request: AuditRequest, idempotency_key: str | None, runtime: Runtime
-) -> tuple[Job, bool]:
+def submit_audit(request: AuditRequest, idempotency_key: str | None, runtime: Runtime) -> tuple[Job, bool]:
     """The queued job, and whether this call created it (``False``: an idempotent replay)."""
     digest = request_hash(request)
     if idempotency_key is not None:
         earlier = runtime.store.get_job_by_key(idempotency_key)
         if earlier is not None:
             return _replay(earlier, digest), False
-    await run_in_threadpool(_check_inputs, request, runtime)
+    _check_inputs(request, runtime)
     job, created = runtime.store.create_job(
         request.model_dump(mode="json"), digest, idempotency_key, request.queue
     )
@@ -116,7 +112,7 @@ def _decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, seq = text.split(":", 1)
-        if prefix == "seq":
+        if prefix == "seq" and 0 < int(seq) < 2**62:
             return int(seq)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

@@ -106,9 +106,11 @@ def empty_tables(url: str) -> None:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+def process(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+) -> Iterator[subprocess.Popen]:
     with log.open("wb") as output:
-        child = subprocess.Popen(args, env=os.environ | env, stdout=output, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(args, env=os.environ | env, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
         try:
             yield child
         finally:
@@ -121,10 +123,10 @@ def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 
 @contextmanager
-def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
+def api_server(env: dict[str, str], log: Path, cwd: Path | None = None) -> Iterator[str]:
     """``saliency-audit serve`` on a free port; yields its base URL once /healthz answers."""
     port = free_port()
-    with process([str(VENV_BIN / "saliency-audit"), "serve", "--port", str(port)], env, log) as child:
+    with process([str(VENV_BIN / "saliency-audit"), "serve", "--port", str(port)], env, log, cwd) as child:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: child.poll() is None and httpx.get(f"{url}/healthz").is_success, 60, "API")
         yield url

@@ -3,6 +3,7 @@
 Every client mistake must be a 4xx problem+json that says what is wrong, and must lose nothing.
 """
 
+import base64
 import io
 import subprocess
 import sys
@@ -33,7 +34,8 @@ def make_client(tmp_path: Path, database_url: str, broker_url: str, **overrides:
 
 @pytest.fixture
 def client(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[TestClient]:
-    with make_client(tmp_path, database_url, redis_url, max_upload_bytes=2_000_000) as test_client:
+    unworked = redis_url.rsplit("/", 1)[0] + "/1"  # a database no worker of the end-to-end tests reads
+    with make_client(tmp_path, database_url, unworked, max_upload_bytes=2_000_000) as test_client:
         yield test_client
 
 
@@ -95,7 +97,8 @@ def test_a_damaged_onnx_file_is_refused_at_upload(client: TestClient, trained_di
 
 
 def test_an_oversize_upload_is_refused_from_its_content_length(client: TestClient) -> None:
-    _problem(client.post("/v1/models", content=b"\x08" * 2_000_001, headers=OCTET), 413, "limited to 2000000")
+    declared = OCTET | {"Content-Length": "2000001"}  # refused before a byte of the body is read
+    _problem(client.post("/v1/models", content=b"\x08\x07", headers=declared), 413, "limited to 2000000")
 
 
 def test_an_oversize_streamed_upload_is_cut_off_and_leaves_nothing(client: TestClient) -> None:
@@ -131,6 +134,29 @@ def test_a_pickled_array_is_refused_at_upload(client: TestClient) -> None:
     buffer = io.BytesIO()
     np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     _problem(client.post("/v1/probe-sets", content=buffer.getvalue(), headers=OCTET), 422, "probes")
+
+
+def test_unreadable_arrays_are_refused_at_upload(client: TestClient) -> None:
+    objects = io.BytesIO()
+    np.savez(objects, x=np.array([{"a": 1}, {"b": 2}], dtype=object))
+    _problem(client.post("/v1/probe-sets", content=objects.getvalue(), headers=OCTET), 422, "not a readable")
+    damaged = io.BytesIO()
+    np.savez(damaged, x=np.arange(4000, dtype=np.float32).reshape(10, 1, 20, 20))
+    data = bytearray(damaged.getvalue())
+    data[200:260] = bytes(60)  # inside the stored member: its CRC no longer matches
+    _problem(client.post("/v1/probe-sets", content=bytes(data), headers=OCTET), 422, "not a readable")
+    assert list((client.app.state.runtime.storage.root / "uploads").iterdir()) == []
+
+
+def test_an_odd_filename_only_names_the_file(client: TestClient, trained_digits: TrainedDigits) -> None:
+    for name in ("..", ".", "../../etc/passwd"):
+        response = client.post(
+            "/v1/probe-sets",
+            params={"filename": name},
+            content=trained_digits.probes.read_bytes(),
+            headers=OCTET,
+        )
+        assert response.status_code in (200, 201)
 
 
 def test_training_data_needs_labels(client: TestClient, trained_digits: TrainedDigits) -> None:
@@ -249,6 +275,8 @@ def test_the_list_pages_with_a_cursor_and_filters_by_state(
     queued = client.get("/v1/audits", params={"state": ["queued", "running"]}).json()["items"]
     assert [job["id"] for job in queued] == ids[:0:-1]
     _problem(client.get("/v1/audits", params={"cursor": "garbage"}), 400, "cursor")
+    huge = base64.urlsafe_b64encode(b"seq:99999999999999999999").decode()
+    _problem(client.get("/v1/audits", params={"cursor": huge}), 400, "cursor")
     _problem(client.get("/v1/audits", params={"state": "done"}), 422, "state")
 
 

@@ -22,6 +22,7 @@ from tests.services import distributed_deployment, empty_tables
 class Deployment:
     client: httpx.Client
     worker: subprocess.Popen
+    folder: Path
     model: str
     probes: str
     training_data: str
@@ -42,6 +43,7 @@ def deployment(
         yield Deployment(
             client,
             worker,
+            folder,
             upload(client, "/v1/models", trained_digits.onnx_dynamo.read_bytes()),
             upload(client, "/v1/probe-sets", trained_digits.probes.read_bytes()),
             upload(client, "/v1/training-sets", training.getvalue()),
@@ -73,6 +75,8 @@ def test_a_resubmission_with_the_same_key_does_not_run_twice(deployment: Deploym
     assert submit(deployment.client, body, key="e2e-once") == first
     job = poll(deployment.client, first, {"succeeded", "failed"})
     assert job["state"] == "succeeded" and job["attempts"] == 1
+    worker_log = (deployment.folder / "worker.log").read_text()
+    assert worker_log.count(f"run_job[{job['id']}] received") == 1  # the replay sent no second message
 
 
 def test_a_running_audit_and_a_queued_one_are_cancelled(deployment: Deployment) -> None:

@@ -36,14 +36,14 @@ def test_cancelling_a_queued_job_cancels_it_and_its_delivery_is_skipped(store: J
     job, _ = _job(store)
     cancelled = store.request_cancel(job.id)
     assert cancelled is not None and cancelled.state is JobState.cancelled
-    assert store.start_attempt(job.id, max_attempts=3) is None
+    assert store.start_attempt(job.id, max_attempts=3, time_limit_s=60) is None
     with pytest.raises(WrongState):
         store.request_cancel(job.id)
 
 
 def test_cancelling_a_running_job_waits_for_the_worker(store: JobStore) -> None:
     job, _ = _job(store)
-    running = store.start_attempt(job.id, max_attempts=3)
+    running = store.start_attempt(job.id, max_attempts=3, time_limit_s=60)
     assert running is not None and running.state is JobState.running and running.attempts == 1
     assert store.request_cancel(job.id).state is JobState.cancelling  # type: ignore[union-attr]
     assert store.cancel_requested(job.id)
@@ -59,7 +59,7 @@ def test_cancelling_a_running_job_waits_for_the_worker(store: JobStore) -> None:
 
 def test_every_change_bumps_the_version(store: JobStore) -> None:
     job, _ = _job(store)
-    store.start_attempt(job.id, max_attempts=3)
+    store.start_attempt(job.id, max_attempts=3, time_limit_s=60)
     store.report_progress(job.id, "gradient: cascading", 1, 10)
     after = store.get_job(job.id)
     assert after is not None and after.version == job.version + 2
@@ -68,17 +68,26 @@ def test_every_change_bumps_the_version(store: JobStore) -> None:
 
 def test_a_redelivered_job_runs_again_until_its_attempts_are_spent(store: JobStore) -> None:
     job, _ = _job(store)
-    assert store.start_attempt(job.id, max_attempts=2).attempts == 1  # type: ignore[union-attr]
-    assert store.start_attempt(job.id, max_attempts=2).attempts == 2  # type: ignore[union-attr] # worker lost
-    assert store.start_attempt(job.id, max_attempts=2) is None
+    assert store.start_attempt(job.id, max_attempts=2, time_limit_s=60).attempts == 1  # type: ignore[union-attr]
+    assert store.start_attempt(job.id, max_attempts=2, time_limit_s=60).attempts == 2  # type: ignore[union-attr] # worker lost
+    assert store.start_attempt(job.id, max_attempts=2, time_limit_s=60) is None
     failed = store.get_job(job.id)
     assert failed is not None and failed.state is JobState.failed
     assert failed.error is not None and "delivered 2 times" in failed.error["detail"]
 
 
+def test_a_redelivered_job_that_outlived_the_hard_time_limit_fails(store: JobStore) -> None:
+    job, _ = _job(store)
+    store.start_attempt(job.id, max_attempts=3, time_limit_s=60)
+    assert store.start_attempt(job.id, max_attempts=3, time_limit_s=0) is None  # killed at the limit
+    failed = store.get_job(job.id)
+    assert failed is not None and failed.state is JobState.failed and failed.attempts == 1
+    assert failed.error is not None and "hard time limit" in failed.error["detail"]
+
+
 def test_a_finished_job_stays_finished(store: JobStore) -> None:
     job, _ = _job(store)
-    store.start_attempt(job.id, max_attempts=3)
+    store.start_attempt(job.id, max_attempts=3, time_limit_s=60)
     result = JobResult("a" * 64, 10, "b" * 64, 20)
     assert store.finish(job.id, JobState.succeeded, result=result)
     assert not store.finish(job.id, JobState.failed, error={"detail": "late"})

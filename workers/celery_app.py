@@ -20,6 +20,9 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_acks_late=True,  # a job's message is acknowledged only once the job has finished
         task_reject_on_worker_lost=True,  # a killed worker's job is redelivered (the store counts attempts)
+        # A job killed by the hard time limit is not acknowledged either: redelivered, the store sees its
+        # attempt began more than the limit ago and fails it, so it never stays "running".
+        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,  # a busy worker holds no second job another worker could run
         task_soft_time_limit=settings.soft_time_limit_s,
         task_time_limit=settings.hard_time_limit_s,

@@ -7,7 +7,7 @@ Without ``SALIENCY_BROKER_URL`` the service runs embedded: jobs run on a thread 
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     soft_time_limit_s: Annotated[int, Field(ge=1)] = 4 * 3600
     hard_time_limit_s: Annotated[int, Field(ge=1)] = 4 * 3600 + 300
     retry_after_s: Annotated[int, Field(ge=1)] = Field(2, description="Poll interval suggested to clients.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """Absolute, so links into it made in work folders resolve wherever they are read from."""
+        return value.expanduser().resolve()
 
     @property
     def resolved_database_url(self) -> str:

@@ -49,6 +49,7 @@ class CeleryDispatcher:
             self.app.send_task(
                 TASK_NAME,
                 args=[job_id],
+                task_id=job_id,  # the worker's log names the job
                 queue=QUEUES[work_queue],
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},

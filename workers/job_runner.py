@@ -33,7 +33,7 @@ _SUFFIXES = {
 
 def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> JobState | None:
     """Run the job if it is due; the state it ended in, or ``None`` when there was nothing to run."""
-    job = store.start_attempt(job_id, settings.max_attempts)
+    job = store.start_attempt(job_id, settings.max_attempts, settings.hard_time_limit_s)
     if job is None:
         return None
     work = storage.new_work_dir(job_id, job.attempts)

@@ -21,7 +21,16 @@ def _runtime() -> tuple[JobStore, Storage, Settings]:
     return JobStore(make_engine(settings.resolved_database_url)), storage, settings
 
 
+STORE_RETRIES = 10
+STORE_RETRY_DELAY_S = 30
+
+
 @app.task(name=TASK_NAME, bind=True)
 def run_job(self: Task, job_id: str) -> None:
+    """The engine's failures are recorded by ``execute_job``; what escapes it is the store or the disk
+    failing, so the job is tried again later rather than left unfinished."""
     store, storage, settings = _runtime()
-    execute_job(job_id, store, storage, settings)
+    try:
+        execute_job(job_id, store, storage, settings)
+    except Exception as error:
+        raise self.retry(exc=error, countdown=STORE_RETRY_DELAY_S, max_retries=STORE_RETRIES) from error

@@ -33,13 +33,13 @@ def _job_headers(job: Job, runtime: Runtime) -> dict[str, str]:
     description="Answers at once with the queued job; poll its Location. With an Idempotency-Key, a retry "
     "of the same request returns the same job, and the same key with another body is refused (422).",
 )
-async def submit(
+def submit(
     request: Annotated[AuditRequest, Body()],
     response: Response,
     runtime: RuntimeDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobOut:
-    job, created = await audits.submit_audit(request, idempotency_key, runtime)
+    job, created = audits.submit_audit(request, idempotency_key, runtime)
     response.headers.update(_job_headers(job, runtime))
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -141,8 +141,8 @@ def extract_image_zip(archive: Path, folder: Path) -> None:
                 target = folder.joinpath(*name.parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(bundle.read(member))
-    except zipfile.BadZipFile:
-        raise ProbeError(f"{archive}: not a readable zip archive") from None
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError) as error:
+        raise ProbeError(f"{archive}: not a readable zip archive ({error})") from None
 
 
 def check_label_range(labels: np.ndarray, classes: int, source: str) -> None:
@@ -195,14 +195,19 @@ def _check_min_size(shape: tuple[int, ...], path: Path) -> None:
 
 def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as bundle:  # a compressed .npz can unpack to far more than it weighs
+            if sum(member.file_size for member in bundle.infolist()) > MAX_ZIP_BYTES:
+                raise ProbeError(f"{path}: unpacks to more than {MAX_ZIP_BYTES} bytes")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
+        if isinstance(loaded, np.ndarray):
+            x, labels = loaded, None
+        else:
+            x, labels = _read_npz(loaded, path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as error:
+        # object arrays (pickles), damaged or encrypted members, unsupported compression
         raise ProbeError(f"{path}: not a readable NumPy array file ({error})") from None
-    if isinstance(loaded, np.ndarray):
-        x, labels = loaded, None
-    else:
-        x, labels = _read_npz(loaded, path)
     # kinds i/u/f only: refuses bool, complex, strings, bytes, records, datetimes and timedeltas (which
     # np.issubdtype counts as integers)
     if x.dtype.kind not in "iuf":

@@ -61,6 +61,7 @@ class Job:
     request_hash: str
     idempotency_key: str | None
     attempts: int
+    attempt_started_at: datetime | None
     version: int
     progress_phase: str | None
     progress_done: int
@@ -78,6 +79,10 @@ class WrongState(Exception):
     def __init__(self, job: Job) -> None:
         super().__init__(f"job {job.id} is {job.state}")
         self.job = job
+
+
+def _worker_lost(detail: str) -> dict[str, Any]:
+    return {"type": "about:blank", "title": "Worker lost", "status": 500, "detail": detail}
 
 
 def _now() -> datetime:
@@ -98,6 +103,7 @@ def _job(row: JobRow) -> Job:
         request_hash=row.request_hash,
         idempotency_key=row.idempotency_key,
         attempts=row.attempts,
+        attempt_started_at=row.attempt_started_at,
         version=row.version,
         progress_phase=row.progress_phase,
         progress_done=row.progress_done,
@@ -241,11 +247,12 @@ class JobStore:
 
     # --- jobs, worker side ---------------------------------------------------------------------------
 
-    def start_attempt(self, job_id: str, max_attempts: int) -> Job | None:
+    def start_attempt(self, job_id: str, max_attempts: int, time_limit_s: float) -> Job | None:
         """Claim a delivery of the job; ``None`` when there is nothing to run.
 
-        A job whose earlier attempt died (its worker was lost) is running already: it runs again. Past
-        ``max_attempts`` deliveries the job fails instead, so a job that kills its worker cannot loop.
+        A job whose earlier attempt died (its worker was lost) is running already: it runs again, unless
+        that attempt started more than ``time_limit_s`` ago (it was killed by the hard time limit) or
+        ``max_attempts`` deliveries are spent; then it fails, so a job that kills its worker cannot loop.
         A job cancelled while queued is skipped; one cancelled while its worker died is finished.
         """
         job = self.get_job(job_id)
@@ -254,25 +261,36 @@ class JobStore:
         if job.state is JobState.cancelling:
             self.finish(job_id, JobState.cancelled)
             return None
+        now = _now()
+        started = job.attempt_started_at
+        if started is not None and (now - started).total_seconds() >= time_limit_s:
+            self.finish(
+                job_id,
+                JobState.failed,
+                error=_worker_lost(
+                    f"the audit ran past the hard time limit ({time_limit_s:g} s) and was stopped"
+                ),
+            )
+            return None
         if job.attempts >= max_attempts:
             self.finish(
                 job_id,
                 JobState.failed,
-                error={
-                    "type": "about:blank",
-                    "title": "Worker lost",
-                    "status": 500,
-                    "detail": f"the job was delivered {job.attempts} times and its worker was lost each "
-                    "time (killed, out of memory, or past the hard time limit); it is not retried again",
-                },
+                error=_worker_lost(
+                    f"the job was delivered {job.attempts} times and its worker was lost each time (killed "
+                    "or out of memory); it is not retried again"
+                ),
             )
             return None
-        now = _now()
-        values: dict[str, Any] = {"state": JobState.running.value, "attempts": JobRow.attempts + 1}
+        values: dict[str, Any] = {
+            "state": JobState.running.value,
+            "attempts": JobRow.attempts + 1,
+            "attempt_started_at": now,
+        }
         if job.state is JobState.queued:
             values["running_at"] = now
-        if not self._transition(job_id, [JobState.queued, JobState.running], values):
-            return None
+        if not self._transition(job_id, [job.state], values):
+            return self.start_attempt(job_id, max_attempts, time_limit_s)  # cancelled meanwhile: look again
         return self.get_job(job_id)
 
     def report_progress(self, job_id: str, phase: str, done: int, total: int) -> None:

@@ -50,6 +50,7 @@ class JobRow(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempt_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     version: Mapped[int] = mapped_column(Integer, default=1)  # bumped on every change: the ETag
     progress_phase: Mapped[str | None] = mapped_column(String(200))
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
