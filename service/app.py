@@ -18,6 +18,7 @@ from workers.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from workers.storage import Storage
 from workers.store.database import make_engine, migrate
 from workers.store.jobs import JobStore
+from workers.sweeper import Sweeper
 
 DESCRIPTION = """Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018) on your image classifier.
 
@@ -36,13 +37,16 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             else EmbeddedDispatcher(store, storage, settings)
         )
     runtime = Runtime(settings=settings, store=store, storage=storage, dispatcher=dispatcher)
+    sweeper = Sweeper(store, dispatcher, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         storage.prepare()
         migrate(store.engine)
         runtime.dispatcher.start()
+        sweeper.start()
         yield
+        sweeper.stop()
         runtime.dispatcher.stop()
         store.engine.dispose()
 

@@ -14,6 +14,7 @@ from workers.engine.errors import AuditInputError
 from workers.engine.probes import load_probes
 from workers.requests import ArtifactKind, AuditRequest
 from workers.store.jobs import TERMINAL_STATES, Job, JobState, WrongState
+from workers.sweeper import dispatch_job
 
 _UPLOAD_ROUTES = {
     ArtifactKind.model: "/v1/models",
@@ -43,7 +44,7 @@ def submit_audit(request: AuditRequest, idempotency_key: str | None, runtime: Ru
     if not created:
         return _replay(job, digest), False
     try:
-        runtime.dispatcher.submit(job.id, request.queue)
+        dispatch_job(runtime.store, runtime.dispatcher, job.id, request.queue)
     except DispatchError as error:
         runtime.store.delete_job(job.id)
         raise Problem(
@@ -145,4 +146,4 @@ def result_file(job_id: str, name: str, runtime: Runtime) -> tuple[Job, Path]:
             f"audit {job_id} is {job.state}; poll it until it has succeeded",
             {"Retry-After": str(runtime.settings.retry_after_s)},
         )
-    return job, runtime.storage.results_dir(job_id) / name
+    return job, runtime.storage.results_dir(job_id, job.attempts) / name

@@ -9,6 +9,8 @@ import pytest
 
 from tests.digits import DigitsCNN, DigitsData, digits_data, export_onnx, train_digits_cnn
 from tests.services import empty_tables, postgres_database, redis_server
+from workers.store.database import make_engine, migrate
+from workers.store.jobs import JobStore
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = request.getfixturevalue("postgres_url")
     empty_tables(url)
     return url
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[JobStore]:
+    """A migrated job store on each backend."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    migrate(engine)  # a second start finds the schema current
+    yield JobStore(engine)
+    engine.dispose()

@@ -8,11 +8,19 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from workers.engine.report import AuditReport
 
 OCTET = {"Content-Type": "application/octet-stream"}
 FAST_SETTINGS = {"methods": ["gradient", "gradcam"], "tests": ["cascading"]}
+
+
+def training_npz(x: np.ndarray, y: np.ndarray) -> bytes:
+    """A labelled training set as the service takes it: one ``.npz`` with ``x`` and ``y``."""
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y)
+    return buffer.getvalue()
 
 
 def upload(client: httpx.Client, route: str, data: bytes) -> str:

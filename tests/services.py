@@ -123,13 +123,15 @@ def process(
 
 
 @contextmanager
-def api_server(env: dict[str, str], log: Path, cwd: Path | None = None) -> Iterator[str]:
-    """``saliency-audit serve`` on a free port; yields its base URL once /healthz answers."""
+def api_server(
+    env: dict[str, str], log: Path, cwd: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``saliency-audit serve`` on a free port; yields its base URL (once /healthz answers) and process."""
     port = free_port()
     with process([str(VENV_BIN / "saliency-audit"), "serve", "--port", str(port)], env, log, cwd) as child:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: child.poll() is None and httpx.get(f"{url}/healthz").is_success, 60, "API")
-        yield url
+        yield url, child
 
 
 @contextmanager
@@ -156,13 +158,14 @@ def celery_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
 
 @contextmanager
 def distributed_deployment(
-    folder: Path, redis_url: str, database_url: str
+    folder: Path, redis_url: str, database_url: str, settings: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The API and one Celery worker sharing a broker, a job store and a data directory."""
+    """The API and one Celery worker sharing a broker, a job store and a data directory; ``settings``
+    adds ``SALIENCY_*`` variables for both."""
     env = {
         "SALIENCY_DATA_DIR": str(folder / "data"),
         "SALIENCY_DATABASE_URL": database_url,
         "SALIENCY_BROKER_URL": redis_url,
-    }
-    with api_server(env, folder / "api.log") as url, celery_worker(env, folder / "worker.log") as worker:
+    } | (settings or {})
+    with api_server(env, folder / "api.log") as (url, _), celery_worker(env, folder / "worker.log") as worker:
         yield url, worker

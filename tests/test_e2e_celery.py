@@ -1,7 +1,8 @@
 """End to end through the distributed deployment: the API process, a real Redis, a real Celery worker
-process running the real engine, and the PostgreSQL job store. A client talks HTTP to it with httpx."""
+process running the real engine, and the PostgreSQL job store. A client talks HTTP to it with httpx.
 
-import io
+Leases are short here (5 s, swept every half second) so that a lost job is recovered within the test."""
+
 import os
 import signal
 import subprocess
@@ -10,12 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
+from service.audits import request_hash
 from tests.conftest import TrainedDigits
-from tests.e2e import FAST_SETTINGS, check_results, poll, submit, upload
+from tests.e2e import FAST_SETTINGS, check_results, poll, submit, training_npz, upload
 from tests.services import distributed_deployment, empty_tables
+from workers.requests import AuditRequest
+from workers.store.database import make_engine
+from workers.store.jobs import JobStore
+
+SHORT_LEASES = {"SALIENCY_LEASE_S": "5", "SALIENCY_SWEEP_INTERVAL_S": "0.5"}
 
 
 @dataclass(frozen=True)
@@ -35,18 +41,17 @@ def deployment(
     empty_tables(postgres_url)
     folder = tmp_path_factory.mktemp("celery-deployment")
     with (
-        distributed_deployment(folder, redis_url, postgres_url) as (url, worker),
+        distributed_deployment(folder, redis_url, postgres_url, SHORT_LEASES) as (url, worker),
         httpx.Client(base_url=url, timeout=30) as client,
     ):
-        training = io.BytesIO()
-        np.savez(training, x=trained_digits.data.x_train, y=trained_digits.data.y_train)
+        training = training_npz(trained_digits.data.x_train, trained_digits.data.y_train)
         yield Deployment(
             client,
             worker,
             folder,
             upload(client, "/v1/models", trained_digits.onnx_dynamo.read_bytes()),
             upload(client, "/v1/probe-sets", trained_digits.probes.read_bytes()),
-            upload(client, "/v1/training-sets", training.getvalue()),
+            upload(client, "/v1/training-sets", training),
         )
 
 
@@ -96,7 +101,7 @@ def test_a_running_audit_and_a_queued_one_are_cancelled(deployment: Deployment) 
     assert never_ran["state"] == "cancelled" and "running" not in never_ran["timestamps"]
 
 
-def test_the_job_of_a_killed_worker_is_redelivered_and_completes(
+def test_the_job_of_a_killed_worker_is_requeued_when_its_lease_lapses_and_completes(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     client = deployment.client
@@ -114,3 +119,20 @@ def test_the_job_of_a_killed_worker_is_redelivered_and_completes(
     assert job["state"] == "succeeded", job["error"]
     assert job["attempts"] == 2
     check_results(client, location, job, tmp_path)
+    assert "stopped renewing the lease; requeued" in (deployment.folder / "api.log").read_text()
+
+
+def test_a_job_recorded_but_never_dispatched_is_dispatched_by_the_sweeper(
+    deployment: Deployment, postgres_url: str, tmp_path: Path
+) -> None:
+    """As if the API process stopped between recording the job and handing it to the broker."""
+    body = {"model": deployment.model, "probes": deployment.probes, "settings": FAST_SETTINGS | {"seed": 5}}
+    request = AuditRequest.model_validate(body)
+    engine = make_engine(postgres_url)
+    job, _ = JobStore(engine).create_job(request.model_dump(mode="json"), request_hash(request), None, "cpu")
+    engine.dispose()
+    location = f"/v1/audits/{job.id}"
+    finished = poll(deployment.client, location, {"succeeded", "failed", "cancelled"})
+    assert finished["state"] == "succeeded", finished["error"]
+    assert finished["attempts"] == 1
+    check_results(deployment.client, location, finished, tmp_path)

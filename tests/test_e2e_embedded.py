@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import TrainedDigits
-from tests.e2e import FAST_SETTINGS, check_results, poll, submit, upload
+from tests.e2e import FAST_SETTINGS, check_results, poll, submit, training_npz, upload
 from tests.services import api_server
 from tests.test_api import png_zip
 
@@ -16,7 +16,7 @@ def test_the_embedded_service_runs_an_audit_of_png_probes(
 ) -> None:
     data_dir = tmp_path / "data"
     with (
-        api_server({"SALIENCY_DATA_DIR": str(data_dir)}, tmp_path / "api.log") as url,
+        api_server({"SALIENCY_DATA_DIR": str(data_dir)}, tmp_path / "api.log") as (url, _),
         httpx.Client(base_url=url, timeout=30) as client,
     ):
         ready = client.get("/readyz").json()
@@ -29,3 +29,36 @@ def test_the_embedded_service_runs_an_audit_of_png_probes(
         report = check_results(client, location, job, tmp_path)
     assert report.probes.count == 12
     assert (data_dir / "jobs.sqlite3").exists()
+
+
+def test_a_job_running_when_the_embedded_service_was_killed_completes_after_a_restart(
+    trained_digits: TrainedDigits, tmp_path: Path
+) -> None:
+    env = {
+        "SALIENCY_DATA_DIR": str(tmp_path / "data"),
+        "SALIENCY_LEASE_S": "3",
+        "SALIENCY_SWEEP_INTERVAL_S": "0.5",
+    }
+    training = training_npz(trained_digits.data.x_train, trained_digits.data.y_train)
+    with (
+        api_server(env, tmp_path / "first.log") as (url, first),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        body = {
+            "model": upload(client, "/v1/models", trained_digits.onnx_dynamo.read_bytes()),
+            "probes": upload(client, "/v1/probe-sets", trained_digits.probes.read_bytes()),
+            "training_data": upload(client, "/v1/training-sets", training),
+            "settings": {"methods": ["gradient"], "tests": ["data"]},  # trains a twin: tens of seconds
+        }
+        location = submit(client, body)
+        poll(client, location, {"running"})
+        first.kill()  # the whole service dies mid-audit
+        first.wait()
+    with (
+        api_server(env, tmp_path / "second.log") as (url, _),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        job = poll(client, location, {"succeeded", "failed", "cancelled"})
+        assert job["state"] == "succeeded", job["error"]
+        assert job["attempts"] == 2
+        check_results(client, location, job, tmp_path)

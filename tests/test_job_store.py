@@ -2,17 +2,7 @@
 
 import pytest
 
-from workers.store.database import make_engine, migrate
 from workers.store.jobs import JobResult, JobState, JobStore, WrongState
-
-
-@pytest.fixture
-def store(database_url: str) -> JobStore:
-    engine = make_engine(database_url)
-    migrate(engine)
-    migrate(engine)  # a second start finds the schema current
-    yield JobStore(engine)
-    engine.dispose()
 
 
 def _job(store: JobStore, key: str | None = None, body: dict | None = None):  # type: ignore[no-untyped-def]
@@ -32,22 +22,40 @@ def test_the_same_idempotency_key_returns_the_first_job(store: JobStore) -> None
     assert not created and again.id == first.id
 
 
+def _claim(store: JobStore, job_id: str):  # type: ignore[no-untyped-def]
+    claimed = store.claim(job_id)
+    assert claimed is not None and claimed.state is JobState.running
+    return claimed
+
+
+def _recover(store: JobStore, lease_s: float = 0, max_attempts: int = 3, time_limit_s: float = 60) -> list:
+    """``lease_s=0``: every running attempt counts as lapsed (its worker died)."""
+    return store.recover_lost_attempts(lease_s, max_attempts, time_limit_s)
+
+
+def _assert_worker_lost(store: JobStore, job_id: str, attempts: int, detail_part: str) -> None:
+    failed = store.get_job(job_id)
+    assert failed is not None and failed.state is JobState.failed and failed.attempts == attempts
+    assert failed.error is not None and failed.error["title"] == "Worker lost"
+    assert detail_part in failed.error["detail"]
+
+
 def test_cancelling_a_queued_job_cancels_it_and_its_delivery_is_skipped(store: JobStore) -> None:
     job, _ = _job(store)
     cancelled = store.request_cancel(job.id)
     assert cancelled is not None and cancelled.state is JobState.cancelled
-    assert store.start_attempt(job.id, max_attempts=3, time_limit_s=60) is None
+    assert store.claim(job.id) is None
     with pytest.raises(WrongState):
         store.request_cancel(job.id)
 
 
 def test_cancelling_a_running_job_waits_for_the_worker(store: JobStore) -> None:
     job, _ = _job(store)
-    running = store.start_attempt(job.id, max_attempts=3, time_limit_s=60)
-    assert running is not None and running.state is JobState.running and running.attempts == 1
+    running = _claim(store, job.id)
+    assert running.attempts == 1
     assert store.request_cancel(job.id).state is JobState.cancelling  # type: ignore[union-attr]
     assert store.cancel_requested(job.id)
-    assert store.finish(job.id, JobState.cancelled)
+    assert store.finish(job.id, JobState.cancelled, attempt=1)
     final = store.get_job(job.id)
     assert final is not None and set(final.timestamps) == {
         JobState.queued,
@@ -57,40 +65,89 @@ def test_cancelling_a_running_job_waits_for_the_worker(store: JobStore) -> None:
     }
 
 
-def test_every_change_bumps_the_version(store: JobStore) -> None:
+def test_every_change_bumps_the_version_but_a_lease_renewal_does_not(store: JobStore) -> None:
     job, _ = _job(store)
-    store.start_attempt(job.id, max_attempts=3, time_limit_s=60)
-    store.report_progress(job.id, "gradient: cascading", 1, 10)
+    _claim(store, job.id)
+    store.report_progress(job.id, 1, "gradient: cascading", 1, 10)
+    assert store.heartbeat(job.id, 1)
     after = store.get_job(job.id)
     assert after is not None and after.version == job.version + 2
     assert (after.progress_phase, after.progress_done, after.progress_total) == ("gradient: cascading", 1, 10)
 
 
-def test_a_redelivered_job_runs_again_until_its_attempts_are_spent(store: JobStore) -> None:
+def test_of_two_deliveries_of_one_job_one_claims_it(store: JobStore) -> None:
     job, _ = _job(store)
-    assert store.start_attempt(job.id, max_attempts=2, time_limit_s=60).attempts == 1  # type: ignore[union-attr]
-    assert store.start_attempt(job.id, max_attempts=2, time_limit_s=60).attempts == 2  # type: ignore[union-attr] # worker lost
-    assert store.start_attempt(job.id, max_attempts=2, time_limit_s=60) is None
-    failed = store.get_job(job.id)
-    assert failed is not None and failed.state is JobState.failed
-    assert failed.error is not None and "delivered 2 times" in failed.error["detail"]
+    _claim(store, job.id)
+    assert store.claim(job.id) is None
+    assert store.get_job(job.id).attempts == 1  # type: ignore[union-attr]
 
 
-def test_a_redelivered_job_that_outlived_the_hard_time_limit_fails(store: JobStore) -> None:
+def test_a_live_attempt_keeps_its_job(store: JobStore) -> None:
     job, _ = _job(store)
-    store.start_attempt(job.id, max_attempts=3, time_limit_s=60)
-    assert store.start_attempt(job.id, max_attempts=3, time_limit_s=0) is None  # killed at the limit
-    failed = store.get_job(job.id)
-    assert failed is not None and failed.state is JobState.failed and failed.attempts == 1
-    assert failed.error is not None and "hard time limit" in failed.error["detail"]
+    _claim(store, job.id)
+    assert _recover(store, lease_s=60) == []
+    assert store.get_job(job.id).state is JobState.running  # type: ignore[union-attr]
+
+
+def test_a_lost_attempt_is_requeued_until_the_attempts_are_spent(store: JobStore) -> None:
+    job, _ = _job(store)
+    first = _claim(store, job.id)
+    assert _recover(store, max_attempts=2) == [job.id]
+    requeued = store.get_job(job.id)
+    assert requeued is not None and requeued.state is JobState.queued and requeued.attempts == 1
+    second = _claim(store, job.id)
+    assert second.attempts == 2 and second.timestamps[JobState.running] == first.timestamps[JobState.running]
+    assert _recover(store, max_attempts=2) == []
+    _assert_worker_lost(store, job.id, attempts=2, detail_part="started 2 times")
+
+
+def test_a_lost_attempt_past_the_hard_time_limit_fails(store: JobStore) -> None:
+    job, _ = _job(store)
+    _claim(store, job.id)
+    assert _recover(store, time_limit_s=0) == []
+    _assert_worker_lost(store, job.id, attempts=1, detail_part="hard time limit")
+
+
+def test_a_lost_attempt_of_a_job_being_cancelled_ends_cancelled(store: JobStore) -> None:
+    job, _ = _job(store)
+    _claim(store, job.id)
+    store.request_cancel(job.id)
+    assert _recover(store) == []
+    assert store.get_job(job.id).state is JobState.cancelled  # type: ignore[union-attr]
+
+
+def test_an_attempt_presumed_lost_can_no_longer_write(store: JobStore) -> None:
+    job, _ = _job(store)
+    _claim(store, job.id)
+    _recover(store)
+    _claim(store, job.id)
+    assert not store.heartbeat(job.id, 1)
+    store.report_progress(job.id, 1, "stale", 5, 5)
+    assert not store.finish(job.id, JobState.failed, attempt=1, error={"detail": "late"})
+    current = store.get_job(job.id)
+    assert current is not None and current.state is JobState.running and current.progress_phase is None
+    assert store.heartbeat(job.id, 2)
+    assert store.finish(job.id, JobState.succeeded, attempt=2, result=JobResult("a" * 64, 1, "b" * 64, 2))
+
+
+def test_a_job_never_dispatched_is_found_once_its_grace_is_over(store: JobStore) -> None:
+    job, _ = _job(store)
+    assert store.undispatched_jobs(older_than_s=3600) == []
+    assert store.undispatched_jobs(older_than_s=0) == [(job.id, "cpu")]
+    store.mark_dispatched(job.id)
+    assert store.undispatched_jobs(older_than_s=0) == []
+    _claim(store, job.id)
+    _recover(store)
+    assert store.undispatched_jobs(older_than_s=0) == [(job.id, "cpu")]  # requeued: to be dispatched again
 
 
 def test_a_finished_job_stays_finished(store: JobStore) -> None:
     job, _ = _job(store)
-    store.start_attempt(job.id, max_attempts=3, time_limit_s=60)
+    _claim(store, job.id)
     result = JobResult("a" * 64, 10, "b" * 64, 20)
-    assert store.finish(job.id, JobState.succeeded, result=result)
-    assert not store.finish(job.id, JobState.failed, error={"detail": "late"})
+    assert store.finish(job.id, JobState.succeeded, attempt=1, result=result)
+    assert not store.finish(job.id, JobState.failed, attempt=1, error={"detail": "late"})
+    assert store.claim(job.id) is None and _recover(store) == []
     final = store.get_job(job.id)
     assert final is not None and final.state is JobState.succeeded and final.result == result
     assert final.error is None

@@ -19,14 +19,14 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("saliency_audit", broker=settings.broker_url, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,  # a job's message is acknowledged only once the job has finished
-        task_reject_on_worker_lost=True,  # a killed worker's job is redelivered (the store counts attempts)
-        # A job killed by the hard time limit is not acknowledged either: redelivered, the store sees its
-        # attempt began more than the limit ago and fails it, so it never stays "running".
-        task_acks_on_failure_or_timeout=False,
+        # A killed worker's message is redelivered; the job store's claim lets one attempt run at a time,
+        # and the sweeper requeues (or fails) a job whose attempt stopped renewing its lease.
+        task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # a busy worker holds no second job another worker could run
         task_soft_time_limit=settings.soft_time_limit_s,
         task_time_limit=settings.hard_time_limit_s,
-        # Redis redelivers unacknowledged messages after this: above the hard limit, or long jobs run twice
+        # Redis redelivers unacknowledged messages after this: above the hard limit, so a long job's message
+        # is not delivered again while it runs
         broker_transport_options={"visibility_timeout": settings.hard_time_limit_s + VISIBILITY_MARGIN_S},
         task_default_queue=QUEUES[WorkQueue.cpu],
         task_ignore_result=True,

@@ -216,6 +216,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
     from service.app import create_app
@@ -224,6 +226,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings() if args.data_dir is None else Settings(data_dir=args.data_dir)
     mode = f"Celery broker {settings.broker_url}" if settings.broker_url else "embedded worker"
     print(f"saliency-audit: serving http://{args.host}:{args.port} ({mode}, data in {settings.data_dir})")
+    # the service's own messages (jobs failed, lost workers requeued); uvicorn's access log stays off
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -24,7 +24,13 @@ class Settings(BaseSettings):
         1000, description="Most images a probe set may hold (the settings' max_images cannot exceed it)."
     )
     max_attempts: Annotated[int, Field(ge=1)] = Field(
-        3, description="Deliveries of one job before it is failed (a worker that dies requeues its job)."
+        3, description="Attempts at one job before it is failed (a job whose worker dies is requeued)."
+    )
+    lease_s: Annotated[float, Field(gt=0)] = Field(
+        60, description="A running job whose worker has not renewed its lease for this long is presumed lost."
+    )
+    sweep_interval_s: Annotated[float, Field(gt=0)] = Field(
+        15, description="How often the API looks for lost attempts and jobs never handed to a worker."
     )
     soft_time_limit_s: Annotated[int, Field(ge=1)] = 4 * 3600
     hard_time_limit_s: Annotated[int, Field(ge=1)] = 4 * 3600 + 300

@@ -66,7 +66,8 @@ class CeleryDispatcher:
 
 
 class EmbeddedDispatcher:
-    """One worker thread in the API process; on start it resumes the jobs the store holds unfinished."""
+    """One worker thread in the API process; on start it takes up the jobs the store holds queued (the
+    sweeper requeues those a stopped process was running, once their lease lapses)."""
 
     name = "embedded"
 
@@ -76,7 +77,7 @@ class EmbeddedDispatcher:
         self._thread = threading.Thread(target=self._work, name="embedded-worker", daemon=True)
 
     def start(self) -> None:
-        for job_id in self.store.requeue_unfinished():
+        for job_id in self.store.queued_jobs():
             self._jobs.put(job_id)
         self._thread.start()
 
@@ -98,5 +99,5 @@ class EmbeddedDispatcher:
         while (job_id := self._jobs.get()) is not None:
             try:
                 execute_job(job_id, self.store, self.storage, self.settings)
-            except Exception:  # the store could not be reached: the job stays unfinished and resumes later
+            except Exception:  # the store is unreachable: the sweeper requeues the job once its lease lapses
                 log.exception("embedded worker: job %s", job_id)

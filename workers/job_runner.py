@@ -1,11 +1,13 @@
 """Run one delivery of a job: the same code behind the Celery task and the embedded worker.
 
-The job store decides whether the delivery runs (``start_attempt``); the engine writes into a work folder
-of this attempt; results are published with one rename before the job is marked succeeded.
+The job store decides whether the delivery runs (``claim``); a thread renews the attempt's lease while
+it runs; the engine writes into a work folder of this attempt; results are published with one rename
+into the attempt's own results folder before the job is marked succeeded.
 """
 
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,34 +35,37 @@ _SUFFIXES = {
 
 def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> JobState | None:
     """Run the job if it is due; the state it ended in, or ``None`` when there was nothing to run."""
-    job = store.start_attempt(job_id, settings.max_attempts, settings.hard_time_limit_s)
+    job = store.claim(job_id)
     if job is None:
+        log.info("job %s: nothing to run (finished, cancelled or held by another attempt)", job_id)
         return None
-    work = storage.new_work_dir(job_id, job.attempts)
+    attempt = job.attempts
+    work = storage.new_work_dir(job_id, attempt)
     try:
-        request = AuditRequest.model_validate(job.request)
-        inputs = _link_inputs(request, store, storage, work)
-        throttle = _Throttle(store, job_id)
-        run_audit(
-            inputs["model"],
-            inputs["probes"],
-            request.settings,
-            work / "out",
-            on_progress=throttle.progress,
-            should_cancel=throttle.cancel_requested,
-            data_inputs=_data_inputs(inputs),
-        )
-        result = storage.publish_results(job_id, work / "out")
-        store.finish(job_id, JobState.succeeded, result=result)
+        with _Lease(store, job_id, attempt, settings.lease_s) as lease:
+            request = AuditRequest.model_validate(job.request)
+            inputs = _link_inputs(request, store, storage, work)
+            throttle = _Throttle(store, job_id, attempt, lease)
+            run_audit(
+                inputs["model"],
+                inputs["probes"],
+                request.settings,
+                work / "out",
+                on_progress=throttle.progress,
+                should_cancel=throttle.cancel_requested,
+                data_inputs=_data_inputs(inputs),
+            )
+            result = storage.publish_results(job_id, attempt, work / "out")
+            store.finish(job_id, JobState.succeeded, attempt=attempt, result=result)
     except AuditCancelled:
-        store.finish(job_id, JobState.cancelled)
+        store.finish(job_id, JobState.cancelled, attempt=attempt)
     except AuditInputError as error:
-        store.finish(job_id, JobState.failed, error=_problem("Audit refused", 422, str(error)))
-    except Exception as error:  # the engine's own fault, or a time limit: recorded, never lost
+        refused = _problem("Audit refused", 422, str(error))
+        store.finish(job_id, JobState.failed, attempt=attempt, error=refused)
+    except Exception as error:  # the engine's own fault, or the soft time limit: recorded, never lost
         log.exception("job %s failed", job_id)
-        store.finish(
-            job_id, JobState.failed, error=_problem("Audit failed", 500, f"{type(error).__name__}: {error}")
-        )
+        detail = f"{type(error).__name__}: {error}"
+        store.finish(job_id, JobState.failed, attempt=attempt, error=_problem("Audit failed", 500, detail))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     final = store.get_job(job_id)
@@ -94,11 +99,44 @@ def _data_inputs(inputs: dict[str, Path]) -> DataTestInputs | None:
     )
 
 
+class _Lease:
+    """Renews the attempt's lease from a thread, so a long stage with no progress keeps the job held.
+
+    ``lost`` turns true when the store says the attempt no longer holds the job (it was presumed dead
+    and settled): the attempt then stops at its next cancel check.
+    """
+
+    def __init__(self, store: JobStore, job_id: str, attempt: int, lease_s: float) -> None:
+        self.store, self.job_id, self.attempt = store, job_id, attempt
+        self.interval_s = lease_s / 4  # three renewals may fail before the lease lapses
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> "_Lease":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.lost = not self.store.heartbeat(self.job_id, self.attempt)
+            except Exception:  # the store is unreachable for now: the next renewal tries again
+                log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
+            if self.lost:
+                log.warning("job %s: attempt %d no longer holds the job; stopping", self.job_id, self.attempt)
+                return
+
+
 class _Throttle:
     """Progress and cancel checks through the job store, at most every ``PROGRESS_INTERVAL_S``."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
-        self.store, self.job_id = store, job_id
+    def __init__(self, store: JobStore, job_id: str, attempt: int, lease: _Lease) -> None:
+        self.store, self.job_id, self.attempt, self.lease = store, job_id, attempt, lease
         self._last_write = self._last_read = 0.0
         self._phase: str | None = None
         self._cancel = False
@@ -107,10 +145,13 @@ class _Throttle:
         now = time.monotonic()
         changed = progress.phase != self._phase or progress.done == progress.total
         if changed or now - self._last_write >= PROGRESS_INTERVAL_S:
-            self.store.report_progress(self.job_id, progress.phase, progress.done, progress.total)
+            done, total = progress.done, progress.total
+            self.store.report_progress(self.job_id, self.attempt, progress.phase, done, total)
             self._last_write, self._phase = now, progress.phase
 
     def cancel_requested(self) -> bool:
+        if self.lease.lost:
+            return True
         now = time.monotonic()
         if not self._cancel and now - self._last_read >= PROGRESS_INTERVAL_S:
             self._cancel = self.store.cancel_requested(self.job_id)

@@ -87,16 +87,18 @@ class Storage:
         folder.mkdir(parents=True)
         return folder
 
-    def results_dir(self, job_id: str) -> Path:
-        return self.root / "results" / job_id
+    def results_dir(self, job_id: str, attempt: int) -> Path:
+        """Each attempt publishes into a folder of its own: an attempt presumed lost that still finishes
+        cannot replace the files of the attempt the job store recorded."""
+        return self.root / "results" / job_id / str(attempt)
 
-    def publish_results(self, job_id: str, out_dir: Path) -> JobResult:
+    def publish_results(self, job_id: str, attempt: int, out_dir: Path) -> JobResult:
         """Move a finished attempt's outputs into place in one rename; returns their sizes and hashes."""
         report, archive = out_dir / REPORT_FILE, out_dir / ARCHIVE_FILE
         result = JobResult(_sha256(report), report.stat().st_size, _sha256(archive), archive.stat().st_size)
-        target = self.results_dir(job_id)
-        shutil.rmtree(target, ignore_errors=True)  # a lost attempt's results, never marked succeeded
-        os.replace(out_dir, target)
+        target = self.results_dir(job_id, attempt)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(out_dir, target)  # attempt numbers are never reused: the target does not exist yet
         return result
 
 

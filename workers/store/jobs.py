@@ -3,17 +3,21 @@
 ``queued -> running -> succeeded | failed | cancelled``, with ``cancelling`` between running and
 cancelled. Each change is one conditional UPDATE (``WHERE state IN ...``), so the API's cancel and a
 worker's progress never overwrite each other; each bumps ``version``, the job's ETag.
+
+A running job is held by one attempt (``attempts`` numbers them) that renews a lease (``heartbeat_at``).
+The worker's writes are conditional on its attempt, so an attempt presumed lost can no longer touch the
+job; a job whose lease lapsed is settled by ``recover_lost_attempts`` (requeued, failed or cancelled).
 """
 
 import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +33,7 @@ class JobState(StrEnum):
     cancelled = "cancelled"
 
 
+_HELD_STATES = (JobState.running.value, JobState.cancelling.value)  # an attempt holds the job
 TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 ACTIVE_STATES = frozenset({JobState.queued, JobState.running, JobState.cancelling})
 
@@ -239,65 +244,50 @@ class JobStore:
             return job
         raise WrongState(job)
 
-    def requeue_unfinished(self) -> list[str]:
-        """Ids of jobs not finished, oldest first: what an embedded worker resumes after a restart."""
-        with self._session() as session:
-            query = select(JobRow.id).where(JobRow.state.in_([s.value for s in ACTIVE_STATES]))
-            return list(session.scalars(query.order_by(JobRow.seq)))
-
     # --- jobs, worker side ---------------------------------------------------------------------------
 
-    def start_attempt(self, job_id: str, max_attempts: int, time_limit_s: float) -> Job | None:
-        """Claim a delivery of the job; ``None`` when there is nothing to run.
+    def claim(self, job_id: str) -> Job | None:
+        """Start an attempt of a queued job; ``None`` when the delivery has nothing to run.
 
-        A job whose earlier attempt died (its worker was lost) is running already: it runs again, unless
-        that attempt started more than ``time_limit_s`` ago (it was killed by the hard time limit) or
-        ``max_attempts`` deliveries are spent; then it fails, so a job that kills its worker cannot loop.
-        A job cancelled while queued is skipped; one cancelled while its worker died is finished.
+        Only a queued job is claimed: a finished or cancelled one is skipped, and a running one is held by
+        a live attempt or, once its lease has lapsed, requeued by ``recover_lost_attempts``. Deliveries
+        are at least once; of two deliveries of one job, one claims it and the other is dropped.
         """
         job = self.get_job(job_id)
-        if job is None or job.state in TERMINAL_STATES:
-            return None
-        if job.state is JobState.cancelling:
-            self.finish(job_id, JobState.cancelled)
+        if job is None or job.state is not JobState.queued:
             return None
         now = _now()
-        started = job.attempt_started_at
-        if started is not None and (now - started).total_seconds() >= time_limit_s:
-            self.finish(
-                job_id,
-                JobState.failed,
-                error=_worker_lost(
-                    f"the audit ran past the hard time limit ({time_limit_s:g} s) and was stopped"
-                ),
-            )
-            return None
-        if job.attempts >= max_attempts:
-            self.finish(
-                job_id,
-                JobState.failed,
-                error=_worker_lost(
-                    f"the job was delivered {job.attempts} times and its worker was lost each time (killed "
-                    "or out of memory); it is not retried again"
-                ),
-            )
-            return None
-        values: dict[str, Any] = {
+        values = {
             "state": JobState.running.value,
             "attempts": JobRow.attempts + 1,
             "attempt_started_at": now,
+            "heartbeat_at": now,
+            "running_at": func.coalesce(JobRow.running_at, now),  # the first attempt's start
         }
-        if job.state is JobState.queued:
-            values["running_at"] = now
-        if not self._transition(job_id, [job.state], values):
-            return self.start_attempt(job_id, max_attempts, time_limit_s)  # cancelled meanwhile: look again
+        if not self._transition(job_id, [JobState.queued], values, JobRow.attempts == job.attempts):
+            return None
         return self.get_job(job_id)
 
-    def report_progress(self, job_id: str, phase: str, done: int, total: int) -> None:
+    def heartbeat(self, job_id: str, attempt: int) -> bool:
+        """Renew the attempt's lease; ``False`` once the job is finished or another attempt holds it.
+
+        Not a change a client sees: the version (ETag) stays.
+        """
+        statement = (
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.attempts == attempt, JobRow.state.in_(_HELD_STATES))
+            .values(heartbeat_at=_now())
+            .execution_options(synchronize_session=False)
+        )
+        with self._session.begin() as session:
+            return _rowcount(session, statement) == 1
+
+    def report_progress(self, job_id: str, attempt: int, phase: str, done: int, total: int) -> None:
         self._transition(
             job_id,
             [JobState.running, JobState.cancelling],
             {"progress_phase": phase[:200], "progress_done": done, "progress_total": total},
+            JobRow.attempts == attempt,
         )
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -309,31 +299,112 @@ class JobStore:
         job_id: str,
         state: JobState,
         *,
+        attempt: int,
         error: dict[str, Any] | None = None,
         result: JobResult | None = None,
     ) -> bool:
-        """Move an unfinished job to a terminal state; ``False`` if it had already finished."""
-        assert state in TERMINAL_STATES
-        values: dict[str, Any] = {"state": state.value, f"{state.value}_at": _now()}
-        if error is not None:
-            values["error"] = json.dumps(error)
-        if result is not None:
-            values |= {
-                "report_sha256": result.report_sha256,
-                "report_size": result.report_size,
-                "archive_sha256": result.archive_sha256,
-                "archive_size": result.archive_size,
-            }
-        return self._transition(job_id, list(ACTIVE_STATES), values)
+        """Move the job to a terminal state; ``False`` if it had finished or ``attempt`` is not current."""
+        values = _terminal_values(state, error, result)
+        return self._transition(job_id, ACTIVE_STATES, values, JobRow.attempts == attempt)
 
-    def _transition(self, job_id: str, sources: Iterable[JobState], values: dict[str, Any]) -> bool:
+    # --- jobs, recovery ---------------------------------------------------------------------------
+
+    def mark_dispatched(self, job_id: str) -> None:
         statement = (
             update(JobRow)
-            .where(JobRow.id == job_id, JobRow.state.in_([s.value for s in sources]))
+            .where(JobRow.id == job_id)
+            .values(dispatched_at=_now())
+            .execution_options(synchronize_session=False)
+        )
+        with self._session.begin() as session:
+            session.execute(statement)
+
+    def undispatched_jobs(self, older_than_s: float) -> list[tuple[str, str]]:
+        """Queued jobs never handed to a broker (their API process stopped in between): id and queue."""
+        cutoff = _now() - timedelta(seconds=older_than_s)
+        query = (
+            select(JobRow.id, JobRow.queue)
+            .where(
+                JobRow.state == JobState.queued.value,
+                JobRow.dispatched_at.is_(None),
+                JobRow.created_at < cutoff,
+            )
+            .order_by(JobRow.seq)
+        )
+        with self._session() as session:
+            return [(job_id, queue) for job_id, queue in session.execute(query)]
+
+    def queued_jobs(self) -> list[str]:
+        """Ids of queued jobs, oldest first: what an embedded worker takes up again after a restart."""
+        query = select(JobRow.id).where(JobRow.state == JobState.queued.value).order_by(JobRow.seq)
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def recover_lost_attempts(self, lease_s: float, max_attempts: int, time_limit_s: float) -> list[str]:
+        """Settle the jobs whose attempt stopped renewing its lease (its worker died, or hit the hard
+        time limit); the ids of those requeued, which the caller dispatches again.
+
+        A job being cancelled is cancelled; one whose attempt began more than ``time_limit_s`` ago, or
+        whose ``max_attempts`` are spent, fails; any other is queued again. Each move is conditional on
+        the lapsed attempt, so several sweepers settle a job once.
+        """
+        cutoff = _now() - timedelta(seconds=lease_s)
+        query = select(JobRow).where(JobRow.state.in_(_HELD_STATES), JobRow.heartbeat_at < cutoff)
+        with self._session() as session:
+            lapsed = [_job(row) for row in session.scalars(query)]
+        requeued = []
+        for job in lapsed:
+            state, values = _settlement(job, max_attempts, time_limit_s)
+            still_lapsed = (JobRow.attempts == job.attempts, JobRow.heartbeat_at < cutoff)
+            if self._transition(job.id, [job.state], values, *still_lapsed) and state is JobState.queued:
+                requeued.append(job.id)
+        return requeued
+
+    def _transition(
+        self, job_id: str, sources: Iterable[JobState], values: dict[str, Any], *conditions: Any
+    ) -> bool:
+        """One conditional UPDATE: the job must be in one of ``sources`` and meet ``conditions``."""
+        statement = (
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.state.in_([s.value for s in sources]), *conditions)
             .values(**values, version=JobRow.version + 1, updated_at=_now())
         )
         with self._session.begin() as session:
             return _rowcount(session, statement) == 1
+
+
+def _terminal_values(
+    state: JobState, error: dict[str, Any] | None = None, result: JobResult | None = None
+) -> dict[str, Any]:
+    assert state in TERMINAL_STATES
+    values: dict[str, Any] = {"state": state.value, f"{state.value}_at": _now()}
+    if error is not None:
+        values["error"] = json.dumps(error)
+    if result is not None:
+        values |= {
+            "report_sha256": result.report_sha256,
+            "report_size": result.report_size,
+            "archive_sha256": result.archive_sha256,
+            "archive_size": result.archive_size,
+        }
+    return values
+
+
+def _settlement(job: Job, max_attempts: int, time_limit_s: float) -> tuple[JobState, dict[str, Any]]:
+    """What becomes of a job whose attempt lapsed: the state it moves to and the values written."""
+    started = job.attempt_started_at or _now()
+    if job.state is JobState.cancelling:
+        return JobState.cancelled, _terminal_values(JobState.cancelled)
+    if (_now() - started).total_seconds() >= time_limit_s:
+        detail = f"the audit ran past the hard time limit ({time_limit_s:g} s) and was stopped"
+        return JobState.failed, _terminal_values(JobState.failed, _worker_lost(detail))
+    if job.attempts >= max_attempts:
+        detail = (
+            f"the job was started {job.attempts} times and its worker was lost each time (killed or out "
+            "of memory); it is not retried again"
+        )
+        return JobState.failed, _terminal_values(JobState.failed, _worker_lost(detail))
+    return JobState.queued, {"state": JobState.queued.value, "dispatched_at": None}
 
 
 def _rowcount(session: Session, statement: Any) -> int:

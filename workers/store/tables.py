@@ -51,6 +51,8 @@ class JobRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     attempt_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # the running attempt's lease
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # last handed to the broker
     version: Mapped[int] = mapped_column(Integer, default=1)  # bumped on every change: the ETag
     progress_phase: Mapped[str | None] = mapped_column(String(200))
     progress_done: Mapped[int] = mapped_column(Integer, default=0)

@@ -36,7 +36,6 @@ def upgrade() -> None:
         sa.Column("request_hash", sa.String(64), nullable=False),
         sa.Column("idempotency_key", sa.String(255), nullable=True, unique=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("attempt_started_at", UtcDateTime(), nullable=True),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("progress_phase", sa.String(200), nullable=True),
         sa.Column("progress_done", sa.Integer(), nullable=False),

@@ -1,0 +1,66 @@
+"""Hand jobs to workers, and hand them again when no worker holds them.
+
+A job can be left without a worker in two ways: its API process stopped between recording it and
+dispatching it, or the worker running it died (killed, out of memory, past the hard time limit) and its
+lease lapsed. The sweeper, a thread of the API process, finds both in the job store and dispatches them
+again, so an accepted job is never lost. Several API processes may sweep one store: each lapsed attempt
+is settled by one conditional update, and a job delivered twice is claimed once.
+"""
+
+import logging
+import threading
+
+from workers.config import Settings
+from workers.dispatch import Dispatcher, DispatchError
+from workers.requests import WorkQueue
+from workers.store.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+
+def dispatch_job(store: JobStore, dispatcher: Dispatcher, job_id: str, work_queue: WorkQueue) -> None:
+    """Hand the job to a worker and record that it was handed; ``DispatchError`` when it was not."""
+    dispatcher.submit(job_id, work_queue)
+    store.mark_dispatched(job_id)
+
+
+class Sweeper:
+    def __init__(self, store: JobStore, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.store, self.dispatcher, self.settings = store, dispatcher, settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def sweep(self) -> int:
+        """Settle lapsed attempts and dispatch the jobs no worker has; how many were dispatched."""
+        settings = self.settings
+        requeued = self.store.recover_lost_attempts(
+            settings.lease_s, settings.max_attempts, settings.hard_time_limit_s
+        )
+        for job_id in requeued:
+            log.warning("job %s: its worker stopped renewing the lease; requeued", job_id)
+        dispatched = 0
+        # a job just submitted gets one lease to be dispatched by the request that made it
+        for job_id, work_queue in self.store.undispatched_jobs(older_than_s=settings.lease_s):
+            try:
+                dispatch_job(self.store, self.dispatcher, job_id, WorkQueue(work_queue))
+                dispatched += 1
+            except DispatchError as error:
+                log.warning("job %s: not dispatched yet (%s); the next sweep tries again", job_id, error)
+        return dispatched
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.sweep()
+            except Exception:  # the store is unreachable for now: the next sweep tries again
+                log.exception("sweep failed")
+            if self._stop.wait(self.settings.sweep_interval_s):
+                return
