@@ -44,7 +44,7 @@ def submit_audit(request: AuditRequest, idempotency_key: str | None, runtime: Ru
     if not created:
         return _replay(job, digest), False
     try:
-        dispatch_job(runtime.store, runtime.dispatcher, job.id, request.queue)
+        dispatch_job(runtime.store, runtime.dispatcher, job.id, request.queue, job.attempts)
     except DispatchError as error:
         runtime.store.delete_job(job.id)
         raise Problem(

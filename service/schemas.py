@@ -56,7 +56,7 @@ class JobOut(BaseModel):
     id: str
     state: JobState
     queue: WorkQueue
-    attempts: int = Field(description="Deliveries to a worker so far (a lost worker's job is redelivered)")
+    attempts: int = Field(description="Attempts started so far (a job whose worker was lost runs again)")
     timestamps: dict[JobState, datetime] = Field(description="When the job entered each state it has been in")
     progress: ProgressOut
     error: ProblemDetail | None = None

@@ -1,8 +1,14 @@
 """The job store's state machine, on SQLite and PostgreSQL, through the real Alembic migration."""
 
-import pytest
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
+from sqlalchemy import column, insert, table
+
+from workers.store.database import make_engine, migrate
 from workers.store.jobs import JobResult, JobState, JobStore, WrongState
+from workers.store.tables import UtcDateTime
 
 
 def _job(store: JobStore, key: str | None = None, body: dict | None = None):  # type: ignore[no-untyped-def]
@@ -120,6 +126,8 @@ def test_an_attempt_presumed_lost_can_no_longer_write(store: JobStore) -> None:
     job, _ = _job(store)
     _claim(store, job.id)
     _recover(store)
+    assert not store.finish(job.id, JobState.cancelled, attempt=1)  # requeued, not yet claimed again
+    assert store.get_job(job.id).state is JobState.queued  # type: ignore[union-attr]
     _claim(store, job.id)
     assert not store.heartbeat(job.id, 1)
     store.report_progress(job.id, 1, "stale", 5, 5)
@@ -130,15 +138,36 @@ def test_an_attempt_presumed_lost_can_no_longer_write(store: JobStore) -> None:
     assert store.finish(job.id, JobState.succeeded, attempt=2, result=JobResult("a" * 64, 1, "b" * 64, 2))
 
 
-def test_a_job_never_dispatched_is_found_once_its_grace_is_over(store: JobStore) -> None:
+def test_queued_jobs_no_worker_will_take_are_due_for_dispatch(store: JobStore) -> None:
     job, _ = _job(store)
-    assert store.undispatched_jobs(older_than_s=3600) == []
-    assert store.undispatched_jobs(older_than_s=0) == [(job.id, "cpu")]
-    store.mark_dispatched(job.id)
-    assert store.undispatched_jobs(older_than_s=0) == []
+    due = [(job.id, "cpu", 0)]
+    assert store.jobs_to_dispatch(grace_s=3600, redispatch_after_s=3600) == []  # its request dispatches it
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == due
+    store.mark_dispatched(job.id, attempts=0)
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == []
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=0) == due  # handed over, never started
     _claim(store, job.id)
     _recover(store)
-    assert store.undispatched_jobs(older_than_s=0) == [(job.id, "cpu")]  # requeued: to be dispatched again
+    store.mark_dispatched(job.id, attempts=0)  # a dispatch from before the attempt: does not count
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == [(job.id, "cpu", 1)]
+
+
+def test_a_job_running_before_the_lease_upgrade_is_settled_after_it(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    migrate(engine, "0001")
+    stamp = datetime.now(UTC) - timedelta(minutes=5)
+    columns = {"id": "j1", "state": "running", "queue": "cpu", "request": "{}", "request_hash": "h"}
+    counters = {"attempts": 1, "version": 2, "progress_done": 0, "progress_total": 0}
+    stamps = {name: stamp for name in ("created_at", "updated_at", "queued_at", "running_at")}
+    typed = [column(name, UtcDateTime()) for name in stamps]
+    jobs = table("jobs", *map(column, [*columns, *counters]), *typed)
+    with engine.begin() as connection:
+        connection.execute(insert(jobs).values(**columns, **counters, **stamps))
+    migrate(engine)
+    store = JobStore(engine)
+    assert store.recover_lost_attempts(lease_s=60, max_attempts=3, time_limit_s=3600) == ["j1"]
+    assert store.get_job("j1").state is JobState.queued  # type: ignore[union-attr]
+    engine.dispose()
 
 
 def test_a_finished_job_stays_finished(store: JobStore) -> None:

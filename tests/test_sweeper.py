@@ -54,7 +54,7 @@ def test_a_job_whose_worker_died_is_requeued_and_dispatched(
     store: JobStore, dispatcher: RecordingDispatcher
 ) -> None:
     job, _ = store.create_job({"model": "m"}, "hash", None, "cpu")
-    store.mark_dispatched(job.id)
+    store.mark_dispatched(job.id, attempts=0)
     store.claim(job.id)
     assert _sweeper(store, dispatcher, lease_s=3600).sweep() == 0  # the attempt's lease holds
     assert _sweeper(store, dispatcher, lease_s=1e-6).sweep() == 1
@@ -63,12 +63,12 @@ def test_a_job_whose_worker_died_is_requeued_and_dispatched(
     assert requeued is not None and requeued.state is JobState.queued and requeued.attempts == 1
 
 
-def test_a_job_the_broker_refused_is_dispatched_by_a_later_sweep(
+def test_jobs_the_broker_refused_are_dispatched_by_a_later_sweep(
     store: JobStore, dispatcher: RecordingDispatcher
 ) -> None:
-    job, _ = store.create_job({"model": "m"}, "hash", None, "cpu")
+    jobs = [store.create_job({"model": "m"}, "hash", None, "cpu")[0] for _ in range(2)]
     sweeper = _sweeper(store, dispatcher, lease_s=1e-6)
     dispatcher.down = True
     assert sweeper.sweep() == 0
     dispatcher.down = False
-    assert sweeper.sweep() == 1 and dispatcher.handed == [(job.id, WorkQueue.cpu)]
+    assert sweeper.sweep() == 2 and dispatcher.handed == [(job.id, WorkQueue.cpu) for job in jobs]

@@ -18,10 +18,12 @@ from workers.store.jobs import JobStore
 log = logging.getLogger(__name__)
 
 
-def dispatch_job(store: JobStore, dispatcher: Dispatcher, job_id: str, work_queue: WorkQueue) -> None:
-    """Hand the job to a worker and record that it was handed; ``DispatchError`` when it was not."""
+def dispatch_job(
+    store: JobStore, dispatcher: Dispatcher, job_id: str, work_queue: WorkQueue, attempts: int
+) -> None:
+    """Hand the queued job to a worker and record that it was handed; ``DispatchError`` when it was not."""
     dispatcher.submit(job_id, work_queue)
-    store.mark_dispatched(job_id)
+    store.mark_dispatched(job_id, attempts)
 
 
 class Sweeper:
@@ -47,13 +49,17 @@ class Sweeper:
         for job_id in requeued:
             log.warning("job %s: its worker stopped renewing the lease; requeued", job_id)
         dispatched = 0
-        # a job just submitted gets one lease to be dispatched by the request that made it
-        for job_id, work_queue in self.store.undispatched_jobs(older_than_s=settings.lease_s):
+        # a job just submitted gets one lease to be dispatched by the request that made it; one handed
+        # over a hard time limit ago and still queued is handed over again
+        for job_id, work_queue, attempts in self.store.jobs_to_dispatch(
+            grace_s=settings.lease_s, redispatch_after_s=settings.hard_time_limit_s
+        ):
             try:
-                dispatch_job(self.store, self.dispatcher, job_id, WorkQueue(work_queue))
-                dispatched += 1
+                dispatch_job(self.store, self.dispatcher, job_id, WorkQueue(work_queue), attempts)
             except DispatchError as error:
-                log.warning("job %s: not dispatched yet (%s); the next sweep tries again", job_id, error)
+                log.warning("jobs not dispatched yet (%s); the next sweep tries again", error)
+                break  # the broker is down: do not wait out its retries once per job
+            dispatched += 1
         return dispatched
 
     def _run(self) -> None:

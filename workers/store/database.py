@@ -33,14 +33,15 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def migrate(engine: Engine) -> None:
-    """Upgrade the schema to the newest revision; concurrent starters on PostgreSQL take turns."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the schema (to the newest revision by default); concurrent starters on PostgreSQL take
+    turns."""
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(7261)"))
         config = alembic_config(engine.url.render_as_string(hide_password=False))
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
 
 
 def ping(engine: Engine) -> None:

@@ -33,7 +33,8 @@ class JobState(StrEnum):
     cancelled = "cancelled"
 
 
-_HELD_STATES = (JobState.running.value, JobState.cancelling.value)  # an attempt holds the job
+_HELD = (JobState.running, JobState.cancelling)  # an attempt holds the job
+_HELD_STATES = [state.value for state in _HELD]
 TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 ACTIVE_STATES = frozenset({JobState.queued, JobState.running, JobState.cancelling})
 
@@ -67,6 +68,7 @@ class Job:
     idempotency_key: str | None
     attempts: int
     attempt_started_at: datetime | None
+    heartbeat_at: datetime | None
     version: int
     progress_phase: str | None
     progress_done: int
@@ -109,6 +111,7 @@ def _job(row: JobRow) -> Job:
         idempotency_key=row.idempotency_key,
         attempts=row.attempts,
         attempt_started_at=row.attempt_started_at,
+        heartbeat_at=row.heartbeat_at,
         version=row.version,
         progress_phase=row.progress_phase,
         progress_done=row.progress_done,
@@ -285,7 +288,7 @@ class JobStore:
     def report_progress(self, job_id: str, attempt: int, phase: str, done: int, total: int) -> None:
         self._transition(
             job_id,
-            [JobState.running, JobState.cancelling],
+            _HELD,
             {"progress_phase": phase[:200], "progress_done": done, "progress_total": total},
             JobRow.attempts == attempt,
         )
@@ -303,36 +306,42 @@ class JobStore:
         error: dict[str, Any] | None = None,
         result: JobResult | None = None,
     ) -> bool:
-        """Move the job to a terminal state; ``False`` if it had finished or ``attempt`` is not current."""
+        """End the attempt's job in a terminal state; ``False`` unless ``attempt`` still holds the job (it
+        finished, or was requeued or settled after the attempt's lease lapsed)."""
         values = _terminal_values(state, error, result)
-        return self._transition(job_id, ACTIVE_STATES, values, JobRow.attempts == attempt)
+        return self._transition(job_id, _HELD, values, JobRow.attempts == attempt)
 
     # --- jobs, recovery ---------------------------------------------------------------------------
 
-    def mark_dispatched(self, job_id: str) -> None:
+    def mark_dispatched(self, job_id: str, attempts: int) -> None:
+        """Record that the job, queued after ``attempts`` attempts, was handed to the broker (a sweeper
+        that requeued it meanwhile is not overwritten)."""
         statement = (
             update(JobRow)
-            .where(JobRow.id == job_id)
+            .where(JobRow.id == job_id, JobRow.state == JobState.queued.value, JobRow.attempts == attempts)
             .values(dispatched_at=_now())
             .execution_options(synchronize_session=False)
         )
         with self._session.begin() as session:
             session.execute(statement)
 
-    def undispatched_jobs(self, older_than_s: float) -> list[tuple[str, str]]:
-        """Queued jobs never handed to a broker (their API process stopped in between): id and queue."""
-        cutoff = _now() - timedelta(seconds=older_than_s)
+    def jobs_to_dispatch(self, grace_s: float, redispatch_after_s: float) -> list[tuple[str, str, int]]:
+        """Queued jobs no worker will take: id, queue and attempts, oldest first.
+
+        Those never handed to a broker for ``grace_s`` (the request or sweep that queued them stopped
+        before dispatching), and those handed over ``redispatch_after_s`` ago and still not started (the
+        message was lost, or a delivery gave up before claiming): a duplicate is dropped at claim.
+        """
+        now = _now()
+        never = JobRow.dispatched_at.is_(None) & (JobRow.created_at < now - timedelta(seconds=grace_s))
+        long_ago = JobRow.dispatched_at < now - timedelta(seconds=redispatch_after_s)
         query = (
-            select(JobRow.id, JobRow.queue)
-            .where(
-                JobRow.state == JobState.queued.value,
-                JobRow.dispatched_at.is_(None),
-                JobRow.created_at < cutoff,
-            )
+            select(JobRow.id, JobRow.queue, JobRow.attempts)
+            .where(JobRow.state == JobState.queued.value, never | long_ago)
             .order_by(JobRow.seq)
         )
         with self._session() as session:
-            return [(job_id, queue) for job_id, queue in session.execute(query)]
+            return [(job_id, queue, attempts) for job_id, queue, attempts in session.execute(query)]
 
     def queued_jobs(self) -> list[str]:
         """Ids of queued jobs, oldest first: what an embedded worker takes up again after a restart."""
@@ -344,9 +353,9 @@ class JobStore:
         """Settle the jobs whose attempt stopped renewing its lease (its worker died, or hit the hard
         time limit); the ids of those requeued, which the caller dispatches again.
 
-        A job being cancelled is cancelled; one whose attempt began more than ``time_limit_s`` ago, or
-        whose ``max_attempts`` are spent, fails; any other is queued again. Each move is conditional on
-        the lapsed attempt, so several sweepers settle a job once.
+        A job being cancelled is cancelled; one whose attempt was last seen alive at its hard time limit
+        (within a lease), or whose ``max_attempts`` are spent, fails; any other is queued again. Each move
+        is conditional on the lapsed attempt, so several sweepers settle a job once.
         """
         cutoff = _now() - timedelta(seconds=lease_s)
         query = select(JobRow).where(JobRow.state.in_(_HELD_STATES), JobRow.heartbeat_at < cutoff)
@@ -354,7 +363,7 @@ class JobStore:
             lapsed = [_job(row) for row in session.scalars(query)]
         requeued = []
         for job in lapsed:
-            state, values = _settlement(job, max_attempts, time_limit_s)
+            state, values = _settlement(job, max_attempts, time_limit_s - lease_s)
             still_lapsed = (JobRow.attempts == job.attempts, JobRow.heartbeat_at < cutoff)
             if self._transition(job.id, [job.state], values, *still_lapsed) and state is JobState.queued:
                 requeued.append(job.id)
@@ -390,13 +399,13 @@ def _terminal_values(
     return values
 
 
-def _settlement(job: Job, max_attempts: int, time_limit_s: float) -> tuple[JobState, dict[str, Any]]:
+def _settlement(job: Job, max_attempts: int, ran_out_after_s: float) -> tuple[JobState, dict[str, Any]]:
     """What becomes of a job whose attempt lapsed: the state it moves to and the values written."""
-    started = job.attempt_started_at or _now()
     if job.state is JobState.cancelling:
         return JobState.cancelled, _terminal_values(JobState.cancelled)
-    if (_now() - started).total_seconds() >= time_limit_s:
-        detail = f"the audit ran past the hard time limit ({time_limit_s:g} s) and was stopped"
+    started, last_seen = job.attempt_started_at, job.heartbeat_at
+    if started and last_seen and (last_seen - started).total_seconds() >= ran_out_after_s:
+        detail = "the audit was still running at the hard time limit when its worker stopped"
         return JobState.failed, _terminal_values(JobState.failed, _worker_lost(detail))
     if job.attempts >= max_attempts:
         detail = (

@@ -22,6 +22,12 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         for name in _COLUMNS:
             batch.add_column(sa.Column(name, UtcDateTime(), nullable=True))
+    # jobs running at the upgrade: their last change is their last sign of life, so the sweeper settles
+    # them once a lease has passed since
+    op.execute(
+        "UPDATE jobs SET heartbeat_at = updated_at, attempt_started_at = running_at "
+        "WHERE state IN ('running', 'cancelling')"
+    )
 
 
 def downgrade() -> None:
