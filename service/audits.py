@@ -21,7 +21,6 @@ _UPLOAD_ROUTES = {
     ArtifactKind.probes: "/v1/probe-sets",
     ArtifactKind.training_data: "/v1/training-sets",
 }
-_SUFFIXES = {"npy": ".npy", "npz": ".npz", "zip": ".zip"}
 
 
 def request_hash(request: AuditRequest) -> str:
@@ -66,25 +65,25 @@ def _replay(job: Job, digest: str) -> Job:
 
 def _check_inputs(request: AuditRequest, runtime: Runtime) -> None:
     """Every artifact uploaded as the right kind, and the probes readable with the requested preprocessing."""
+    stored = {}
     for role, (sha256, kind) in request.artifacts().items():
-        if runtime.store.get_artifact(sha256, kind) is None:
+        artifact = runtime.store.get_artifact(sha256, kind)
+        if artifact is None:
             raise Problem(
                 422,
                 "Unknown artifact",
                 f"{role}: no {kind.value} artifact has sha256 {sha256}; upload it to "
                 f"{_UPLOAD_ROUTES[kind]} first",
             )
+        stored[role] = artifact
     if request.settings.max_images > runtime.settings.max_probe_images:
         raise Problem(
             422, "Invalid settings", f"settings.max_images may be at most {runtime.settings.max_probe_images}"
         )
-    probes = runtime.store.get_artifact(request.probes, ArtifactKind.probes)
-    assert probes is not None
     with tempfile.TemporaryDirectory() as folder:
-        link = Path(folder) / f"probes{_SUFFIXES[probes.format]}"
-        link.symlink_to(runtime.storage.blob_path(probes.sha256).resolve())
+        probes = runtime.storage.link_artifact(stored["probes"], Path(folder), "probes")
         try:
-            load_probes(link, request.settings.preprocessing, None, request.settings.max_images)
+            load_probes(probes, request.settings.preprocessing, None, request.settings.max_images)
         except AuditInputError as error:
             raise Problem(422, "Probes do not fit the settings", str(error)) from None
 

@@ -23,14 +23,6 @@ from workers.store.jobs import JobState, JobStore
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5  # at most two progress writes and two cancel reads per second
-_SUFFIXES = {
-    "onnx": ".onnx",
-    "torchscript": ".pt",
-    "torch_export": ".pt2",
-    "npy": ".npy",
-    "npz": ".npz",
-    "zip": ".zip",
-}
 
 
 def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> JobState | None:
@@ -85,9 +77,7 @@ def _link_inputs(request: AuditRequest, store: JobStore, storage: Storage, work:
         artifact = store.get_artifact(sha256, kind)
         if artifact is None:
             raise AuditInputError(f"{role}: artifact {sha256} is no longer stored; upload it again")
-        link = folder / f"{role}{_SUFFIXES[artifact.format]}"
-        link.symlink_to(storage.blob_path(sha256))
-        links[role] = link
+        links[role] = storage.link_artifact(artifact, folder, role)
     return links
 
 

@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers.engine.report import ARCHIVE_FILE, REPORT_FILE
-from workers.store.jobs import JobResult
+from workers.store.jobs import Artifact, JobResult
+
+# the engine tells formats apart by file suffix
+_FORMAT_SUFFIXES = {
+    "onnx": ".onnx",
+    "torchscript": ".pt",
+    "torch_export": ".pt2",
+    "npy": ".npy",
+    "npz": ".npz",
+    "zip": ".zip",
+}
 
 
 class UploadTooLarge(Exception):
@@ -69,6 +79,12 @@ class Storage:
 
     def blob_path(self, sha256: str) -> Path:
         return self.root / "blobs" / sha256[:2] / sha256
+
+    def link_artifact(self, artifact: Artifact, folder: Path, name: str) -> Path:
+        """A link to the artifact's blob, named ``name`` with its format's suffix, for the engine to read."""
+        link = folder / f"{name}{_FORMAT_SUFFIXES[artifact.format]}"
+        link.symlink_to(self.blob_path(artifact.sha256))
+        return link
 
     def keep(self, upload: Upload, sha256: str) -> Path:
         """Store a received upload under its hash; a file stored before is kept and the upload dropped."""
