@@ -17,11 +17,16 @@ from tests.conftest import TrainedDigits
 from workers.cli import main
 from workers.engine.report import AuditReport
 
-FAST = ["--ig-steps", "16", "--noise-samples", "8", "--quiet"]
+FAST = ["--ig-steps", "16", "--noise-samples", "8", "--quiet", "--draws", "1"]
 
 
 def _report(out: Path) -> AuditReport:
     return AuditReport.model_validate_json((out / "report.json").read_text())
+
+
+def _outcome(report: AuditReport, method: str, test: str) -> str | None:
+    result = next(t for m in report.methods if m.name == method for t in m.tests if t.test.value == test)
+    return None if result.verdict is None else result.verdict.outcome.value
 
 
 def _curve(
@@ -50,6 +55,8 @@ def paper_audit(trained_digits: TrainedDigits, tmp_path_factory: pytest.TempPath
             "--methods",
             methods,
             *FAST,
+            "--draws",
+            "3",
         ],
         capture_output=True,
         text=True,
@@ -66,8 +73,7 @@ def test_gradient_decorrelates_under_cascading_randomization(paper_audit: tuple[
     assert gradient[0] == pytest.approx(1.0)
     assert gradient[-1] < 0.3
     assert gradient[1] < 0.6  # randomizing the logit layer alone already changes the map a lot
-    verdicts = {(m.name, t.test.value): t.verdict.passed for m in report.methods for t in m.tests}
-    assert verdicts[("gradient", "cascading")] and verdicts[("gradcam", "cascading")]
+    assert _outcome(report, "gradient", "cascading") == _outcome(report, "gradcam", "cascading") == "pass"
 
 
 def test_guided_backprop_stays_similar_while_the_top_layers_are_randomized(
@@ -77,8 +83,12 @@ def test_guided_backprop_stays_similar_while_the_top_layers_are_randomized(
     guided, gradient = _curve(report, "guided_backprop"), _curve(report, "gradient")
     assert all(g > p + 0.3 for g, p in zip(guided[1:3], gradient[1:3], strict=True))
     assert guided[1] > 0.8
-    verdicts = {(m.name, t.test.value): t.verdict.passed for m in report.methods for t in m.tests}
-    assert not verdicts[("guided_backprop", "independent")]
+    assert guided[-1] < 0.6  # low only once the bottom layers go: judging the last stage would pass it
+    assert _outcome(report, "guided_backprop", "cascading") == "fail"
+    verdict = next(t.verdict for m in report.methods for t in m.tests if m.name == "guided_backprop")
+    assert verdict.estimate.mean > 0.6 and "randomized stages" in verdict.statistic
+    independent = _outcome(report, "guided_backprop", "independent")
+    assert independent == "fail"
 
 
 def test_gradient_x_input_stays_high_on_zero_backgrounds(paper_audit: tuple[Path, str]) -> None:
@@ -136,10 +146,13 @@ def test_archive_holds_every_map_with_a_manifest(paper_audit: tuple[Path, str]) 
         assert maps.shape == (report.probes.count, 1, 16, 16) and maps.dtype == np.float32
 
 
-def test_summary_table_is_printed(paper_audit: tuple[Path, str]) -> None:
+def test_summary_table_shows_draws_outcomes_and_reasons(paper_audit: tuple[Path, str]) -> None:
     _, stdout = paper_audit
-    assert "cascading randomization: mean spearman_abs" in stdout
-    assert "gradient_x_input" in stdout and "FAIL" in stdout and "pass" in stdout
+    assert "cascading randomization, 3 draw(s): mean spearman_abs" in stdout
+    rows = {line.split()[0]: line for line in stdout.splitlines() if line.strip()}
+    assert rows["gradient_x_input"].endswith("FAIL") and rows["gradient"].endswith("PASS")
+    assert rows["edge_detector"].endswith("baseline")
+    assert "why:" in stdout and "gradient_x_input, cascading: mean 0.9" in stdout
 
 
 def _run(*args: str | Path) -> int:
@@ -192,10 +205,24 @@ def test_torchscript_and_torch_export_artifacts_are_audited(
     assert curves["torchscript"] == pytest.approx(curves["torch_export"], abs=1e-3)
 
 
-def test_fail_on_verdict_gives_a_gate_for_pipelines(trained_digits: TrainedDigits, tmp_path: Path) -> None:
-    common = (trained_digits.onnx_dynamo, trained_digits.probes, "--tests", "cascading", "--fail-on-verdict")
-    assert _run(*common, "--out", tmp_path / "ok", "--methods", "gradient") == 0
-    assert _run(*common, "--out", tmp_path / "bad", "--methods", "gradient,edge_detector") == 1
+def test_fail_on_gates_pipelines_on_model_based_methods_only(
+    trained_digits: TrainedDigits, tmp_path: Path
+) -> None:
+    common = (trained_digits.onnx_dynamo, trained_digits.probes, "--tests", "cascading")
+    baseline = ("--methods", "gradient,edge_detector")
+    assert _run(*common, "--out", tmp_path / "ok", *baseline, "--fail-on-verdict") == 0
+    assert _run(*common, "--out", tmp_path / "ok2", *baseline, "--fail-on", "fail,inconclusive") == 0
+    assert _run(*common, "--out", tmp_path / "bad", "--methods", "gradient_x_input", "--fail-on-verdict") == 1
+    unsure = (*common, "--methods", "gradient", "--min-defined-images", "1000")  # too few images: unsure
+    assert _run(*unsure, "--out", tmp_path / "unsure", "--fail-on-verdict") == 0
+    assert _run(*unsure, "--out", tmp_path / "unsure2", "--fail-on", "inconclusive") == 1
+    assert _outcome(_report(tmp_path / "unsure2"), "gradient", "cascading") == "inconclusive"
+
+
+def test_fail_on_refuses_unknown_outcomes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "m.onnx", "p.npz", "--fail-on", "pass"])
+    assert exit_info.value.code == 2 and "every good audit" in capsys.readouterr().err
 
 
 def test_target_policies_are_recorded(trained_digits: TrainedDigits, tmp_path: Path) -> None:

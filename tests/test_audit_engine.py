@@ -1,5 +1,6 @@
 """The engine called in-process, as the workers will call it: progress, cancellation, atomic outputs."""
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +11,29 @@ from workers.engine.audit import AuditCancelled, Progress, cross_image_partners,
 from workers.engine.errors import AuditInputError, MethodUnsupportedError
 from workers.engine.settings import AuditSettings
 
-QUICK = AuditSettings(methods=["gradient", "gradcam"], tests=["cascading"], batch_size=16)
+QUICK = AuditSettings(methods=["gradient", "gradcam"], tests=["cascading"], batch_size=16, draws=2)
 
 
-def test_progress_counts_every_stage_of_every_method(trained_digits: TrainedDigits, tmp_path: Path) -> None:
+def test_progress_counts_every_stage_of_every_draw_of_every_method(
+    trained_digits: TrainedDigits, tmp_path: Path
+) -> None:
     events: list[Progress] = []
     run_audit(trained_digits.onnx_dynamo, trained_digits.probes, QUICK, tmp_path, on_progress=events.append)
-    layers = 5
-    assert [event.done for event in events] == list(range(1, 2 * (1 + layers) + 1))
-    assert {event.total for event in events} == {2 * (1 + layers)}
+    steps = 2 * (1 + 2 * 5)  # per method: the trained maps, then 2 draws of 5 layers
+    assert [event.done for event in events] == list(range(1, steps + 1))
+    assert {event.total for event in events} == {steps}
     assert events[0].phase == "gradient: trained model"
-    assert events[-1].phase == "gradcam: cascading conv1 and above"
+    assert events[-1].phase == "gradcam: cascading conv1 and above, draw 2"
+
+
+def test_every_draw_is_archived_on_request(trained_digits: TrainedDigits, tmp_path: Path) -> None:
+    settings = QUICK.model_copy(update={"methods": ["gradient"], "archive_all_draws": True})
+    report = run_audit(trained_digits.onnx_dynamo, trained_digits.probes, settings, tmp_path)
+    with zipfile.ZipFile(tmp_path / "maps.zip") as archive:
+        names = set(archive.namelist())
+    assert {"maps/gradient/cascading/05.npy", "maps/gradient/cascading/draw-1/05.npy"} <= names
+    stage = report.methods[0].tests[0].stages[-1].similarity["spearman_abs"]
+    assert len(stage.draw_means) == 2 and stage.draw_means[0] != stage.draw_means[1]
 
 
 def test_cancel_between_stages_leaves_no_outputs(trained_digits: TrainedDigits, tmp_path: Path) -> None:

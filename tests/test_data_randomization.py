@@ -1,5 +1,5 @@
-"""The data randomization test on the digits CNN: a twin trained on permuted labels, a true-label
-control, the same comparison with client-supplied models, and training data refused before training."""
+"""The data randomization test on the digits CNN: twins trained on permuted labels, true-label controls,
+the same comparison with client-supplied models, and training data refused before training."""
 
 import json
 import zipfile
@@ -21,16 +21,18 @@ from workers.engine.data_randomization import (
     load_training_set,
 )
 from workers.engine.errors import AuditInputError, ProbeError
-from workers.engine.report import AuditReport
-from workers.engine.settings import AuditSettings, Preprocessing
+from workers.engine.report import AuditReport, TestResult
+from workers.engine.settings import AuditSettings, Outcome, Preprocessing
 
 DATA_ONLY = ("--tests", "data", "--methods", "gradient,gradient_x_input", "--quiet")
+TRAINING_IMAGES = 800
 
 
 @pytest.fixture(scope="module")
 def training_data(trained_digits: TrainedDigits, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("training") / "train.npz"
-    np.savez(path, x=trained_digits.data.x_train, y=trained_digits.data.y_train)
+    data = trained_digits.data
+    np.savez(path, x=data.x_train[:TRAINING_IMAGES], y=data.y_train[:TRAINING_IMAGES])
     return path
 
 
@@ -40,7 +42,7 @@ def trained_twin_audit(
 ) -> Path:
     out = tmp_path_factory.mktemp("twin-audit")
     args = [str(trained_digits.onnx_dynamo), str(trained_digits.probes), "--train-data", str(training_data)]
-    assert main(["run", *args, "--out", str(out), *DATA_ONLY]) == 0
+    assert main(["run", *args, "--out", str(out), "--train-models", "2", *DATA_ONLY]) == 0
     return out
 
 
@@ -48,19 +50,28 @@ def _report(out: Path) -> AuditReport:
     return AuditReport.model_validate_json((out / "report.json").read_text())
 
 
+def _data_result(report: AuditReport, method: str) -> TestResult:
+    return next(t for m in report.methods if m.name == method for t in m.tests if t.test.value == "data")
+
+
 def _twin_similarity(report: AuditReport) -> dict[str, float]:
-    return {m.name: m.data_randomization.twin_similarity["spearman_abs"].mean for m in report.methods}
+    return {
+        m.name: _data_result(report, m.name).stages[-1].similarity["spearman_abs"].mean
+        for m in report.methods
+    }
 
 
-def test_twin_memorizes_permuted_labels_and_knows_nothing(trained_twin_audit: Path) -> None:
+def test_twins_memorize_permuted_labels_and_know_nothing(trained_twin_audit: Path) -> None:
     info = _report(trained_twin_audit).data_randomization
-    twin, control = info.training
-    assert (twin.role, control.role) == ("random_label_twin", "true_label_control")
-    assert twin.train_accuracy >= 0.95 and twin.curve[-1].train_accuracy == twin.train_accuracy
-    assert twin.heldout_accuracy < 0.25  # ten classes: chance is about 0.1
-    assert control.heldout_accuracy > 0.85
-    assert twin.seed != control.seed
-    assert info.training_data.count == 1500 and info.training_data.heldout == 300
+    twins = [run for run in info.training if run.role == "random_label_twin"]
+    controls = [run for run in info.training if run.role == "true_label_control"]
+    assert [run.index for run in twins] == [run.index for run in controls] == [0, 1]
+    for twin in twins:
+        assert twin.train_accuracy >= 0.95 and twin.curve[-1].train_accuracy == twin.train_accuracy
+        assert twin.heldout_accuracy < 0.25  # ten classes: chance is about 0.1
+    assert all(control.heldout_accuracy > 0.8 for control in controls)
+    assert len({run.seed for run in info.training}) == 4
+    assert info.training_data.count == TRAINING_IMAGES and info.training_data.heldout == TRAINING_IMAGES // 5
 
 
 def test_gradient_changes_far_more_than_gradient_x_input(trained_twin_audit: Path) -> None:
@@ -68,37 +79,42 @@ def test_gradient_changes_far_more_than_gradient_x_input(trained_twin_audit: Pat
     similarity = _twin_similarity(report)
     assert similarity["gradient"] < 0.4
     assert similarity["gradient_x_input"] > 0.8
-    verdicts = {m.name: m.data_randomization.verdict for m in report.methods}
-    assert verdicts["gradient"].passed and not verdicts["gradient_x_input"].passed
+    assert _data_result(report, "gradient_x_input").verdict.outcome is Outcome.failed
     for method in report.methods:
-        floor = method.data_randomization.retrain_floor["spearman_abs"].mean
-        assert method.data_randomization.twin_similarity["spearman_abs"].mean < floor
-    assert report.methods[0].tests == []
+        result = _data_result(report, method.name)
+        assert result.draws == 2 and len(result.stages[-1].similarity["spearman_abs"].draw_means) == 2
+        floor = result.retrain_floor["spearman_abs"]
+        assert result.stages[-1].similarity["spearman_abs"].mean < floor.mean
+        # trained vs each of 2 controls, and the controls with each other: 3 pairs of every image
+        assert floor.undefined_values + 3 * floor.n == 3 * report.probes.count
+    assert [t.test.value for t in report.methods[0].tests] == ["data"]
 
 
 def test_trained_twins_are_archived_as_onnx(trained_twin_audit: Path, tmp_path: Path) -> None:
     report = _report(trained_twin_audit)
     with zipfile.ZipFile(trained_twin_audit / "maps.zip") as archive:
         manifest = {entry["path"] for entry in json.loads(archive.read("manifest.json"))["arrays"]}
-        assert "maps/gradient/data/random_label_twin.npy" in manifest
+        assert {
+            "maps/gradient/data/random_label_twin.npy",
+            "maps/gradient/data/true_label_control.npy",
+        } <= manifest
+        assert not any("draw-1" in path for path in manifest)  # draw 0's maps only, unless asked
         for run in report.data_randomization.training:
             (tmp_path / Path(run.archive_path).name).write_bytes(archive.read(run.archive_path))
-    assert load_model(tmp_path / "random_label_twin.onnx").artifact.format == "onnx"
+    assert load_model(tmp_path / "random_label_twin_1.onnx").artifact.format == "onnx"
 
 
 def test_client_supplied_twin_and_control_give_the_same_comparison(
     trained_digits: TrainedDigits, trained_twin_audit: Path, tmp_path: Path
 ) -> None:
     with zipfile.ZipFile(trained_twin_audit / "maps.zip") as archive:
-        for name in ("random_label_twin", "true_label_control"):
+        names = [f"{role}_{k}" for role in ("random_label_twin", "true_label_control") for k in range(2)]
+        for name in names:
             (tmp_path / f"{name}.onnx").write_bytes(archive.read(f"models/{name}.onnx"))
     out = tmp_path / "client"
-    args = [
-        "--twin",
-        str(tmp_path / "random_label_twin.onnx"),
-        "--control",
-        str(tmp_path / "true_label_control.onnx"),
-    ]
+    args = []
+    for name in names:
+        args += ["--twin" if "twin" in name else "--control", str(tmp_path / f"{name}.onnx")]
     assert (
         main(
             [
@@ -115,12 +131,14 @@ def test_client_supplied_twin_and_control_give_the_same_comparison(
     )
     client, trained = _report(out), _report(trained_twin_audit)
     assert client.data_randomization.source == "client"
-    assert client.data_randomization.twin_conversion.max_abs_logit_diff < 1e-4
+    assert len(client.data_randomization.twins) == len(client.data_randomization.controls) == 2
+    assert all(c.max_abs_logit_diff < 1e-4 for c in client.data_randomization.twin_conversions)
     assert _twin_similarity(client) == pytest.approx(_twin_similarity(trained), abs=1e-3)
-    for mine, theirs in zip(client.methods, trained.methods, strict=True):
-        floors = [m.data_randomization.retrain_floor["spearman_abs"].mean for m in (mine, theirs)]
+    for method in ("gradient", "gradient_x_input"):
+        mine, theirs = _data_result(client, method), _data_result(trained, method)
+        floors = [result.retrain_floor["spearman_abs"].mean for result in (mine, theirs)]
         assert floors[0] == pytest.approx(floors[1], abs=1e-3)
-        assert mine.data_randomization.verdict.passed == theirs.data_randomization.verdict.passed
+        assert mine.verdict.outcome is theirs.verdict.outcome
 
 
 def _audit_with_training(
@@ -200,17 +218,17 @@ def test_data_test_inputs_must_match_the_requested_tests(
 ) -> None:
     with pytest.raises(AuditInputError, match="request test 'data' together with one of them"):
         run_audit(trained_digits.onnx_dynamo, trained_digits.probes, AuditSettings(tests=["data"]), tmp_path)
-    with pytest.raises(AuditInputError, match="a true-label control goes with a client-supplied twin"):
-        DataTestInputs(control=trained_digits.onnx_dynamo, training_data=training_data)
-    with pytest.raises(AuditInputError, match="a true-label control goes with a client-supplied twin"):
-        DataTestInputs(control=trained_digits.onnx_dynamo)
+    with pytest.raises(AuditInputError, match="true-label controls go with client-supplied twins"):
+        DataTestInputs(controls=(trained_digits.onnx_dynamo,), training_data=training_data)
+    with pytest.raises(AuditInputError, match="true-label controls go with client-supplied twins"):
+        DataTestInputs(controls=(trained_digits.onnx_dynamo,))
 
 
 def test_a_holdout_that_leaves_too_little_to_train_on_is_refused(
     trained_digits: TrainedDigits, training_data: Path, tmp_path: Path
 ) -> None:
     settings = AuditSettings(methods=["gradient"], tests=["data"], training={"holdout_fraction": 0.99})
-    with pytest.raises(ProbeError, match="leaves 15 images to train on"):
+    with pytest.raises(ProbeError, match="leaves 8 images to train on"):
         _audit_with_training(trained_digits, training_data, settings, tmp_path)
 
 

@@ -48,7 +48,8 @@ def test_a_job_running_when_the_embedded_service_was_killed_completes_after_a_re
             "model": upload(client, "/v1/models", trained_digits.onnx_dynamo.read_bytes()),
             "probes": upload(client, "/v1/probe-sets", trained_digits.probes.read_bytes()),
             "training_data": upload(client, "/v1/training-sets", training),
-            "settings": {"methods": ["gradient"], "tests": ["data"]},  # trains a twin: tens of seconds
+            # trains a twin and a control: tens of seconds
+            "settings": {"methods": ["gradient"], "tests": ["data"], "training": {"models": 1}},
         }
         location = submit(client, body)
         poll(client, location, {"running"})

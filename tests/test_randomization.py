@@ -7,7 +7,7 @@ from torch import nn
 from workers.engine.errors import AuditInputError
 from workers.engine.layers import gradcam_default_layer, last_conv2d, layers_in_forward_order, reinitialize
 from workers.engine.randomization import randomized_stages
-from workers.engine.settings import AuditSettings, RandomizationTest, ReinitScheme
+from workers.engine.settings import AuditSettings, LayerOrder, ReinitScheme
 
 
 class RegisteredBackwards(nn.Module):
@@ -49,7 +49,7 @@ def test_cascading_randomizes_from_the_top_down_and_keeps_the_trained_model() ->
     model = RegisteredBackwards()
     trained = _weights(model)
     stages = []
-    for stage in randomized_stages(model, _layers(model), RandomizationTest.cascading, AuditSettings()):
+    for stage in randomized_stages(model, _layers(model), True, AuditSettings()):
         after = stage.model.state_dict()
         changed = sorted(
             {name.split(".")[0] for name in trained if not torch.equal(trained[name], after[name])}
@@ -68,13 +68,36 @@ def test_independent_randomizes_one_layer_with_the_same_weights_as_cascading() -
     trained = _weights(model)
     layers = _layers(model)
     settings = AuditSettings(seed=5)
-    cascade_head = next(randomized_stages(model, layers, RandomizationTest.cascading, settings)).model.head
-    for stage in randomized_stages(model, layers, RandomizationTest.independent, settings):
+    cascade_head = next(randomized_stages(model, layers, True, settings)).model.head
+    for stage in randomized_stages(model, layers, False, settings):
         after = stage.model.state_dict()
         changed = {name.split(".")[0] for name in trained if not torch.equal(trained[name], after[name])}
         assert changed == {stage.randomized[0].path}
         if stage.index == 1:
             assert torch.equal(stage.model.head.weight, cascade_head.weight)
+
+
+def test_bottom_up_order_starts_at_the_input() -> None:
+    model = RegisteredBackwards()
+    settings = AuditSettings(order=LayerOrder.bottom_up)
+    stages = list(randomized_stages(model, _layers(model), True, settings))
+    assert [[layer.path for layer in stage.randomized] for stage in stages] == [
+        ["stem"],
+        ["stem", "middle"],
+        ["stem", "middle", "head"],
+    ]
+    assert stages[0].label == "stem and below"
+
+
+def test_each_draw_draws_new_weights_and_repeats_itself() -> None:
+    model = RegisteredBackwards()
+    layers = _layers(model)
+
+    def head(draw: int) -> torch.Tensor:
+        return next(randomized_stages(model, layers, True, AuditSettings(seed=3), draw)).model.head.weight
+
+    assert torch.equal(head(1), head(1))
+    assert not torch.equal(head(0), head(1)) and not torch.equal(head(1), head(2))
 
 
 def test_reinitialization_is_seeded_and_follows_the_scheme() -> None:

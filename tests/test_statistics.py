@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 
 from workers.engine.settings import Metric
 from workers.engine.statistics import summarize, summarize_all
@@ -25,8 +26,25 @@ def test_known_mean_std_and_interval() -> None:
 
 def test_nan_is_excluded_and_counted() -> None:
     with_nan = summarize(np.array([np.nan, 1.0, 2.0, np.nan, 3.0, 4.0, 5.0]))
-    assert with_nan.model_copy(update={"n_undefined": 0}) == summarize(np.arange(1.0, 6.0))
-    assert with_nan.n_undefined == 2
+    update = {"n_undefined": 0, "undefined_values": 0}
+    assert with_nan.model_copy(update=update) == summarize(np.arange(1.0, 6.0))
+    assert (with_nan.n_undefined, with_nan.undefined_values) == (2, 2)
+
+
+def test_draws_and_images_both_widen_the_interval() -> None:
+    """[draws, images]: variance of the mean = s_draws^2 / R + s_images^2 / N, Satterthwaite df."""
+    table = np.array([[0.1, 0.3, 0.2, 0.4], [0.3, 0.5, 0.3, 0.6], [0.2, 0.3, 0.2, 0.5]])
+    summary = summarize(table)
+    draw_means, image_means = table.mean(axis=1), table.mean(axis=0)
+    a, b = draw_means.var(ddof=1) / 3, image_means.var(ddof=1) / 4
+    df = (a + b) ** 2 / (a**2 / 2 + b**2 / 3)
+    half_width = student_t.ppf(0.975, df) * math.sqrt(a + b)
+    assert summary.mean == pytest.approx(table.mean())
+    assert summary.draw_means == pytest.approx(list(draw_means))
+    assert summary.std_between_draws == pytest.approx(draw_means.std(ddof=1))
+    assert summary.std == pytest.approx(image_means.std(ddof=1))
+    assert summary.ci95_high - summary.mean == pytest.approx(half_width)
+    assert summary.n == 4 and summary.std_between_draws is not None
 
 
 @pytest.mark.parametrize("values", [np.array([]), np.array([np.nan, np.nan])])

@@ -1,8 +1,9 @@
 """``saliency-audit``: run the sanity checks for saliency maps in-process (``run``), or serve the REST API
 (``serve``).
 
-Exit codes: 0 done (and, with --fail-on-verdict, every method passed), 1 a method failed its check under
---fail-on-verdict, 2 the inputs were refused (the message says why), 130 interrupted.
+Exit codes: 0 done (and no judged outcome named by --fail-on), 1 a model-based method's outcome is one
+--fail-on names (--fail-on-verdict means --fail-on fail), 2 the inputs were refused (the message says
+why), 130 interrupted. Baselines such as the edge detector are never judged, so they never cause a 1.
 """
 
 import argparse
@@ -15,8 +16,10 @@ from tqdm import tqdm
 
 from workers.engine.settings import (
     AuditSettings,
+    LayerOrder,
     Metric,
     Optimizer,
+    Outcome,
     ReinitScheme,
     TargetPolicy,
     TrainingRecipe,
@@ -30,6 +33,16 @@ EXIT_REFUSED = 2
 def _default(field: str, section: type[BaseModel] = AuditSettings) -> str:
     default = section.model_fields[field].get_default(call_default_factory=True)
     return f" (default: {default.value if isinstance(default, Enum) else default})"
+
+
+def _outcomes(text: str) -> frozenset[Outcome]:
+    try:
+        chosen = frozenset(Outcome(name.strip()) for name in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: name fail, inconclusive or both") from None
+    if Outcome.passed in chosen:
+        raise argparse.ArgumentTypeError("failing on 'pass' would fail every good audit")
+    return chosen
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -56,6 +69,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "--twin or --train-data is given)",
     )
     add("--seed", type=int, help="seeds re-initialization and noise" + _default("seed"))
+    add("--draws", type=int, help="re-initializations per parameter test" + _default("draws"))
+    add(
+        "--max-draws",
+        type=int,
+        help="an undecided parameter test gets more draws, up to this many" + _default("max_draws"),
+    )
+    add("--order", choices=list(LayerOrder), help="order the layers are randomized in" + _default("order"))
+    add(
+        "--archive-all-draws",
+        action="store_true",
+        default=None,
+        help="keep every draw's maps in maps.zip (default: draw 0's only)",
+    )
     add("--target", choices=list(TargetPolicy), help="class each map explains" + _default("target"))
     add("--reinit", choices=list(ReinitScheme), help="how layers are re-initialized" + _default("reinit"))
     add("--reinit-std", type=float, help="std of the 'normal' re-initialization" + _default("reinit_std"))
@@ -77,6 +103,12 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         help="pass below this upper 95%% bound" + _default("threshold", VerdictRule),
     )
+    add(
+        "--min-defined-images",
+        type=int,
+        help="fewer images with a defined similarity make a verdict inconclusive"
+        + _default("min_defined_images", VerdictRule),
+    )
     add("--device", help="'auto' (CUDA when present), 'cpu', 'cuda:1', ..." + _default("device"))
     data = run.add_argument_group(
         "data randomization test",
@@ -88,9 +120,14 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         help="with a control, pass this far below the retrain floor" + _default("retrain_gap", VerdictRule),
     )
-    data.add_argument("--twin", type=Path, help="random-label twin (ONNX, TorchScript or .pt2)")
     data.add_argument(
-        "--control", type=Path, help="optional second true-label model (another seed), with --twin"
+        "--twin", type=Path, action="append", help="random-label twin (ONNX, TorchScript or .pt2); repeatable"
+    )
+    data.add_argument(
+        "--control",
+        type=Path,
+        action="append",
+        help="optional true-label model trained with another seed, with --twin; repeatable",
     )
     data.add_argument(
         "--train-data", type=Path, help=".npz with x and y, or a zip of class folders of images"
@@ -111,11 +148,23 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"training accuracy each model must reach (default: {recipe['memorize_accuracy'].default})",
     )
     data.add_argument(
+        "--train-models",
+        type=int,
+        help=f"twins trained, and as many controls (default: {recipe['models'].default})",
+    )
+    data.add_argument(
         "--holdout-fraction",
         type=float,
         help=f"share held out to test accuracy (default: {recipe['holdout_fraction'].default})",
     )
-    add("--fail-on-verdict", action="store_true", help="exit 1 when any requested method fails its check")
+    add(
+        "--fail-on",
+        type=_outcomes,
+        default=frozenset(),
+        help="exit 1 when a model-based method's outcome is one of these, comma-separated: fail, "
+        "inconclusive (default: none; baselines are never judged)",
+    )
+    add("--fail-on-verdict", action="store_true", help="the same as --fail-on fail")
     add("--quiet", action="store_true", help="no progress bar")
     commands.add_parser("methods", help="list the saliency methods")
     commands.add_parser("schema", help="print the JSON Schema of report.json")
@@ -147,6 +196,10 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "methods": args.methods and args.methods.split(","),
         "tests": args.tests and args.tests.split(","),
         "seed": args.seed,
+        "draws": args.draws,
+        "max_draws": args.max_draws,
+        "order": args.order,
+        "archive_all_draws": args.archive_all_draws,
         "target": args.target,
         "reinit": args.reinit,
         "reinit_std": args.reinit_std,
@@ -166,7 +219,12 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "std": args.std,
         "layout": args.layout,
     }
-    verdict = {"metric": args.metric, "threshold": args.threshold, "retrain_gap": args.retrain_gap}
+    verdict = {
+        "metric": args.metric,
+        "threshold": args.threshold,
+        "retrain_gap": args.retrain_gap,
+        "min_defined_images": args.min_defined_images,
+    }
     training = {
         "optimizer": args.optimizer,
         "learning_rate": args.learning_rate,
@@ -175,6 +233,7 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "max_seconds": args.max_seconds,
         "memorize_accuracy": args.memorize_accuracy,
         "holdout_fraction": args.holdout_fraction,
+        "models": args.train_models,
     }
     tests_chosen = args.tests is not None or (from_file is not None and "tests" in from_file.model_fields_set)
     if not tests_chosen and (args.twin or args.train_data):
@@ -200,19 +259,19 @@ def _run(args: argparse.Namespace) -> int:
 
         data_inputs = None
         if args.twin or args.train_data or args.control:
-            data_inputs = DataTestInputs(twin=args.twin, control=args.control, training_data=args.train_data)
+            data_inputs = DataTestInputs(
+                twins=tuple(args.twin or ()),
+                controls=tuple(args.control or ()),
+                training_data=args.train_data,
+            )
         report = run_audit(
             args.model, args.probes, settings, args.out, on_progress=on_progress, data_inputs=data_inputs
         )
     print(format_summary(report))
     print(f"\nreport: {args.out / REPORT_FILE}\nmaps:   {args.out / ARCHIVE_FILE}")
-    failed = any(
-        not verdict.passed
-        for method in report.methods
-        for verdict in [t.verdict for t in method.tests]
-        + ([method.data_randomization.verdict] if method.data_randomization else [])
-    )
-    return EXIT_FAILED_CHECK if args.fail_on_verdict and failed else 0
+    fail_on = args.fail_on | ({Outcome.failed} if args.fail_on_verdict else set())
+    outcomes = {t.verdict.outcome for m in report.methods for t in m.tests if t.verdict is not None}
+    return EXIT_FAILED_CHECK if outcomes & fail_on else 0
 
 
 def _serve(args: argparse.Namespace) -> int:

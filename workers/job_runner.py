@@ -45,7 +45,7 @@ def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settin
                 work / "out",
                 on_progress=throttle.progress,
                 should_cancel=throttle.cancel_requested,
-                data_inputs=_data_inputs(inputs),
+                data_inputs=_data_inputs(request, inputs),
             )
             result = storage.publish_results(job_id, attempt, work / "out")
             store.finish(job_id, JobState.succeeded, attempt=attempt, result=result)
@@ -81,11 +81,13 @@ def _link_inputs(request: AuditRequest, store: JobStore, storage: Storage, work:
     return links
 
 
-def _data_inputs(inputs: dict[str, Path]) -> DataTestInputs | None:
-    if not {"twin", "training_data"} & inputs.keys():
+def _data_inputs(request: AuditRequest, inputs: dict[str, Path]) -> DataTestInputs | None:
+    if not request.twins and request.training_data is None:
         return None
     return DataTestInputs(
-        twin=inputs.get("twin"), control=inputs.get("control"), training_data=inputs.get("training_data")
+        twins=tuple(inputs[f"twin_{k}"] for k in range(len(request.twins))),
+        controls=tuple(inputs[f"control_{k}"] for k in range(len(request.controls))),
+        training_data=inputs.get("training_data"),
     )
 
 

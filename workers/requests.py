@@ -27,8 +27,12 @@ class AuditRequest(BaseModel):
     model: Sha256 = Field(description="The audited model (an artifact uploaded to /v1/models).")
     probes: Sha256 = Field(description="Probe images (an artifact uploaded to /v1/probe-sets).")
     settings: AuditSettings = Field(default_factory=AuditSettings)
-    twin: Sha256 | None = Field(None, description="Data test: a random-label twin (a model artifact).")
-    control: Sha256 | None = Field(None, description="Data test, with twin: a true-label control model.")
+    twins: list[Sha256] = Field(
+        default_factory=list, description="Data test: random-label twins (model artifacts), any number."
+    )
+    controls: list[Sha256] = Field(
+        default_factory=list, description="Data test, with twins: true-label control models, any number."
+    )
     training_data: Sha256 | None = Field(
         None, description="Data test: a training set (/v1/training-sets) to train the twin and control."
     )
@@ -36,16 +40,16 @@ class AuditRequest(BaseModel):
     @model_validator(mode="after")
     def _data_test_inputs(self) -> "AuditRequest":
         wants_data_test = RandomizationTest.data in self.settings.tests
-        has_inputs = self.twin is not None or self.training_data is not None
+        has_inputs = bool(self.twins) or self.training_data is not None
         if wants_data_test != has_inputs:
             raise ValueError(
-                "the data randomization test (settings.tests contains 'data') needs a twin or training_data, "
+                "the data randomization test (settings.tests contains 'data') needs twins or training_data, "
                 "and those are used only by it"
             )
-        if self.twin is not None and self.training_data is not None:
-            raise ValueError("give either a twin or training_data, not both")
-        if self.control is not None and self.twin is None:
-            raise ValueError("a control goes with a twin; with training_data the engine trains the control")
+        if self.twins and self.training_data is not None:
+            raise ValueError("give either twins or training_data, not both")
+        if self.controls and not self.twins:
+            raise ValueError("controls go with twins; with training_data the engine trains the controls")
         return self
 
     @property
@@ -54,12 +58,14 @@ class AuditRequest(BaseModel):
         return WorkQueue.gpu if self.settings.device.startswith("cuda") else WorkQueue.cpu
 
     def artifacts(self) -> dict[str, tuple[str, ArtifactKind]]:
-        """Each named artifact with the kind it must have been uploaded as."""
-        kinds = {
-            "model": ArtifactKind.model,
-            "probes": ArtifactKind.probes,
-            "twin": ArtifactKind.model,
-            "control": ArtifactKind.model,
-            "training_data": ArtifactKind.training_data,
+        """Each artifact under its role ("twin_0", "control_1", ...) with the kind it must have been
+        uploaded as."""
+        named = {
+            "model": (self.model, ArtifactKind.model),
+            "probes": (self.probes, ArtifactKind.probes),
+            **{f"twin_{k}": (sha, ArtifactKind.model) for k, sha in enumerate(self.twins)},
+            **{f"control_{k}": (sha, ArtifactKind.model) for k, sha in enumerate(self.controls)},
         }
-        return {field: (sha, kinds[field]) for field in kinds if (sha := getattr(self, field)) is not None}
+        if self.training_data is not None:
+            named["training_data"] = (self.training_data, ArtifactKind.training_data)
+        return named

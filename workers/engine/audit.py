@@ -20,31 +20,32 @@ from torch import Tensor, nn
 
 from workers.engine.archive import MapArchive
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
-from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinModels
+from workers.engine.checks import CheckContext, SanityCheck, StageValues, create_check
+from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinPool
 from workers.engine.errors import AuditCancelled, AuditInputError, MethodUnsupportedError
 from workers.engine.layers import Layer, gradcam_default_layer, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
-from workers.engine.randomization import randomized_stages
 from workers.engine.report import (
     ARCHIVE_FILE,
     REPORT_FILE,
     AuditReport,
-    DataTestResult,
     LayerInfo,
     MethodResult,
     MetricTable,
     ProbeInfo,
     Stage,
     TestResult,
+    Verdict,
     Versions,
 )
-from workers.engine.settings import PARAMETER_TESTS, AuditSettings, RandomizationTest, TargetPolicy
+from workers.engine.settings import AuditSettings, RandomizationTest, TargetPolicy
 from workers.engine.similarity import PreparedMaps, compare_prepared, prepare
-from workers.engine.statistics import summarize_all
-from workers.engine.verdict import judge
+from workers.engine.statistics import summarize, summarize_all
 from workers.engine.verification import verify_conversion
+
+UNDECIDED = ("interval", "draws_disagree")  # causes that more draws may settle
 
 TARGET_NOTES = {
     TargetPolicy.predicted: "Maps explain the trained model's predicted class, held fixed at every stage.",
@@ -75,7 +76,8 @@ class _Run:
     should_cancel: Callable[[], bool]
     edge_maps: PreparedMaps  # the model-free Sobel baseline every method is compared with
     partners: np.ndarray  # image i's cross-image floor compares it with image partners[i]
-    twins: TwinModels | None  # the data randomization test's models, when it runs
+    checks: list[SanityCheck]  # the requested randomization tests, in the order requested
+    extend_work: Callable[[int], None]  # more units of work than planned: extra draws of an undecided test
 
     def targets(self, model: nn.Module) -> Tensor:
         return (
@@ -124,7 +126,6 @@ def run_audit(
     fixed_target = _fixed_target(settings, probes, predicted, classes)
     methods = _create_methods(settings, model, layers, x)
     partners = cross_image_partners(predicted.cpu().numpy(), settings.seed)
-    parameter_tests = [test for test in settings.tests if test in PARAMETER_TESTS]
     data_setup = (
         DataSetup.prepare(
             data_inputs,
@@ -139,10 +140,7 @@ def run_audit(
         if data_inputs is not None
         else None
     )
-
-    total = sum(1 + m.stochastic + len(layers) * len(parameter_tests) for m in methods)
-    if data_setup is not None:
-        total += data_setup.steps(len(methods))
+    total = data_setup.training_steps() if data_setup is not None else 0
     done = 0
 
     def report_progress(phase: str, advance: int = 1) -> None:
@@ -151,12 +149,27 @@ def run_audit(
         if on_progress is not None:
             on_progress(Progress(phase, done, total))
 
+    def extend_work(units: int) -> None:
+        nonlocal total
+        total += units
+
     out_dir.mkdir(parents=True, exist_ok=True)
     with MapArchive(out_dir / ARCHIVE_FILE) as archive:
         archive.add_array("inputs.npy", probes.x, kind="inputs")
         edges = prepare(sobel_magnitude(x).cpu().numpy())
         cancelled = should_cancel or _never
-        twins = data_setup.models(archive, report_progress, cancelled) if data_setup is not None else None
+        pool = (
+            TwinPool(data_setup, archive, report_progress, extend_work, cancelled)
+            if data_setup is not None
+            else None
+        )
+        checks = [create_check(test, CheckContext(model, layers, settings, pool)) for test in settings.tests]
+        per_method = sum(
+            check.draws() * check.stage_count() + check.reference_count(check.draws()) for check in checks
+        )
+        extend_work(sum(1 + m.stochastic + per_method for m in methods))
+        if pool is not None:
+            pool.start()
         run = _Run(
             settings,
             model,
@@ -168,9 +181,10 @@ def run_audit(
             cancelled,
             edges,
             partners,
-            twins,
+            checks,
+            extend_work,
         )
-        results = [_audit_method(run, method, parameter_tests) for method in methods]
+        results = [_audit_method(run, method) for method in methods]
         report = AuditReport(
             created_at=datetime.now(UTC),
             model=loaded.artifact,
@@ -184,7 +198,7 @@ def run_audit(
             device=str(device),
             versions=_versions(),
             methods=results,
-            data_randomization=twins.info if twins is not None else None,
+            data_randomization=pool.info if pool is not None else None,
             notes=loaded.notes + _constant_notes(model),
             seconds=time.perf_counter() - started,
         )
@@ -353,9 +367,7 @@ def _gradcam_layer(
     raise AuditInputError(f"gradcam_layer {settings.gradcam_layer!r} is not a layer of the model ({names})")
 
 
-def _audit_method(
-    run: _Run, method: SaliencyMethod, parameter_tests: list[RandomizationTest]
-) -> MethodResult:
+def _audit_method(run: _Run, method: SaliencyMethod) -> MethodResult:
     started = time.perf_counter()
     method_key = zlib.crc32(method.name.encode())  # noise depends on the method, not its place in the list
     noise_seed = int(np.random.SeedSequence([run.settings.seed, method_key]).generate_state(1)[0])
@@ -363,90 +375,119 @@ def _audit_method(
     run.archive.add_array(f"maps/{method.name}/trained.npy", trained_maps, method=method.name, stage=0)
     trained = prepare(trained_maps)
     run.report_progress(f"{method.name}: trained model")
-
-    trained_stage = _stage(run, trained, 0, "trained model", [], trained)
-    tests = []
-    for test in parameter_tests:
-        stages = [trained_stage]
-        for randomized in randomized_stages(run.model, run.layers, test, run.settings):
-            if run.should_cancel():
-                raise AuditCancelled
-            maps = _maps(run, method, randomized.model, noise_seed) if method.uses_model else trained_maps
-            run.archive.add_array(
-                f"maps/{method.name}/{test.value}/{randomized.index:02d}.npy",
-                maps,
-                method=method.name,
-                test=test.value,
-                stage=randomized.index,
-                label=randomized.label,
-            )
-            names = [layer.name for layer in randomized.randomized]
-            prepared = prepare(maps) if method.uses_model else trained
-            stages.append(_stage(run, trained, randomized.index, randomized.label, names, prepared))
-            run.report_progress(f"{method.name}: {test.value} {randomized.label}")
-        verdict = judge(test, stages, run.settings.verdict, len(trained))
-        tests.append(TestResult(test=test, stages=stages, verdict=verdict))
-
+    trained_stage = Stage(
+        index=0,
+        label="trained model",
+        randomized_layers=[],
+        similarity=summarize_all(compare_prepared(trained, trained)),
+        cross_image_floor=summarize_all(compare_prepared(trained, trained[run.partners])),
+        degenerate_maps=int((trained.invalid & ~trained.non_finite).sum()),
+        non_finite_maps=int(trained.non_finite.sum()),
+    )
+    tests = [
+        _run_check(run, method, check, trained_maps, trained, trained_stage, noise_seed)
+        for check in run.checks
+    ]
     return MethodResult(
         name=method.name,
+        baseline=not method.uses_model,
         stochastic=method.stochastic,
         parameters=method.parameters(),
         random_mask_calibration=_calibration(trained, trained_maps.shape, run.settings.seed),
         self_similarity=_self_similarity(run, method, trained, noise_seed),
         edge_detector_similarity=summarize_all(compare_prepared(trained, run.edge_maps)),
-        degenerate_trained_maps=int(trained.invalid.sum()),
+        degenerate_trained_maps=trained_stage.degenerate_maps,
+        non_finite_trained_maps=trained_stage.non_finite_maps,
         tests=tests,
-        data_randomization=(
-            _data_test(run, method, trained_maps, trained_stage, trained, noise_seed) if run.twins else None
-        ),
         seconds=time.perf_counter() - started,
     )
 
 
-def _stage(
-    run: _Run, trained: PreparedMaps, index: int, label: str, randomized: list[str], maps: PreparedMaps
-) -> Stage:
-    """One stage's maps against the trained maps: of the same image, and of a partner image."""
-    return Stage(
-        index=index,
-        label=label,
-        randomized_layers=randomized,
-        similarity=summarize_all(compare_prepared(trained, maps)),
-        cross_image_floor=summarize_all(compare_prepared(trained, maps[run.partners])),
-        degenerate_maps=int(maps.invalid.sum()),
+def _run_check(
+    run: _Run,
+    method: SaliencyMethod,
+    check: SanityCheck,
+    trained_maps: np.ndarray,
+    trained: PreparedMaps,
+    trained_stage: Stage,
+    noise_seed: int,
+) -> TestResult:
+    """Every draw's stages against the trained maps; the test judges the whole table."""
+    test = check.test.value
+
+    def maps_of(model: nn.Module, name: str, draw: int) -> PreparedMaps:
+        if run.should_cancel():
+            raise AuditCancelled
+        maps = _maps(run, method, model, noise_seed) if method.uses_model else trained_maps
+        if draw == 0 or run.settings.archive_all_draws:
+            folder = f"maps/{method.name}/{test}" + (f"/draw-{draw}" if draw else "")
+            run.archive.add_array(f"{folder}/{name}.npy", maps, method=method.name, test=test, draw=draw)
+        return prepare(maps) if method.uses_model else trained
+
+    stages: dict[int, StageValues] = {}
+
+    def add_draws(first: int, last: int) -> None:
+        for draw in range(first, last):
+            for stage_model in check.stage_models(draw):
+                prepared = maps_of(stage_model.model, stage_model.archive_name, draw)
+                values = stages.setdefault(stage_model.index, StageValues(stage_model))
+                similarity = compare_prepared(trained, prepared)
+                values.add(similarity, compare_prepared(trained, prepared[run.partners]), prepared)
+                run.report_progress(f"{method.name}: {test} {stage_model.label}, draw {draw + 1}")
+
+    memo: dict[tuple[str, int], PreparedMaps] = {}
+
+    def reference_maps(model: nn.Module, name: str, index: int) -> PreparedMaps:
+        """Reference models (controls) are compared again after every extension: their maps once."""
+        if (name, index) not in memo:
+            memo[name, index] = maps_of(model, name, index)
+            run.report_progress(f"{method.name}: {test} {name.replace('_', ' ')} {index + 1}")
+        return memo[name, index]
+
+    draws = check.draws()
+    add_draws(0, draws)
+    retrain_floor = check.retrain_floor(trained, reference_maps, draws)
+    verdict = _judge(check, method, trained_stage, stages, retrain_floor)
+    while verdict is not None and verdict.cause in UNDECIDED and draws < check.max_draws():
+        more = min(check.draws(), check.max_draws() - draws)
+        added_references = check.reference_count(draws + more) - check.reference_count(draws)
+        run.extend_work(more * check.stage_count() + added_references)
+        add_draws(draws, draws + more)
+        draws += more
+        retrain_floor = check.retrain_floor(trained, reference_maps, draws)
+        verdict = _judge(check, method, trained_stage, stages, retrain_floor)
+    return TestResult(
+        test=check.test,
+        order=run.settings.order if check.test is not RandomizationTest.data else None,
+        draws=draws,
+        stages=[trained_stage, *(_summarized(stages[index]) for index in sorted(stages))],
+        retrain_floor=retrain_floor,
+        verdict=verdict,
     )
 
 
-def _data_test(
-    run: _Run,
+def _judge(
+    check: SanityCheck,
     method: SaliencyMethod,
-    trained_maps: np.ndarray,
     trained_stage: Stage,
-    trained: PreparedMaps,
-    noise_seed: int,
-) -> DataTestResult:
-    """Trained maps against the random-label twin's, and the true-label control's as the retrain floor."""
-    twins = run.twins
-    assert twins is not None
+    stages: dict[int, StageValues],
+    retrain_floor: MetricTable | None,
+) -> Verdict | None:
+    """Baselines need no model: they are compared, never judged."""
+    if not method.uses_model:
+        return None
+    return check.judge(trained_stage, [stages[index] for index in sorted(stages)], retrain_floor)
 
-    def maps_of(model: nn.Module, role: str) -> PreparedMaps:
-        maps = _maps(run, method, model, noise_seed) if method.uses_model else trained_maps
-        run.archive.add_array(f"maps/{method.name}/data/{role}.npy", maps, method=method.name, test="data")
-        run.report_progress(f"{method.name}: data randomization, {role.replace('_', ' ')}", 1)
-        return prepare(maps)
 
-    twin = maps_of(twins.twin, "random_label_twin")
-    retrain_floor = None
-    if twins.control is not None:
-        retrain_floor = summarize_all(compare_prepared(trained, maps_of(twins.control, "true_label_control")))
-    stages = [trained_stage, _stage(run, trained, 1, "random-label twin", [], twin)]
-    verdict = judge(RandomizationTest.data, stages, run.settings.verdict, len(trained), retrain_floor)
-    return DataTestResult(
-        twin_similarity=stages[1].similarity,
-        retrain_floor=retrain_floor,
-        cross_image_floor=stages[1].cross_image_floor,
-        degenerate_maps=stages[1].degenerate_maps,
-        verdict=verdict,
+def _summarized(values: StageValues) -> Stage:
+    return Stage(
+        index=values.model.index,
+        label=values.model.label,
+        randomized_layers=[layer.name for layer in values.model.randomized],
+        similarity={metric: summarize(np.stack(tables)) for metric, tables in values.similarity.items()},
+        cross_image_floor={metric: summarize(np.stack(t)) for metric, t in values.cross_image.items()},
+        degenerate_maps=values.degenerate,
+        non_finite_maps=values.non_finite,
     )
 
 

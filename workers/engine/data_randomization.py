@@ -1,9 +1,10 @@
 """The data randomization test's models: a random-label twin and a true-label control.
 
-Either the client supplies them (``twin``, optionally ``control``), or the engine trains them from a
-labelled training set: the audited architecture, re-initialized, trained on permuted labels until it has
-memorized them (the twin), and a second copy trained on the true labels with another seed (the control).
-The control measures how much maps differ from retraining alone, a floor the original paper lacked.
+Either the client supplies them (any number of twins, and optionally of controls), or the engine trains
+them from a labelled training set: the audited architecture, re-initialized, trained on permuted labels
+until it has memorized them (the twins, each with its own seed and permutation), and copies trained on
+the true labels with other seeds (the controls). The controls measure how much maps differ from
+retraining alone, a floor the original paper lacked; several twins show how much one twin is chance.
 Every input is checked before any training starts.
 """
 
@@ -38,8 +39,7 @@ from workers.engine.verification import verify_conversion
 MIN_TRAINING_IMAGES = 50
 MIN_FIT_IMAGES = 40
 MIN_HELDOUT_IMAGES = 10
-TWIN_ARCHIVE_PATH = "models/random_label_twin.onnx"
-CONTROL_ARCHIVE_PATH = "models/true_label_control.onnx"
+ARCHIVE_FOLDER = "models"
 
 
 class TrainingBudgetExceeded(AuditInputError):
@@ -50,19 +50,19 @@ class TrainingBudgetExceeded(AuditInputError):
 class DataTestInputs:
     """What the client sent for the data randomization test: a twin, or data to train one."""
 
-    twin: Path | None = None
-    control: Path | None = None
+    twins: tuple[Path, ...] = ()
+    controls: tuple[Path, ...] = ()
     training_data: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.control is not None and self.twin is None:
+        if self.controls and not self.twins:
             raise AuditInputError(
-                "a true-label control goes with a client-supplied twin (--twin); with training data the "
-                "engine trains the control itself"
+                "true-label controls go with client-supplied twins (--twin); with training data the "
+                "engine trains the controls itself"
             )
-        if (self.twin is None) == (self.training_data is None):
+        if bool(self.twins) == (self.training_data is not None):
             raise AuditInputError(
-                "the data randomization test needs either a random-label twin or training data"
+                "the data randomization test needs either random-label twins or training data"
             )
 
 
@@ -102,41 +102,48 @@ def split_holdout(count: int, fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(order[heldout:]), np.sort(order[:heldout])
 
 
-def train_pair(
+def train_models(
     model: nn.Module,
     layers: list[Layer],
     data: ProbeSet,
     settings: AuditSettings,
     device: torch.device,
+    indices: range,
     on_epoch: Callable[[str], None],
     should_cancel: Callable[[], bool],
-) -> tuple[TrainedModel, TrainedModel, int]:
-    """Train the random-label twin and the true-label control; returns them and the held-out count."""
+) -> tuple[list[TrainedModel], list[TrainedModel], int]:
+    """Train random-label twin ``k`` and true-label control ``k`` for each ``k`` in ``indices``; each has
+    its own seed and a twin its own permutation, so model ``k`` is the same however many are trained.
+    Returns them and the held-out count."""
     recipe = settings.training
     train, heldout = split_holdout(len(data.labels), recipe.holdout_fraction, settings.seed)
     x = torch.from_numpy(data.x).to(device)
     labels = torch.from_numpy(data.labels).to(device)
-    permuted = labels[train][
-        torch.from_numpy(np.random.default_rng([settings.seed, 0x5EED]).permutation(len(train)))
-    ]
-    seeds = np.random.SeedSequence(settings.seed).generate_state(2)
-    roles = (("random_label_twin", permuted), ("true_label_control", labels[train]))
-    twin, control = [
-        _train(
-            model,
-            layers,
-            x,
-            (train, fit_labels),
-            (heldout, labels[heldout]),
-            recipe,
-            int(seed),
-            role,
-            lambda text, role=role: on_epoch(f"training {role.replace('_', ' ')}: {text}"),
-            should_cancel,
+    trained: dict[str, list[TrainedModel]] = {"random_label_twin": [], "true_label_control": []}
+    for k in indices:
+        permutation = np.random.default_rng([settings.seed, 0x5EED, k]).permutation(len(train))
+        roles = (
+            ("random_label_twin", labels[train][torch.from_numpy(permutation).to(device)]),
+            ("true_label_control", labels[train]),
         )
-        for (role, fit_labels), seed in zip(roles, seeds, strict=True)
-    ]
-    return twin, control, len(heldout)
+        seeds = np.random.SeedSequence([settings.seed, k]).generate_state(2)
+        for (role, fit_labels), seed in zip(roles, seeds, strict=True):
+            name = f"{role.replace('_', ' ')} {k + 1}"
+            trained[role].append(
+                _train(
+                    model,
+                    layers,
+                    x,
+                    (train, fit_labels),
+                    (heldout, labels[heldout]),
+                    recipe,
+                    int(seed),
+                    (role, k),
+                    lambda text, name=name: on_epoch(f"training {name}: {text}"),
+                    should_cancel,
+                )
+            )
+    return trained["random_label_twin"], trained["true_label_control"], len(heldout)
 
 
 def _train(
@@ -147,11 +154,12 @@ def _train(
     holdout: tuple[np.ndarray, Tensor],
     recipe: TrainingRecipe,
     seed: int,
-    role: str,
+    role_and_index: tuple[str, int],
     on_epoch: Callable[[str], None],
     should_cancel: Callable[[], bool],
 ) -> TrainedModel:
     started = time.perf_counter()
+    role, index = role_and_index
     model = copy.deepcopy(architecture)
     modules = dict(model.named_modules())
     for layer in layers:
@@ -191,9 +199,9 @@ def _train(
     heldout_accuracy = _accuracy(model, heldout_x, holdout[1], recipe.batch_size)
     chance = float(np.bincount(holdout[1].cpu().numpy()).max() / len(holdout[1]))
     _check_generalization(role, heldout_accuracy, chance, len(holdout[1]))
-    archive_path = TWIN_ARCHIVE_PATH if role == "random_label_twin" else CONTROL_ARCHIVE_PATH
     run = TrainingRun(
         role=role,  # type: ignore[arg-type]
+        index=index,
         seed=seed,
         epochs=len(curve),
         seconds=time.perf_counter() - started,
@@ -201,7 +209,7 @@ def _train(
         heldout_accuracy=heldout_accuracy,
         chance_accuracy=chance,
         curve=curve,
-        archive_path=archive_path,
+        archive_path=f"{ARCHIVE_FOLDER}/{role}_{index}.onnx",
     )
     return TrainedModel(model, run, _to_onnx(model, x[:2]))
 
@@ -266,9 +274,117 @@ def _to_onnx(model: nn.Module, example: Tensor) -> bytes:
 
 @dataclass(frozen=True)
 class TwinModels:
-    twin: nn.Module
-    control: nn.Module | None
+    twins: list[nn.Module]
+    controls: list[nn.Module]
     info: DataRandomizationInfo
+
+
+class TwinPool:
+    """The data test's twins and controls, shared by every method.
+
+    Client models are what they are. Trained ones come in batches of ``training.models`` twins and as
+    many controls, the first before any map, more only when a method's verdict is still undecided, up
+    to ``training.max_models`` of each (docs/decisions/0008).
+    """
+
+    def __init__(
+        self,
+        setup: "DataSetup",
+        archive: MapArchive,
+        report_progress: Callable[[str, int], None],
+        extend_work: Callable[[int], None],
+        should_cancel: Callable[[], bool],
+    ) -> None:
+        self.setup, self.archive = setup, archive
+        self.report_progress, self.extend_work, self.should_cancel = (
+            report_progress,
+            extend_work,
+            should_cancel,
+        )
+        self._twins: list[nn.Module] = []
+        self._controls: list[nn.Module] = []
+        self._runs: list[TrainingRun] = []
+        self._heldout = 0
+        if setup.client is not None:
+            self._twins, self._controls = list(setup.client.twins), list(setup.client.controls)
+
+    def start(self) -> None:
+        """Train the first batch (of trained twins), before any map is computed."""
+        if self.setup.client is None and not self._twins:
+            self._grow(self.initial)
+
+    @property
+    def initial(self) -> int:
+        return (
+            len(self.setup.client.twins)
+            if self.setup.client is not None
+            else self.setup.settings.training.models
+        )
+
+    @property
+    def limit(self) -> int:
+        """The most twins the test may compare with."""
+        if self.setup.client is not None:
+            return len(self.setup.client.twins)
+        recipe = self.setup.settings.training
+        return max(recipe.models, recipe.max_models)
+
+    def twin(self, index: int) -> nn.Module:
+        if index >= len(self._twins):
+            self._grow(index + 1)
+        return self._twins[index]
+
+    def controls(self, count: int) -> list[nn.Module]:
+        """The first ``count`` controls, or every client control."""
+        if self.setup.client is not None:
+            return self._controls
+        if count > len(self._controls):
+            self._grow(count)
+        return self._controls[:count]
+
+    def _grow(self, count: int) -> None:
+        """Train batches of twins and controls until there are at least ``count`` of each."""
+        setup = self.setup
+        assert setup.training is not None
+        batch = setup.settings.training.models
+        start = len(self._twins)
+        end = min(self.limit, start + batch * -(-(count - start) // batch))
+        if start > 0:
+            self.extend_work(2 * (end - start))
+        twins, controls, self._heldout = train_models(
+            setup.architecture,
+            setup.layers,
+            setup.training,
+            setup.settings,
+            setup.device,
+            range(start, end),
+            lambda text: self.report_progress(text, 0),
+            self.should_cancel,
+        )
+        for trained in (*twins, *controls):
+            self.archive.add_bytes(trained.run.archive_path, trained.onnx)
+            self.report_progress(f"trained {trained.run.role.replace('_', ' ')} {trained.run.index + 1}", 1)
+        self._twins += [t.model for t in twins]
+        self._controls += [c.model for c in controls]
+        self._runs += [trained.run for trained in (*twins, *controls)]
+
+    @property
+    def info(self) -> DataRandomizationInfo:
+        if self.setup.client is not None:
+            return self.setup.client.info
+        data = self.setup.training
+        assert data is not None
+        return DataRandomizationInfo(
+            source="trained",
+            training_data=TrainingDataInfo(
+                filename=data.source,
+                sha256=data.sha256,
+                count=len(data.labels),
+                classes=len(np.unique(data.labels)),
+                heldout=self._heldout,
+            ),
+            training=sorted(self._runs, key=lambda run: (run.role, run.index)),
+        )
 
 
 @dataclass
@@ -311,20 +427,16 @@ class DataSetup:
                     f"{MIN_FIT_IMAGES} and {MIN_HELDOUT_IMAGES} are needed"
                 )
             return setup
-        twin, twin_artifact, twin_check = setup._client_model(inputs.twin, probes, classes, check_methods)
-        control, control_artifact, control_check = (None, None, None)
-        if inputs.control is not None:
-            control, control_artifact, control_check = setup._client_model(
-                inputs.control, probes, classes, check_methods
-            )
+        twins = [setup._client_model(path, probes, classes, check_methods) for path in inputs.twins]
+        controls = [setup._client_model(path, probes, classes, check_methods) for path in inputs.controls]
         info = DataRandomizationInfo(
             source="client",
-            twin=twin_artifact,
-            twin_conversion=twin_check,
-            control=control_artifact,
-            control_conversion=control_check,
+            twins=[artifact for _, artifact, _ in twins],
+            twin_conversions=[check for _, _, check in twins],
+            controls=[artifact for _, artifact, _ in controls],
+            control_conversions=[check for _, _, check in controls],
         )
-        setup.client = TwinModels(twin, control, info)
+        setup.client = TwinModels([m for m, _, _ in twins], [m for m, _, _ in controls], info)
         return setup
 
     def _client_model(
@@ -346,45 +458,6 @@ class DataSetup:
         check_methods(module)
         return module, loaded.artifact, check
 
-    def steps(self, methods: int) -> int:
-        """Units of progress: training each model, and each method's maps of each model."""
-        has_control = self.training is not None or (
-            self.client is not None and self.client.control is not None
-        )
-        models = 2 if has_control else 1
-        return (2 if self.training is not None else 0) + methods * models
-
-    def models(
-        self,
-        archive: MapArchive,
-        report_progress: Callable[[str, int], None],
-        should_cancel: Callable[[], bool],
-    ) -> TwinModels:
-        if self.client is not None:
-            return self.client
-        assert self.training is not None
-        twin, control, heldout = train_pair(
-            self.architecture,
-            self.layers,
-            self.training,
-            self.settings,
-            self.device,
-            lambda text: report_progress(text, 0),
-            should_cancel,
-        )
-        for trained in (twin, control):
-            archive.add_bytes(trained.run.archive_path, trained.onnx)
-            report_progress(f"trained {trained.run.role.replace('_', ' ')}", 1)
-        data = self.training
-        info = DataRandomizationInfo(
-            source="trained",
-            training_data=TrainingDataInfo(
-                filename=data.source,
-                sha256=data.sha256,
-                count=len(data.labels),
-                classes=len(np.unique(data.labels)),
-                heldout=heldout,
-            ),
-            training=[twin.run, control.run],
-        )
-        return TwinModels(twin.model, control.model, info)
+    def training_steps(self) -> int:
+        """Units of progress for the first batch of training: one per trained model."""
+        return 2 * self.settings.training.models if self.training is not None else 0

@@ -106,9 +106,9 @@ def gradcam_default_layer(model: nn.Module, layers: list[Layer], example: Tensor
     return rectifier[0] if rectifier else conv_path
 
 
-def layer_seed(seed: int, layer: Layer) -> int:
-    """One seed per layer: a layer gets the same new weights in the cascading and the independent test."""
-    return int(np.random.SeedSequence([seed, layer.index]).generate_state(1)[0])
+def layer_seed(seed: int, layer: Layer, draw: int = 0) -> int:
+    """One seed per layer and draw: within a draw a layer gets the same new weights in both tests."""
+    return int(np.random.SeedSequence([seed, draw, layer.index]).generate_state(1)[0])
 
 
 @torch.no_grad()

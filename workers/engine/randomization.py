@@ -1,4 +1,4 @@
-"""The model parameter randomization test's stages: cascading from the logits down, and independent."""
+"""The model parameter randomization test's stages: cascading (cumulative) and independent (one layer)."""
 
 import copy
 from collections.abc import Iterator
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from workers.engine.layers import Layer, layer_seed, reinitialize
-from workers.engine.settings import AuditSettings, RandomizationTest
+from workers.engine.settings import AuditSettings, LayerOrder
 
 
 @dataclass(frozen=True)
@@ -16,23 +16,32 @@ class StageModel:
     label: str
     randomized: list[Layer]
     model: nn.Module
+    archive_name: str  # the map file's name in maps.zip, without the suffix
+
+
+def walk_order(layers: list[Layer], order: LayerOrder) -> list[Layer]:
+    """Top-down starts at the logits, as the paper did; bottom-up at the input."""
+    return list(reversed(layers)) if order is LayerOrder.top_down else list(layers)
 
 
 def randomized_stages(
-    model: nn.Module, layers: list[Layer], test: RandomizationTest, settings: AuditSettings
+    model: nn.Module, layers: list[Layer], cumulative: bool, settings: AuditSettings, draw: int = 0
 ) -> Iterator[StageModel]:
-    """Yield one randomized model per stage, top (logit) layer first. The trained model is never touched.
+    """Yield one randomized model per stage in ``settings.order``. The trained model is never touched.
 
-    Cascading stages share one copy that is randomized further at each step: use a stage's model before
-    asking for the next.
+    Draw ``draw`` seeds every layer's new weights apart from other draws; within a draw a layer gets the
+    same new weights in the cumulative and the independent test. Cumulative stages share one copy that is
+    randomized further at each step: use a stage's model before asking for the next.
     """
-    top_down = list(reversed(layers))
-    cascade = copy.deepcopy(model) if test is RandomizationTest.cascading else None
-    for index, layer in enumerate(top_down, start=1):
+    walk = walk_order(layers, settings.order)
+    cascade = copy.deepcopy(model) if cumulative else None
+    for index, layer in enumerate(walk, start=1):
         target = cascade if cascade is not None else copy.deepcopy(model)
         module = dict(target.named_modules())[layer.path]
-        reinitialize(module, settings.reinit, settings.reinit_std, layer_seed(settings.seed, layer))
-        if test is RandomizationTest.cascading:
-            yield StageModel(index, f"{layer.name} and above", top_down[:index], target)
+        reinitialize(module, settings.reinit, settings.reinit_std, layer_seed(settings.seed, layer, draw))
+        if cumulative:
+            direction = "above" if settings.order is LayerOrder.top_down else "below"
+            label, randomized = f"{layer.name} and {direction}", walk[:index]
         else:
-            yield StageModel(index, f"{layer.name} only", [layer], target)
+            label, randomized = f"{layer.name} only", [layer]
+        yield StageModel(index, label, randomized, target, f"{index:02d}")

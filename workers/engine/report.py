@@ -9,9 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from workers.engine.settings import AuditSettings, Metric, RandomizationTest
+from workers.engine.settings import AuditSettings, LayerOrder, Metric, Outcome, RandomizationTest
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 REPORT_FILE = "report.json"  # names of the two outputs of an audit
 ARCHIVE_FILE = "maps.zip"
 
@@ -21,14 +21,29 @@ class _Frozen(BaseModel):
 
 
 class Summary(_Frozen):
-    """A similarity over probe images. Undefined values (degenerate maps) are counted, never averaged."""
+    """A similarity over probe images and random draws (docs/decisions/0008).
 
-    mean: float | None = Field(description="Mean over images where the metric is defined; null if none is.")
-    std: float | None = Field(description="Sample standard deviation (ddof=1).")
-    ci95_low: float | None = Field(description="Lower bound of the 95% t-interval of the mean.")
-    ci95_high: float | None = Field(description="Upper bound of the 95% t-interval of the mean.")
-    n: int = Field(description="Images where the metric is defined.")
-    n_undefined: int = Field(description="Images where it is not (a constant map has no rank correlation).")
+    Undefined values (degenerate maps) are counted, never averaged. The interval covers the spread
+    between images and between draws (re-initializations, or random-label twins).
+    """
+
+    mean: float | None = Field(description="Mean over defined values; null if none is.")
+    std: float | None = Field(
+        description="Standard deviation between images (of each image's mean over draws)."
+    )
+    std_between_draws: float | None = Field(
+        None, description="Standard deviation between draws (of each draw's mean over images)."
+    )
+    draw_means: list[float | None] = Field(default_factory=list, description="Mean over images, per draw.")
+    ci95_low: float | None = Field(
+        description="Lower bound of the 95% interval of the mean (images and draws)."
+    )
+    ci95_high: float | None = Field(
+        description="Upper bound of the 95% interval of the mean (images and draws)."
+    )
+    n: int = Field(description="Images with a defined value in at least one draw.")
+    n_undefined: int = Field(description="Images with none (a constant map has no rank correlation).")
+    undefined_values: int = Field(0, description="Undefined (draw, image) values, over all draws.")
 
 
 MetricTable = dict[Metric, Summary]
@@ -72,7 +87,8 @@ class ProbeInfo(_Frozen):
 
 class Stage(_Frozen):
     index: int = Field(
-        description="0 is the trained model; k > 0 randomizes k layers (cascading) or layer k."
+        description="0 is the trained model; k > 0 randomizes k layers (cascading), layer k alone "
+        "(independent), or is the random-label twins (data)."
     )
     label: str
     randomized_layers: list[str]
@@ -82,41 +98,46 @@ class Stage(_Frozen):
         "means when no image-specific content is shared (e.g. border patterns of unpadded convolutions)."
     )
     degenerate_maps: int = Field(
-        description="Images whose map at this stage is constant (e.g. all-zero GradCAM)."
+        description="Maps at this stage that are constant (e.g. all-zero GradCAM), over all draws."
     )
+    non_finite_maps: int = Field(0, description="Maps at this stage holding NaN or inf, over all draws.")
+
+
+InconclusiveCause = Literal["non_finite_maps", "too_few_images", "draws_disagree", "interval", "no_power"]
 
 
 class Verdict(_Frozen):
-    passed: bool
+    outcome: Outcome
+    reason: str = Field(description="Why, in words, with the numbers behind it.")
+    cause: InconclusiveCause | None = Field(
+        None,
+        description="Why an inconclusive verdict is one: NaN/inf maps, too few defined images, draws whose "
+        "own intervals lie on both sides of the limit, an interval that contains the limit, or (data test) "
+        "a retrain floor too close to the cross-image floor to leave room for a pass.",
+    )
     rule: str
     metric: Metric
-    stage: int
-    stage_label: str
-    upper_bound: float | None
-    threshold: float
-    explanation: str
+    statistic: str = Field(description="What was judged, e.g. the mean over the randomized stages.")
+    estimate: Summary = Field(description="The judged statistic over images and draws.")
+    limit: float = Field(description="Pass below this upper bound; fail at or above this lower bound.")
+    similar_layers: list[str] = Field(
+        default_factory=list,
+        description="Independent test: layers whose randomization alone leaves the maps similar (the "
+        "lower bound of that stage's mean is at or above the limit).",
+    )
 
 
 class TestResult(_Frozen):
     test: RandomizationTest
+    order: LayerOrder | None = Field(None, description="Parameter tests: the order the layers were walked.")
+    draws: int = Field(description="Re-initializations (parameter tests) or random-label twins (data test).")
     stages: list[Stage]
-    verdict: Verdict
-
-
-class DataTestResult(_Frozen):
-    """Trained-model maps against the random-label twin's (and the true-label control's) maps."""
-
-    twin_similarity: MetricTable = Field(description="Trained model vs random-label twin, same image.")
     retrain_floor: MetricTable | None = Field(
         None,
-        description="Trained model vs a second model trained on the true labels with another seed: how "
-        "much maps differ from retraining alone.",
+        description="Data test: similarity of models trained on the true labels with other seeds (trained "
+        "vs each control, and controls with each other): how much maps differ from retraining alone.",
     )
-    cross_image_floor: MetricTable = Field(
-        description="Trained map of one image vs the twin's map of another."
-    )
-    degenerate_maps: int = Field(description="Images whose twin map is constant.")
-    verdict: Verdict
+    verdict: Verdict | None = Field(description="Null for baselines, which need no model.")
 
 
 class EpochRecord(_Frozen):
@@ -127,6 +148,7 @@ class EpochRecord(_Frozen):
 
 class TrainingRun(_Frozen):
     role: Literal["random_label_twin", "true_label_control"]
+    index: int = Field(description="Which twin or control: 0, 1, ...")
     seed: int
     epochs: int
     seconds: float
@@ -151,19 +173,20 @@ class TrainingDataInfo(_Frozen):
 
 class DataRandomizationInfo(_Frozen):
     source: Literal["client", "trained"] = Field(
-        description="'client': the twin (and control) came with the request; 'trained': the engine "
+        description="'client': the twins (and controls) came with the request; 'trained': the engine "
         "trained them."
     )
-    twin: ArtifactInfo | None = None
-    twin_conversion: ConversionCheck | None = None
-    control: ArtifactInfo | None = None
-    control_conversion: ConversionCheck | None = None
+    twins: list[ArtifactInfo] = Field(default_factory=list)
+    twin_conversions: list[ConversionCheck] = Field(default_factory=list)
+    controls: list[ArtifactInfo] = Field(default_factory=list)
+    control_conversions: list[ConversionCheck] = Field(default_factory=list)
     training_data: TrainingDataInfo | None = None
     training: list[TrainingRun] = Field(default_factory=list)
 
 
 class MethodResult(_Frozen):
     name: str
+    baseline: bool = Field(description="Needs no model (the edge detector): a reference row, never judged.")
     stochastic: bool
     parameters: dict[str, float | int | str | None]
     random_mask_calibration: MetricTable = Field(
@@ -176,8 +199,8 @@ class MethodResult(_Frozen):
         description="Trained-model maps vs the Sobel edge map of the input, which needs no model at all."
     )
     degenerate_trained_maps: int
+    non_finite_trained_maps: int = 0
     tests: list[TestResult]
-    data_randomization: DataTestResult | None = None
     seconds: float
 
 
@@ -192,7 +215,7 @@ class Versions(_Frozen):
 
 
 class AuditReport(_Frozen):
-    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    schema_version: Literal["2.0"] = SCHEMA_VERSION
     created_at: datetime
     model: ArtifactInfo
     conversion: ConversionCheck

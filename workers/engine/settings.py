@@ -34,6 +34,19 @@ class RandomizationTest(StrEnum):
 PARAMETER_TESTS = (RandomizationTest.cascading, RandomizationTest.independent)
 
 
+class LayerOrder(StrEnum):
+    """The order in which the parameter tests walk the layers."""
+
+    top_down = "top_down"  # from the logits down, as the paper did (default)
+    bottom_up = "bottom_up"  # from the input up (Hedström et al. 2023)
+
+
+class Outcome(StrEnum):
+    passed = "pass"
+    failed = "fail"
+    inconclusive = "inconclusive"
+
+
 class TargetPolicy(StrEnum):
     """Which class each map explains."""
 
@@ -108,17 +121,27 @@ class TrainingRecipe(BaseModel):
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
         0.2, description="Share of the training images held out to measure accuracy on true labels."
     )
+    models: Annotated[int, Field(ge=1, le=10)] = Field(
+        3,
+        description="Random-label twins trained, each with its own seed, and as many true-label controls.",
+    )
+    max_models: Annotated[int, Field(ge=1, le=30)] = Field(
+        9,
+        description="A data test still undecided trains ``models`` more twins and controls, up to this many "
+        "of each (never fewer than ``models``).",
+    )
 
 
 class VerdictRule(BaseModel):
-    """When a method passes: its maps must change a lot once the model is randomized.
+    """When a method passes, fails, or the audit cannot tell (docs/decisions/0008).
 
-    The method passes a test when the upper bound of the 95% confidence interval of the mean ``metric`` at
-    the judged stage lies below ``threshold``. Cascading randomization is judged with every layer
-    randomized; independent randomization with the top (logit) layer alone randomized, the layer whose
-    randomization changes what the model computes most directly. Data randomization is judged on the
-    random-label twin, and, where a true-label control exists, its upper bound must also lie
-    ``retrain_gap`` below the similarity of the two true-label models.
+    Each test reduces its curve to one statistic per draw and image: the parameter tests take the mean
+    ``metric`` over their stages (the area under the curve, so similarity that survives while the upper
+    layers are randomized counts), the data test the twin's similarity. Its 95% interval covers both
+    images and draws. The method passes when the upper bound lies below the limit, fails when the lower
+    bound does not, and is inconclusive otherwise, or when the draws disagree, too few images have a
+    defined similarity, or any map holds NaN or inf. The limit is ``threshold``; in the data test also
+    ``retrain_gap`` below the similarity of honestly retrained models.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -127,8 +150,12 @@ class VerdictRule(BaseModel):
     threshold: Annotated[float, Field(gt=-1, le=1)] = 0.5
     retrain_gap: Annotated[float, Field(ge=0, le=2)] = Field(
         0.2,
-        description="Data randomization with a true-label control: the twin's upper bound must also lie "
-        "this far below the mean similarity of the two true-label models (the retrain floor).",
+        description="Data randomization: the twin's upper bound must also lie this far below the mean "
+        "similarity of the true-label models (the retrain floor); when the floor is not this far above "
+        "the twin's cross-image floor, the test has no power and is inconclusive.",
+    )
+    min_defined_images: Annotated[int, Field(ge=2, le=10_000)] = Field(
+        5, description="Fewer images with a defined similarity than this make a verdict inconclusive."
     )
 
 
@@ -140,6 +167,18 @@ class AuditSettings(BaseModel):
         default_factory=lambda: [RandomizationTest.cascading, RandomizationTest.independent]
     )
     seed: int = 0
+    draws: Annotated[int, Field(ge=1, le=100)] = Field(
+        3, description="Independent re-initializations of the layers per parameter test."
+    )
+    max_draws: Annotated[int, Field(ge=1, le=100)] = Field(
+        9,
+        description="A parameter test whose interval still contains the limit gets ``draws`` more draws, "
+        "up to this many in all (never fewer than ``draws``).",
+    )
+    order: LayerOrder = LayerOrder.top_down
+    archive_all_draws: bool = Field(
+        False, description="Keep every draw's maps in maps.zip, not only draw 0's."
+    )
     target: TargetPolicy = TargetPolicy.predicted
     reinit: ReinitScheme = ReinitScheme.default
     reinit_std: Annotated[float, Field(gt=0)] = 0.01

@@ -75,7 +75,8 @@ class PreparedMaps:
     """What every comparison needs of one batch of maps, computed once: an audit compares each stage's
     maps with the trained maps of the same images and of other images, and the trained maps with many."""
 
-    invalid: np.ndarray  # (N,) degenerate maps: every metric is NaN for them
+    invalid: np.ndarray  # (N,) degenerate maps (constant or non-finite): every metric is NaN for them
+    non_finite: np.ndarray  # (N,) maps holding NaN or inf, which no verdict may rest on
     abs_ranks: np.ndarray  # (N, P) ranks of the normalized absolute map
     abs_constant: np.ndarray
     signed_ranks: np.ndarray  # (N, P) ranks of the normalized signed map
@@ -96,12 +97,14 @@ def prepare(maps: np.ndarray) -> PreparedMaps:
     """Normalize, rank and HOG a batch of raw maps [N, C, H, W] once, for any number of comparisons."""
     maps = _checked(np.asarray(maps))
     invalid = is_degenerate(maps)
+    non_finite = ~np.isfinite(_flat(maps)).all(axis=1)
     maps = _zeroed(maps, invalid)
     absolute_maps = normalize_absolute(maps)
     absolute, signed = _flat(absolute_maps), _flat(normalize_signed(maps))
     unit = _min_max(absolute_maps)
     return PreparedMaps(
         invalid=invalid,
+        non_finite=non_finite,
         abs_ranks=rankdata(absolute, axis=1, method="average"),
         abs_constant=_constant_rows(absolute),
         signed_ranks=rankdata(signed, axis=1, method="average"),

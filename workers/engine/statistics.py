@@ -1,9 +1,16 @@
-"""Summaries of per-image similarities: mean, spread and a 95% confidence interval, never a bare mean.
+"""Summaries of similarities over probe images and random draws: mean, spread and a 95% interval.
 
-Undefined values (NaN: a constant map has no rank correlation) are counted in ``n_undefined`` and left
-out of every statistic, so one degenerate map cannot turn a mean into NaN. The interval is the Student t
-interval of the mean over the defined images. Statistics that need more images than there are (a
-spread of one value) are None, never NaN, because JSON cannot carry NaN.
+The values form a table of draws (re-initializations, or random-label twins) by images; a bare 1-D array
+is one draw. The two sources of chance are crossed: every draw sees the same images. The variance of the
+grand mean is estimated as ``s_d^2 / R + s_i^2 / N``: the variance of the R draw means over R plus the
+variance of the N image means over N. Under the two-way random-effects model this overestimates the true
+variance by the interaction term's ``sigma_e^2 / (R N)`` only, so the interval is slightly conservative.
+Its degrees of freedom come from Welch-Satterthwaite; with one draw it is the Student t interval over
+images. See docs/decisions/0008.
+
+Undefined values (NaN: a constant map has no rank correlation) are counted and left out of every
+statistic, so one degenerate map cannot turn a mean into NaN. Statistics that need more values than there
+are (a spread of one value) are None, never NaN, because JSON cannot carry NaN.
 """
 
 import math
@@ -18,19 +25,60 @@ CONFIDENCE = 0.95
 
 
 def summarize(values: np.ndarray) -> Summary:
-    """Mean, sample std (ddof=1) and 95% t-interval of the finite values; non-finite ones are counted."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    finite = values[np.isfinite(values)]
-    n = len(finite)
-    mean = float(finite.mean()) if n else None
-    std = low = high = None
+    """Summary of a [draws, images] table (or an [images] array) of similarities; NaN cells are skipped."""
+    table = np.asarray(values, dtype=np.float64)
+    table = table.reshape(1, -1) if table.ndim == 1 else table.reshape(table.shape[0], -1)
+    defined = np.isfinite(table)
+    images_defined = defined.any(axis=0)
+    n = int(images_defined.sum())
+    draw_means = [_mean(row[ok]) for row, ok in zip(table, defined, strict=True)]
+    mean = _mean(table[defined])
+    std_images = std_draws = low = high = None
     if n >= 2:
-        std = float(finite.std(ddof=1))
-        half_width = float(student_t.ppf(0.5 + CONFIDENCE / 2, df=n - 1)) * std / math.sqrt(n)
+        image_means = np.array(
+            [_mean(col[ok]) for col, ok in zip(table.T, defined.T, strict=True) if ok.any()]
+        )
+        std_images = float(image_means.std(ddof=1))
+        present = [m for m in draw_means if m is not None]
+        image_term = std_images**2 / n
+        draw_term = 0.0
+        if len(present) >= 2:
+            std_draws = float(np.std(present, ddof=1))
+            draw_term = std_draws**2 / len(present)
+        variance = image_term + draw_term
+        degrees = _satterthwaite(image_term, n - 1, draw_term, len(present) - 1)
+        half_width = float(student_t.ppf(0.5 + CONFIDENCE / 2, df=degrees)) * math.sqrt(variance)
         low, high = mean - half_width, mean + half_width
-    return Summary(mean=mean, std=std, ci95_low=low, ci95_high=high, n=n, n_undefined=len(values) - n)
+    return Summary(
+        mean=mean,
+        std=std_images,
+        std_between_draws=std_draws,
+        draw_means=draw_means,
+        ci95_low=low,
+        ci95_high=high,
+        n=n,
+        n_undefined=len(images_defined) - n,
+        undefined_values=int((~defined).sum()),
+    )
+
+
+def draw_intervals(values: np.ndarray) -> list[tuple[float | None, float | None]]:
+    """Each draw's own 95% interval over images, from a [draws, images] table."""
+    return [(row.ci95_low, row.ci95_high) for row in map(summarize, np.atleast_2d(values))]
 
 
 def summarize_all(values: dict[Metric, np.ndarray]) -> dict[Metric, Summary]:
-    """summarize() for each metric of a compare() result."""
+    """summarize() for each metric of a comparison."""
     return {metric: summarize(metric_values) for metric, metric_values in values.items()}
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(values.mean()) if len(values) else None
+
+
+def _satterthwaite(a: float, df_a: int, b: float, df_b: int) -> float:
+    """Degrees of freedom of a sum of two variance estimates with their own degrees of freedom."""
+    terms = [(value, df) for value, df in ((a, df_a), (b, df_b)) if value > 0 and df > 0]
+    if not terms:
+        return float(max(df_a, 1))
+    return sum(value for value, _ in terms) ** 2 / sum(value**2 / df for value, df in terms)

@@ -1,6 +1,6 @@
 """A plain-text summary of a report for terminals and logs: one table per test, one row per method."""
 
-from workers.engine.report import AuditReport, MethodResult, TestResult
+from workers.engine.report import AuditReport, MethodResult, TestResult, Verdict
 from workers.engine.settings import RandomizationTest
 
 
@@ -8,56 +8,79 @@ def _value(number: float | None) -> str:
     return "   -  " if number is None else f"{number:6.3f}"
 
 
+def _outcome(verdict: Verdict | None) -> str:
+    return "baseline" if verdict is None else verdict.outcome.value.upper()
+
+
+def _interval(verdict: Verdict | None) -> str:
+    if verdict is None or verdict.estimate.ci95_low is None:
+        return "         -      "
+    return f"[{verdict.estimate.ci95_low:6.3f}, {verdict.estimate.ci95_high:6.3f}]"
+
+
 def _test_table(
     report: AuditReport, test: RandomizationTest, rows: list[tuple[MethodResult, TestResult]]
 ) -> str:
     metric = report.settings.verdict.metric
-    top_down = [layer.name for layer in reversed(report.layers)]
-    what = "layers randomized from the top down to" if test is RandomizationTest.cascading else "only layer"
+    first = rows[0][1]
+    labels = [stage.randomized_layers[-1] if stage.randomized_layers else "" for stage in first.stages[1:]]
+    what = (
+        f"layers randomized {first.order.value.replace('_', '-')}, up to"
+        if test is RandomizationTest.cascading
+        else "only layer"
+    )
     width = max(len(method.name) for method, _ in rows)
-    header = f"{'method':<{width}}  trained " + " ".join(f"{name[:6]:>6}" for name in top_down)
+    header = f"{'method':<{width}}  trained " + " ".join(f"{name[:6]:>6}" for name in labels)
     lines = [
-        f"{test.value} randomization: mean {metric.value} vs trained maps (column: {what})",
-        header + "  cross-img   upper95  verdict",
+        f"{test.value} randomization, {first.draws} draw(s): mean {metric.value} vs trained maps "
+        f"(column: {what})",
+        header + "   curve  95% interval      outcome",
     ]
     for method, result in rows:
         stages = " ".join(_value(stage.similarity[metric].mean) for stage in result.stages)
-        floor = result.stages[result.verdict.stage].cross_image_floor[metric].mean
-        verdict = "pass" if result.verdict.passed else "FAIL"
-        upper = _value(result.verdict.upper_bound)
-        lines.append(f"{method.name:<{width}}  {stages}  {_value(floor)}    {upper}  {verdict}")
+        estimate = result.verdict.estimate.mean if result.verdict else None
+        lines.append(
+            f"{method.name:<{width}}  {stages}  {_value(estimate)}  {_interval(result.verdict)}  "
+            f"{_outcome(result.verdict)}"
+        )
     return "\n".join(lines)
 
 
-def _data_table(report: AuditReport) -> str:
+def _data_table(report: AuditReport, rows: list[tuple[MethodResult, TestResult]]) -> str:
     metric = report.settings.verdict.metric
     info = report.data_randomization
     lines = []
     if info is not None:
         for run in info.training:
             lines.append(
-                f"{run.role.replace('_', ' ')}: {run.epochs} epochs, {run.seconds:.1f} s, train accuracy "
-                f"{run.train_accuracy:.3f}, held-out accuracy {run.heldout_accuracy:.3f} "
+                f"{run.role.replace('_', ' ')} {run.index + 1}: {run.epochs} epochs, {run.seconds:.1f} s, "
+                f"train accuracy {run.train_accuracy:.3f}, held-out accuracy {run.heldout_accuracy:.3f} "
                 f"(most frequent class {run.chance_accuracy:.3f})"
             )
-    rows = [m for m in report.methods if m.data_randomization is not None]
-    width = max(len(m.name) for m in rows)
-    lines.append(f"data randomization: mean {metric.value} vs trained maps")
-    lines.append(f"{'method':<{width}}    twin  retrain  cross-img   upper95    limit  verdict")
-    for method in rows:
-        result = method.data_randomization
-        assert result is not None
+    width = max(len(method.name) for method, _ in rows)
+    lines.append(f"data randomization, {rows[0][1].draws} twin(s): mean {metric.value} vs trained maps")
+    lines.append(f"{'method':<{width}}    twin  retrain  cross-img  95% interval       limit  outcome")
+    for method, result in rows:
+        twins = result.stages[-1]
         floor = result.retrain_floor[metric].mean if result.retrain_floor is not None else None
-        cells = [
-            result.twin_similarity[metric].mean,
-            floor,
-            result.cross_image_floor[metric].mean,
-            result.verdict.upper_bound,
-            result.verdict.threshold,
-        ]
-        verdict = "pass" if result.verdict.passed else "FAIL"
-        lines.append(f"{method.name:<{width}}  " + "   ".join(_value(c) for c in cells) + f"  {verdict}")
+        limit = result.verdict.limit if result.verdict else None
+        cells = "   ".join(
+            _value(c) for c in (twins.similarity[metric].mean, floor, twins.cross_image_floor[metric].mean)
+        )
+        lines.append(
+            f"{method.name:<{width}}  {cells}  {_interval(result.verdict)}  {_value(limit)}  "
+            f"{_outcome(result.verdict)}"
+        )
     return "\n".join(lines)
+
+
+def _reasons(report: AuditReport) -> str:
+    lines = ["why:"]
+    for method in report.methods:
+        for result in method.tests:
+            if result.verdict is not None and result.verdict.outcome.value != "pass":
+                lines.append(f"  {method.name}, {result.test.value}: {result.verdict.reason}")
+    return "\n".join(lines) if len(lines) > 1 else "why: every judged method passed"
 
 
 def format_summary(report: AuditReport) -> str:
@@ -66,6 +89,10 @@ def format_summary(report: AuditReport) -> str:
         for result in method.tests:
             by_test.setdefault(result.test, []).append((method, result))
     rule = report.settings.verdict
+    tables = [
+        _data_table(report, rows) if test is RandomizationTest.data else _test_table(report, test, rows)
+        for test, rows in by_test.items()
+    ]
     parts = [
         f"model {report.model.filename} ({report.model.format}, sha256 {report.model.sha256[:12]}), "
         f"{report.probes.count} probes, {len(report.layers)} layers, device {report.device}, "
@@ -73,15 +100,11 @@ def format_summary(report: AuditReport) -> str:
         f"conversion check: max |logit diff| {report.conversion.max_abs_logit_diff:.2e} "
         f"vs {report.conversion.reference_runtime}",
         report.target_policy_note,
-        *[_test_table(report, test, rows) for test, rows in by_test.items()],
-        *([_data_table(report)] if report.data_randomization is not None else []),
-        f"verdict: pass when the upper 95% bound of mean {rule.metric.value} at the judged stage is below "
-        f"{rule.threshold} (cascading: all layers; independent: top layer alone); 'cross-img' is the same "
-        "metric between maps of different images at that stage"
-        + (
-            f"; data: below the limit, {rule.retrain_gap} under the retrain floor where a control exists"
-            if report.data_randomization is not None
-            else ""
-        ),
+        *tables,
+        f"outcome: PASS when the upper 95% bound (over images and draws) of the judged {rule.metric.value} "
+        f"is below {rule.threshold}, FAIL when its lower bound is not, INCONCLUSIVE otherwise. Parameter "
+        "tests judge the 'curve' (each image's mean over the randomized stages); the data test judges the "
+        f"twins, also {rule.retrain_gap} below the retrain floor. Baselines need no model: never judged.",
+        _reasons(report),
     ]
     return "\n\n".join(parts)

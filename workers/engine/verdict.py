@@ -1,62 +1,108 @@
-"""Pass or fail, per method and test, by the rule in ``VerdictRule`` (docs/decisions/0003)."""
+"""Pass, fail or inconclusive from a judged statistic and its limit (docs/decisions/0008).
 
-from workers.engine.report import MetricTable, Stage, Summary, Verdict
-from workers.engine.settings import RandomizationTest, VerdictRule
+Every test hands over the statistic it judges as a ``Summary`` over images and draws. The order of the
+questions matters: a map holding NaN or inf makes every number suspect, too few defined images make the
+interval meaningless, and when a quarter of the draws (at least one) lies clearly below the limit and
+another quarter clearly above it, by each draw's own interval, the verdict would depend on the draw.
+Only then does the interval speak: pass when it lies below the limit, fail when it lies at or above it.
+"""
+
+import math
+from dataclasses import dataclass
+
+from workers.engine.report import Summary, Verdict
+from workers.engine.settings import Outcome, VerdictRule
 
 FLOOR_MARGIN = 0.05  # a failing similarity this close to the cross-image floor gets an explanation
+DISAGREEING_SHARE = 0.25  # draws disagree when at least this share lies clearly on each side of the limit
 
 
-def judged_stage(test: RandomizationTest, stages: list[Stage]) -> Stage:
-    """Cascading: every layer randomized (the last stage). Independent: the top layer alone (stage 1).
-    Data: the random-label twin (the last stage)."""
-    return stages[1] if test is RandomizationTest.independent else stages[-1]
+@dataclass(frozen=True)
+class Judged:
+    """What a test judges: the statistic, what it means, and the context a reader needs."""
+
+    statistic: str  # e.g. "mean spearman_abs over the 5 randomized stages"
+    estimate: Summary
+    limit: float
+    limit_text: str
+    cross_image: float | None  # the same statistic between maps of different images
+    non_finite: dict[str, int]  # stage label -> maps holding NaN or inf
+    draw_intervals: list[tuple[float | None, float | None]]  # each draw's own 95% interval over images
+    unit: str = "draws"  # what varies between draws: re-initializations or twins
 
 
-def judge(
-    test: RandomizationTest,
-    stages: list[Stage],
-    rule: VerdictRule,
-    images: int,
-    retrain_floor: MetricTable | None = None,
-) -> Verdict:
-    """``retrain_floor`` (data test only): the similarity of two models trained on the true labels."""
-    stage = judged_stage(test, stages)
-    floor = retrain_floor[rule.metric].mean if retrain_floor is not None else None
-    limit, limit_text = rule.threshold, f"{rule.threshold}"
-    if floor is not None:
-        limit = min(rule.threshold, floor - rule.retrain_gap)
-        limit_text = f"{rule.threshold} and {rule.retrain_gap} below the retrain floor {floor:.3f}"
-    summary = stage.similarity[rule.metric]
-    upper = summary.ci95_high if summary.ci95_high is not None else summary.mean
-    if upper is None:
-        passed = stage.degenerate_maps == images and stages[0].degenerate_maps < images
-        explanation = (
-            "every map at this stage is constant: nothing of the trained maps survives randomization"
-            if passed
-            else "the similarity is undefined for every image (the trained maps are constant)"
-        )
-    else:
-        passed = upper < limit
-        explanation = _explain(passed, upper, limit, summary, stage.cross_image_floor[rule.metric])
+def decide(judged: Judged, rule: VerdictRule, similar_layers: list[str] | None = None) -> Verdict:
+    outcome, cause, reason = _outcome(judged, rule)
+    if similar_layers:
+        reason += f"; randomizing any one of {', '.join(similar_layers)} alone leaves the maps similar"
     return Verdict(
-        passed=passed,
-        rule=f"pass when the upper 95% confidence bound of mean {rule.metric.value} at stage "
-        f"{stage.index} ({stage.label}) is below {limit_text}",
+        outcome=outcome,
+        reason=reason,
+        cause=cause,
+        rule=f"pass when the upper 95% bound of the {judged.statistic} is below {judged.limit_text}; fail "
+        "when its lower bound is not; inconclusive otherwise",
         metric=rule.metric,
-        stage=stage.index,
-        stage_label=stage.label,
-        upper_bound=upper,
-        threshold=limit,
-        explanation=explanation,
+        statistic=judged.statistic,
+        estimate=judged.estimate,
+        limit=judged.limit,
+        similar_layers=similar_layers or [],
     )
 
 
-def _explain(passed: bool, upper: float, threshold: float, summary: Summary, floor: Summary) -> str:
-    text = f"upper bound {upper:.3f} is {'below' if passed else 'not below'} {threshold:.3g}"
-    if floor.mean is None:
-        return text
-    text += f"; maps of different images score {floor.mean:.3f} at this stage"
-    if not passed and summary.mean is not None and summary.mean - floor.mean < FLOOR_MARGIN:
+def inconclusive(judged: Judged, rule: VerdictRule, cause: str, reason: str) -> Verdict:
+    """A verdict the test's own preconditions rule out (e.g. a data test without power)."""
+    verdict = decide(judged, rule)
+    return verdict.model_copy(update={"outcome": Outcome.inconclusive, "cause": cause, "reason": reason})
+
+
+def _outcome(judged: Judged, rule: VerdictRule) -> tuple[Outcome, str | None, str]:
+    estimate, limit = judged.estimate, judged.limit
+    if judged.non_finite:
+        where = ", ".join(f"{count} at {stage}" for stage, count in judged.non_finite.items())
+        total = sum(judged.non_finite.values())
+        return Outcome.inconclusive, "non_finite_maps", f"{total} maps hold NaN or inf ({where})"
+    if estimate.n < rule.min_defined_images or estimate.mean is None:
+        return (
+            Outcome.inconclusive,
+            "too_few_images",
+            (
+                f"only {estimate.n} image(s) have a defined similarity ({estimate.n_undefined} have constant "
+                f"maps); at least {rule.min_defined_images} are needed"
+            ),
+        )
+    below = [i for i, (_, high) in enumerate(judged.draw_intervals) if high is not None and high < limit]
+    above = [i for i, (low, _) in enumerate(judged.draw_intervals) if low is not None and low >= limit]
+    if min(len(below), len(above)) >= max(1, math.ceil(DISAGREEING_SHARE * len(judged.draw_intervals))):
+        means = ", ".join(f"{m:.3f}" for m in estimate.draw_means if m is not None)
+        return (
+            Outcome.inconclusive,
+            "draws_disagree",
+            (
+                f"the {judged.unit} disagree: {len(below)} lie below {limit:.3g} and {len(above)} at or "
+                f"above it, each by its own interval (means {means})"
+            ),
+        )
+    low, high = estimate.ci95_low, estimate.ci95_high
+    if low is None or high is None:
+        return Outcome.inconclusive, "too_few_images", "no interval: one value cannot show its uncertainty"
+    interval = (
+        f"mean {estimate.mean:.3f}, 95% interval [{low:.3f}, {high:.3f}] over "
+        f"{estimate.n} images and {len(judged.draw_intervals)} {judged.unit}"
+    )
+    if high < limit:
+        return Outcome.passed, None, f"{interval} lies below {limit:.3g}" + _floor_text(judged, failed=False)
+    if low >= limit:
+        text = f"{interval} lies at or above {limit:.3g}" + _floor_text(judged, failed=True)
+        return Outcome.failed, None, text
+    return Outcome.inconclusive, "interval", f"{interval} contains {limit:.3g}"
+
+
+def _floor_text(judged: Judged, failed: bool) -> str:
+    floor, mean = judged.cross_image, judged.estimate.mean
+    if floor is None or mean is None:
+        return ""
+    text = f"; maps of different images score {floor:.3f}"
+    if failed and mean - floor < FLOOR_MARGIN:
         text += (
             ", so the similarity that remains is shared by all images (e.g. the border pattern of "
             "unpadded convolutions), not image content"

@@ -1,0 +1,116 @@
+"""One interface for every randomization test, in the manner of the methods: a class per test.
+
+A test says which models to compare the trained model with (per draw, a sequence of stages) and how to
+judge the comparisons; the engine computes the maps and the similarities. A test from the later
+literature (smooth MPRT, efficient MPRT) is one new subclass with a ``test`` name.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+from torch import nn
+
+from workers.engine.data_randomization import TwinPool
+from workers.engine.errors import AuditInputError
+from workers.engine.layers import Layer
+from workers.engine.randomization import StageModel
+from workers.engine.report import MetricTable, Stage, Verdict
+from workers.engine.settings import AuditSettings, Metric, RandomizationTest, VerdictRule
+from workers.engine.similarity import PreparedMaps
+
+_REGISTRY: dict[RandomizationTest, type["SanityCheck"]] = {}
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    model: nn.Module  # the trained model, never modified
+    layers: list[Layer]
+    settings: AuditSettings
+    pool: TwinPool | None = None  # data test: the random-label twins and true-label controls
+
+
+@dataclass
+class StageValues:
+    """One stage's per-image comparisons, stacked over draws: [draws, images] per metric."""
+
+    model: StageModel
+    similarity: dict[Metric, list[np.ndarray]] = field(default_factory=dict)
+    cross_image: dict[Metric, list[np.ndarray]] = field(default_factory=dict)
+    degenerate: int = 0
+    non_finite: int = 0
+
+    def add(
+        self, similarity: dict[Metric, np.ndarray], cross: dict[Metric, np.ndarray], maps: PreparedMaps
+    ) -> None:
+        for metric, values in similarity.items():
+            self.similarity.setdefault(metric, []).append(values)
+            self.cross_image.setdefault(metric, []).append(cross[metric])
+        self.degenerate += int((maps.invalid & ~maps.non_finite).sum())
+        self.non_finite += int(maps.non_finite.sum())
+
+    def table(self, metric: Metric, cross: bool = False) -> np.ndarray:
+        return np.stack((self.cross_image if cross else self.similarity)[metric])
+
+
+# maps of a model for the method under test, prepared; archived under a name and a draw index
+MapsOf = Callable[[nn.Module, str, int], PreparedMaps]
+
+
+class SanityCheck(ABC):
+    test: ClassVar[RandomizationTest]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "test" in cls.__dict__:
+            _REGISTRY[cls.test] = cls
+
+    def __init__(self, context: CheckContext) -> None:
+        self.context = context
+
+    @abstractmethod
+    def draws(self) -> int:
+        """How many independent draws of the randomized models the test averages over."""
+
+    def max_draws(self) -> int:
+        """How many draws an undecided verdict may grow to (docs/decisions/0008)."""
+        return max(self.draws(), self.context.settings.max_draws)
+
+    @abstractmethod
+    def stage_count(self) -> int:
+        """Stages per draw (for progress)."""
+
+    @abstractmethod
+    def stage_models(self, draw: int) -> Iterator[StageModel]:
+        """The models of one draw, in stage order; each is used before the next is asked for."""
+
+    @abstractmethod
+    def judge(self, trained: Stage, stages: list[StageValues], retrain_floor: MetricTable | None) -> Verdict:
+        """The verdict on the comparisons of every draw and stage with the trained maps."""
+
+    def reference_count(self, draws: int) -> int:
+        """Further models whose maps the test needs after ``draws`` draws (for progress)."""
+        return 0
+
+    def retrain_floor(self, trained: PreparedMaps, maps_of: MapsOf, draws: int) -> MetricTable | None:
+        """How similar maps of honestly retrained models are; only the data test has one."""
+        return None
+
+    @property
+    def rule(self) -> VerdictRule:
+        return self.context.settings.verdict
+
+
+def create_check(test: RandomizationTest, context: CheckContext) -> SanityCheck:
+    try:
+        return _REGISTRY[test](context)
+    except KeyError:
+        raise AuditInputError(f"no randomization test named {test.value!r}") from None
+
+
+def non_finite_by_stage(trained: Stage, stages: list[StageValues]) -> dict[str, int]:
+    counts = {trained.label: trained.non_finite_maps}
+    counts.update({stage.model.label: stage.non_finite for stage in stages})
+    return {label: count for label, count in counts.items() if count}

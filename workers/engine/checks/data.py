@@ -1,0 +1,94 @@
+"""The data randomization test: the trained model's maps against those of random-label twins.
+
+Every twin is a draw. The retrain floor is the similarity of models honestly trained on the true labels
+with other seeds: the trained model against each true-label control, and the controls with each other.
+A method passes when its twins' similarity lies below the threshold and ``retrain_gap`` below that floor.
+When the floor itself is within the gap of what maps of unrelated images score, no twin could pass by a
+margin that means anything: the test has no power and says so (docs/decisions/0008).
+"""
+
+from collections.abc import Iterator
+from itertools import combinations
+
+import numpy as np
+
+from workers.engine.checks.base import MapsOf, SanityCheck, StageValues, non_finite_by_stage
+from workers.engine.data_randomization import TwinPool
+from workers.engine.randomization import StageModel
+from workers.engine.report import MetricTable, Stage, Verdict
+from workers.engine.settings import RandomizationTest
+from workers.engine.similarity import PreparedMaps, compare_prepared
+from workers.engine.statistics import draw_intervals, summarize
+from workers.engine.verdict import Judged, decide, inconclusive
+
+TWIN_MAPS = "random_label_twin"
+CONTROL_MAPS = "true_label_control"
+
+
+class DataRandomization(SanityCheck):
+    """Draw ``k`` is twin ``k``; with trained twins, control ``k`` joins the retrain floor with it."""
+
+    test = RandomizationTest.data
+
+    @property
+    def pool(self) -> TwinPool:
+        assert self.context.pool is not None, "the data test needs its twins"
+        return self.context.pool
+
+    def draws(self) -> int:
+        return self.pool.initial
+
+    def max_draws(self) -> int:
+        return self.pool.limit
+
+    def stage_count(self) -> int:
+        return 1
+
+    def reference_count(self, draws: int) -> int:
+        client = self.pool.setup.client
+        return len(client.controls) if client is not None else draws
+
+    def stage_models(self, draw: int) -> Iterator[StageModel]:
+        yield StageModel(1, "random-label twins", [], self.pool.twin(draw), TWIN_MAPS)
+
+    def retrain_floor(self, trained: PreparedMaps, maps_of: MapsOf, draws: int) -> MetricTable | None:
+        controls = [maps_of(model, CONTROL_MAPS, k) for k, model in enumerate(self.pool.controls(draws))]
+        if not controls:
+            return None
+        pairs = [compare_prepared(trained, c) for c in controls]
+        pairs += [compare_prepared(a, b) for a, b in combinations(controls, 2)]
+        return {metric: summarize(np.stack([pair[metric] for pair in pairs])) for metric in pairs[0]}
+
+    def judge(self, trained: Stage, stages: list[StageValues], retrain_floor: MetricTable | None) -> Verdict:
+        rule, metric = self.rule, self.rule.metric
+        (twins,) = stages
+        cross = summarize(twins.table(metric, cross=True)).mean
+        floor = retrain_floor[metric].mean if retrain_floor is not None else None
+        limit, limit_text = (
+            rule.threshold,
+            f"{rule.threshold} (no true-label control measured the retrain floor)",
+        )
+        if floor is not None:
+            limit = min(rule.threshold, floor - rule.retrain_gap)
+            limit_text = f"{rule.threshold} and {rule.retrain_gap} below the retrain floor {floor:.3f}"
+        count = len(twins.similarity[metric])
+        judged = Judged(
+            statistic=f"mean {metric.value} between the trained model and its {count} random-label twin(s)",
+            estimate=summarize(twins.table(metric)),
+            draw_intervals=draw_intervals(twins.table(metric)),
+            limit=limit,
+            limit_text=limit_text,
+            cross_image=cross,
+            non_finite=non_finite_by_stage(trained, stages),
+            unit="twins",
+        )
+        if floor is not None and cross is not None and floor - cross < rule.retrain_gap:
+            return inconclusive(
+                judged,
+                rule,
+                "no_power",
+                f"no power: retrained models score {floor:.3f} and maps of different images {cross:.3f}, "
+                f"less than the gap {rule.retrain_gap} apart, so no twin could fall that far below the "
+                "retrain floor by losing image content alone",
+            )
+        return decide(judged, rule)
