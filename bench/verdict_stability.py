@@ -3,10 +3,11 @@
     python -m bench.verdict_stability digits [--data]          the tests' 'same'-padded digits CNN
     python -m bench.verdict_stability lenet PATH/mnist-lenet   the shared MNIST LeNet (ONNX)
 
-Default settings (3 draws, IG 50 steps, 50 noise samples); ``--data`` adds the data randomization test,
-with the engine training 3 random-label twins and 3 true-label controls per seed on the 1,500 training
-images. Prints a markdown table (method x test -> outcome and judged mean, per seed) and the wall time of
-each audit, and writes both as JSON to ``--out``. Results are written down in bench/RESULTS.md.
+Default settings (3 draws, more where undecided; IG 50 steps, 50 noise samples); ``--data`` adds the
+data randomization test, with the engine training 3 random-label twins and 3 true-label controls per seed
+(more where undecided) on ``--train-images`` of the 1,500 training images. Prints a markdown table
+(method x test -> outcome and judged mean, per seed) and the wall time of each audit, and writes both as
+JSON to ``--out``. Results are written down in bench/RESULTS.md.
 """
 
 import argparse
@@ -27,13 +28,13 @@ from workers.engine.settings import AuditSettings
 SEEDS = range(5)
 
 
-def _digits_inputs(folder: Path) -> tuple[Path, Path, Path]:
+def _digits_inputs(folder: Path, train_images: int) -> tuple[Path, Path, Path]:
     from tests.digits import digits_data, export_onnx, train_digits_cnn
 
     data = digits_data()
     export_onnx(train_digits_cnn(data), folder / "model.onnx", dynamo=False)
     np.savez(folder / "probes.npz", x=data.x_test[:48], y=data.y_test[:48])
-    np.savez(folder / "train.npz", x=data.x_train, y=data.y_train)
+    np.savez(folder / "train.npz", x=data.x_train[:train_images], y=data.y_train[:train_images])
     return folder / "model.onnx", folder / "probes.npz", folder / "train.npz"
 
 
@@ -58,12 +59,15 @@ def main() -> None:
         "path", type=Path, nargs="?", help="lenet: the folder of lenet_mnist.onnx, probes.npz"
     )
     parser.add_argument("--data", action="store_true", help="digits: add the data randomization test")
+    parser.add_argument(
+        "--train-images", type=int, default=1500, help="digits: training images for the twins (default 1500)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-stability"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         if args.model == "digits":
-            model, probes, train = _digits_inputs(Path(folder))
+            model, probes, train = _digits_inputs(Path(folder), args.train_images)
         else:
             model, probes, train = args.path / "lenet_mnist.onnx", args.path / "probes.npz", None
         data = DataTestInputs(training_data=train) if args.data and train is not None else None

@@ -21,6 +21,7 @@ from service.app import create_app
 from tests.conftest import TrainedDigits
 from tests.services import free_port
 from workers.config import Settings
+from workers.requests import AuditRequest
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -226,6 +227,25 @@ def test_invalid_settings_are_refused_with_the_field_named(
     _problem(
         client.post("/v1/audits", content=b"{", headers={"Content-Type": "application/json"}), 422, "JSON"
     )
+
+
+def test_a_model_counted_twice_in_the_data_test_is_refused(
+    client: TestClient, uploaded: dict[str, str]
+) -> None:
+    data = {"settings": {"tests": ["data"]}}
+    twice = uploaded | data | {"twins": [uploaded["model"]]}  # the audited model as its own twin
+    _problem(client.post("/v1/audits", json=twice), 422, "must be different artifacts")
+    many = uploaded | data | {"twins": [f"{k:064x}" for k in range(31)]}
+    _problem(client.post("/v1/audits", json=many), 422, "twins")
+
+
+def test_a_request_stored_with_one_twin_and_control_still_reads() -> None:
+    """Job rows written before twins and controls became lists name one of each, or null."""
+    base = {"model": "a" * 64, "probes": "b" * 64, "settings": {"tests": ["data"]}}
+    old = AuditRequest.model_validate(base | {"twin": "c" * 64, "control": "d" * 64, "training_data": None})
+    assert (old.twins, old.controls) == (["c" * 64], ["d" * 64])
+    trained = AuditRequest.model_validate(base | {"twin": None, "control": None, "training_data": "e" * 64})
+    assert (trained.twins, trained.controls, trained.training_data) == ([], [], "e" * 64)
 
 
 def test_probes_that_do_not_fit_the_preprocessing_are_refused_at_submit(

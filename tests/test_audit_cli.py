@@ -148,9 +148,10 @@ def test_archive_holds_every_map_with_a_manifest(paper_audit: tuple[Path, str]) 
 
 def test_summary_table_shows_draws_outcomes_and_reasons(paper_audit: tuple[Path, str]) -> None:
     _, stdout = paper_audit
-    assert "cascading randomization, 3 draw(s): mean spearman_abs" in stdout
+    assert "cascading randomization: mean spearman_abs vs trained maps over images and draws" in stdout
     rows = {line.split()[0]: line for line in stdout.splitlines() if line.strip()}
     assert rows["gradient_x_input"].endswith("FAIL") and rows["gradient"].endswith("PASS")
+    assert rows["gradient"].split()[1] in ("3", "6", "9")  # each row says how many draws it took
     assert rows["edge_detector"].endswith("baseline")
     assert "why:" in stdout and "gradient_x_input, cascading: mean 0.9" in stdout
 

@@ -21,7 +21,8 @@ from workers.engine.data_randomization import (
     load_training_set,
 )
 from workers.engine.errors import AuditInputError, ProbeError
-from workers.engine.report import AuditReport, TestResult
+from workers.engine.report import AuditReport
+from workers.engine.report import TestResult as ReportedTest
 from workers.engine.settings import AuditSettings, Outcome, Preprocessing
 
 DATA_ONLY = ("--tests", "data", "--methods", "gradient,gradient_x_input", "--quiet")
@@ -42,7 +43,8 @@ def trained_twin_audit(
 ) -> Path:
     out = tmp_path_factory.mktemp("twin-audit")
     args = [str(trained_digits.onnx_dynamo), str(trained_digits.probes), "--train-data", str(training_data)]
-    assert main(["run", *args, "--out", str(out), "--train-models", "2", *DATA_ONLY]) == 0
+    two_of_each = ["--train-models", "2", "--max-train-models", "2"]  # a fixed pool: counts are known
+    assert main(["run", *args, "--out", str(out), *two_of_each, *DATA_ONLY]) == 0
     return out
 
 
@@ -50,7 +52,7 @@ def _report(out: Path) -> AuditReport:
     return AuditReport.model_validate_json((out / "report.json").read_text())
 
 
-def _data_result(report: AuditReport, method: str) -> TestResult:
+def _data_result(report: AuditReport, method: str) -> ReportedTest:
     return next(t for m in report.methods if m.name == method for t in m.tests if t.test.value == "data")
 
 

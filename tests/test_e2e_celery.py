@@ -57,7 +57,7 @@ def deployment(
 
 def _slow_body(d: Deployment) -> dict:
     """An audit that trains a random-label twin first: tens of seconds, cancellable every epoch."""
-    settings = {"methods": ["gradient"], "tests": ["data"], "training": {"models": 1}}
+    settings = {"methods": ["gradient"], "tests": ["data"], "training": {"models": 1, "max_models": 1}}
     return {"model": d.model, "probes": d.probes, "training_data": d.training_data, "settings": settings}
 
 

@@ -49,7 +49,11 @@ def test_a_job_running_when_the_embedded_service_was_killed_completes_after_a_re
             "probes": upload(client, "/v1/probe-sets", trained_digits.probes.read_bytes()),
             "training_data": upload(client, "/v1/training-sets", training),
             # trains a twin and a control: tens of seconds
-            "settings": {"methods": ["gradient"], "tests": ["data"], "training": {"models": 1}},
+            "settings": {
+                "methods": ["gradient"],
+                "tests": ["data"],
+                "training": {"models": 1, "max_models": 1},
+            },
         }
         location = submit(client, body)
         poll(client, location, {"running"})

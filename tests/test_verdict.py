@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from workers.engine.checks import CheckContext, StageValues, create_check
+from workers.engine.checks import CheckContext, RetrainFloor, StageValues, create_check
 from workers.engine.layers import Layer
 from workers.engine.randomization import StageModel
 from workers.engine.report import Stage
@@ -30,7 +30,7 @@ def _maps(count: int = IMAGES, non_finite: int = 0):  # type: ignore[no-untyped-
 
 def _stage(index: int, table: np.ndarray, cross: float = 0.1, non_finite: int = 0) -> StageValues:
     layer = LAYERS[-index]
-    values = StageValues(StageModel(index, f"{layer.name} only", [layer], nn.Identity(), f"{index:02d}"))
+    values = StageValues.of(StageModel(index, f"{layer.name} only", [layer], nn.Identity(), f"{index:02d}"))
     for draw, row in enumerate(table):
         similarity = {metric: row.copy() for metric in Metric}
         floor = {metric: np.full(len(row), cross) for metric in Metric}
@@ -130,8 +130,8 @@ def test_an_undefined_stage_is_left_out_of_the_curve_not_counted_as_a_pass() -> 
     assert verdict.estimate.mean == pytest.approx(0.8, abs=0.03)
 
 
-def _floor(mean: float) -> dict[Metric, object]:
-    return summarize_all({metric: _table(mean, seed=9) for metric in Metric})
+def _floor(mean: float, non_finite: int = 0) -> RetrainFloor:
+    return RetrainFloor(summarize_all({metric: _table(mean, seed=9) for metric in Metric}), non_finite)
 
 
 def test_data_test_needs_the_twins_below_the_retrain_floor_by_the_gap() -> None:
@@ -148,6 +148,15 @@ def test_data_test_without_power_is_inconclusive_never_an_impossible_limit() -> 
     twins = [_stage(1, _table(0.05), cross=0.1)]
     verdict = _judge(RandomizationTest.data, twins, retrain_floor=_floor(0.15))
     assert verdict.outcome is Outcome.inconclusive and "no power" in verdict.reason
+    assert verdict.cause == "no_power"
+
+
+def test_non_finite_control_maps_make_the_data_test_inconclusive() -> None:
+    twins = [_stage(1, _table(0.25), cross=0.05)]
+    verdict = _judge(RandomizationTest.data, twins, retrain_floor=_floor(0.75, non_finite=4))
+    assert verdict.cause == "non_finite_maps" and "4 at true-label controls" in verdict.reason
+    nan_twins = [_stage(1, _table(0.05), cross=0.1, non_finite=2)]  # and no power: the NaN is named
+    assert _judge(RandomizationTest.data, nan_twins, retrain_floor=_floor(0.15)).cause == "non_finite_maps"
 
 
 def test_the_interval_covers_the_spread_between_draws() -> None:

@@ -111,10 +111,10 @@ def test_the_data_test_answers_on_a_padded_cnn(data_sweep: list) -> None:
     result = next(t for m in data_sweep[0].methods if m.name == "gradient" for t in m.tests)
     assert result.draws in (3, 6, 9) and len(result.verdict.estimate.draw_means) == result.draws
     assert result.retrain_floor["spearman_abs"].mean > result.stages[-1].similarity["spearman_abs"].mean
+    pool = max(t.draws for m in data_sweep[0].methods for t in m.tests)  # grown for undecided methods
+    assert pool in (3, 6, 9)
     roles = [(run.role, run.index) for run in data_sweep[0].data_randomization.training]
-    assert sorted(roles) == [
-        (role, k) for role in ("random_label_twin", "true_label_control") for k in range(3)
-    ]
+    assert roles == [(role, k) for role in ("random_label_twin", "true_label_control") for k in range(pool)]
 
 
 def test_the_unpadded_border_pattern_fails_gradient_and_says_why(unpadded_sweep: list) -> None:

@@ -153,6 +153,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"twins trained, and as many controls (default: {recipe['models'].default})",
     )
     data.add_argument(
+        "--max-train-models",
+        type=int,
+        help="an undecided data test trains more, up to this many of each "
+        f"(default: {recipe['max_models'].default})",
+    )
+    data.add_argument(
         "--holdout-fraction",
         type=float,
         help=f"share held out to test accuracy (default: {recipe['holdout_fraction'].default})",
@@ -234,6 +240,7 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "memorize_accuracy": args.memorize_accuracy,
         "holdout_fraction": args.holdout_fraction,
         "models": args.train_models,
+        "max_models": args.max_train_models,
     }
     tests_chosen = args.tests is not None or (from_file is not None and "tests" in from_file.model_fields_set)
     if not tests_chosen and (args.twin or args.train_data):

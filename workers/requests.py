@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workers.engine.settings import AuditSettings, RandomizationTest
 
+MAX_CLIENT_MODELS = 30  # twins, and controls, a client may send: each is a model on the worker's device
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of an uploaded artifact")]
 
 
@@ -28,11 +29,28 @@ class AuditRequest(BaseModel):
     probes: Sha256 = Field(description="Probe images (an artifact uploaded to /v1/probe-sets).")
     settings: AuditSettings = Field(default_factory=AuditSettings)
     twins: list[Sha256] = Field(
-        default_factory=list, description="Data test: random-label twins (model artifacts), any number."
+        default_factory=list,
+        max_length=MAX_CLIENT_MODELS,
+        description="Data test: random-label twins (model artifacts), each a different file.",
     )
     controls: list[Sha256] = Field(
-        default_factory=list, description="Data test, with twins: true-label control models, any number."
+        default_factory=list,
+        max_length=MAX_CLIENT_MODELS,
+        description="Data test, with twins: true-label control models, each a different file.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_twin_and_control(cls, data: object) -> object:
+        """Requests stored before lists were accepted name one ``twin`` and one ``control``."""
+        if isinstance(data, dict) and ("twin" in data or "control" in data):
+            data = dict(data)
+            for old, new in (("twin", "twins"), ("control", "controls")):
+                value = data.pop(old, None)
+                if value is not None:
+                    data[new] = [*data.get(new, []), value]
+        return data
+
     training_data: Sha256 | None = Field(
         None, description="Data test: a training set (/v1/training-sets) to train the twin and control."
     )
@@ -50,6 +68,9 @@ class AuditRequest(BaseModel):
             raise ValueError("give either twins or training_data, not both")
         if self.controls and not self.twins:
             raise ValueError("controls go with twins; with training_data the engine trains the controls")
+        models = [self.model, *self.twins, *self.controls]
+        if len(set(models)) < len(models):
+            raise ValueError("the model, the twins and the controls must be different artifacts")
         return self
 
     @property

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from workers.engine.archive import MapArchive
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
-from workers.engine.checks import CheckContext, SanityCheck, StageValues, create_check
+from workers.engine.checks import CheckContext, RetrainFloor, SanityCheck, StageValues, create_check
 from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinPool
 from workers.engine.errors import AuditCancelled, AuditInputError, MethodUnsupportedError
 from workers.engine.layers import Layer, gradcam_default_layer, layers_in_forward_order
@@ -136,6 +136,7 @@ def run_audit(
             x,
             classes,
             lambda other: _check_methods(methods, other, x),
+            loaded.artifact.sha256,
         )
         if data_inputs is not None
         else None
@@ -415,13 +416,15 @@ def _run_check(
     """Every draw's stages against the trained maps; the test judges the whole table."""
     test = check.test.value
 
-    def maps_of(model: nn.Module, name: str, draw: int) -> PreparedMaps:
+    def maps_of(model: nn.Module, name: str, draw: int, **about: object) -> PreparedMaps:
+        """``about``: what the manifest says of the array beyond method, test and draw (the stage)."""
         if run.should_cancel():
             raise AuditCancelled
         maps = _maps(run, method, model, noise_seed) if method.uses_model else trained_maps
         if draw == 0 or run.settings.archive_all_draws:
             folder = f"maps/{method.name}/{test}" + (f"/draw-{draw}" if draw else "")
-            run.archive.add_array(f"{folder}/{name}.npy", maps, method=method.name, test=test, draw=draw)
+            path = f"{folder}/{name}.npy"
+            run.archive.add_array(path, maps, method=method.name, test=test, draw=draw, **about)
         return prepare(maps) if method.uses_model else trained
 
     stages: dict[int, StageValues] = {}
@@ -429,8 +432,9 @@ def _run_check(
     def add_draws(first: int, last: int) -> None:
         for draw in range(first, last):
             for stage_model in check.stage_models(draw):
-                prepared = maps_of(stage_model.model, stage_model.archive_name, draw)
-                values = stages.setdefault(stage_model.index, StageValues(stage_model))
+                about = {"stage": stage_model.index, "label": stage_model.label}
+                prepared = maps_of(stage_model.model, stage_model.archive_name, draw, **about)
+                values = stages.setdefault(stage_model.index, StageValues.of(stage_model))
                 similarity = compare_prepared(trained, prepared)
                 values.add(similarity, compare_prepared(trained, prepared[run.partners]), prepared)
                 run.report_progress(f"{method.name}: {test} {stage_model.label}, draw {draw + 1}")
@@ -461,7 +465,7 @@ def _run_check(
         order=run.settings.order if check.test is not RandomizationTest.data else None,
         draws=draws,
         stages=[trained_stage, *(_summarized(stages[index]) for index in sorted(stages))],
-        retrain_floor=retrain_floor,
+        retrain_floor=retrain_floor.similarity if retrain_floor is not None else None,
         verdict=verdict,
     )
 
@@ -471,7 +475,7 @@ def _judge(
     method: SaliencyMethod,
     trained_stage: Stage,
     stages: dict[int, StageValues],
-    retrain_floor: MetricTable | None,
+    retrain_floor: RetrainFloor | None,
 ) -> Verdict | None:
     """Baselines need no model: they are compared, never judged."""
     if not method.uses_model:
@@ -481,9 +485,9 @@ def _judge(
 
 def _summarized(values: StageValues) -> Stage:
     return Stage(
-        index=values.model.index,
-        label=values.model.label,
-        randomized_layers=[layer.name for layer in values.model.randomized],
+        index=values.index,
+        label=values.label,
+        randomized_layers=[layer.name for layer in values.randomized],
         similarity={metric: summarize(np.stack(tables)) for metric, tables in values.similarity.items()},
         cross_image_floor={metric: summarize(np.stack(t)) for metric, t in values.cross_image.items()},
         degenerate_maps=values.degenerate,

@@ -40,6 +40,7 @@ MIN_TRAINING_IMAGES = 50
 MIN_FIT_IMAGES = 40
 MIN_HELDOUT_IMAGES = 10
 ARCHIVE_FOLDER = "models"
+TRAINING_SEED_TAG = 0x7A1D  # keeps training seeds apart from the layers' re-initialization seeds
 
 
 class TrainingBudgetExceeded(AuditInputError):
@@ -126,7 +127,7 @@ def train_models(
             ("random_label_twin", labels[train][torch.from_numpy(permutation).to(device)]),
             ("true_label_control", labels[train]),
         )
-        seeds = np.random.SeedSequence([settings.seed, k]).generate_state(2)
+        seeds = np.random.SeedSequence([settings.seed, TRAINING_SEED_TAG, k]).generate_state(2)
         for (role, fit_labels), seed in zip(roles, seeds, strict=True):
             name = f"{role.replace('_', ' ')} {k + 1}"
             trained[role].append(
@@ -410,6 +411,7 @@ class DataSetup:
         x: Tensor,
         classes: int,
         check_methods: Callable[[nn.Module], None],
+        audited_sha256: str,
     ) -> "DataSetup":
         """``x`` is ``probes.x`` on the audit's device; ``classes`` the audited model's class count."""
         setup = cls(settings, architecture, layers, x, x.device)
@@ -429,6 +431,12 @@ class DataSetup:
             return setup
         twins = [setup._client_model(path, probes, classes, check_methods) for path in inputs.twins]
         controls = [setup._client_model(path, probes, classes, check_methods) for path in inputs.controls]
+        digests = [audited_sha256] + [artifact.sha256 for _, artifact, _ in (*twins, *controls)]
+        if len(set(digests)) < len(digests):
+            raise AuditInputError(
+                "the audited model, the twins and the controls must be different files: a model counted "
+                "twice would hide the spread between models that the verdict rests on"
+            )
         info = DataRandomizationInfo(
             source="client",
             twins=[artifact for _, artifact, _ in twins],

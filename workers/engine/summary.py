@@ -30,9 +30,9 @@ def _test_table(
         else "only layer"
     )
     width = max(len(method.name) for method, _ in rows)
-    header = f"{'method':<{width}}  trained " + " ".join(f"{name[:6]:>6}" for name in labels)
+    header = f"{'method':<{width}}  draws  trained " + " ".join(f"{name[:6]:>6}" for name in labels)
     lines = [
-        f"{test.value} randomization, {first.draws} draw(s): mean {metric.value} vs trained maps "
+        f"{test.value} randomization: mean {metric.value} vs trained maps over images and draws "
         f"(column: {what})",
         header + "   curve  95% interval      outcome",
     ]
@@ -40,8 +40,8 @@ def _test_table(
         stages = " ".join(_value(stage.similarity[metric].mean) for stage in result.stages)
         estimate = result.verdict.estimate.mean if result.verdict else None
         lines.append(
-            f"{method.name:<{width}}  {stages}  {_value(estimate)}  {_interval(result.verdict)}  "
-            f"{_outcome(result.verdict)}"
+            f"{method.name:<{width}}  {result.draws:>5}  {stages}  {_value(estimate)}  "
+            f"{_interval(result.verdict)}  {_outcome(result.verdict)}"
         )
     return "\n".join(lines)
 
@@ -58,8 +58,8 @@ def _data_table(report: AuditReport, rows: list[tuple[MethodResult, TestResult]]
                 f"(most frequent class {run.chance_accuracy:.3f})"
             )
     width = max(len(method.name) for method, _ in rows)
-    lines.append(f"data randomization, {rows[0][1].draws} twin(s): mean {metric.value} vs trained maps")
-    lines.append(f"{'method':<{width}}    twin  retrain  cross-img  95% interval       limit  outcome")
+    lines.append(f"data randomization: mean {metric.value} vs trained maps over images and twins")
+    lines.append(f"{'method':<{width}}  twins    twin  retrain  cross-img  95% interval       limit  outcome")
     for method, result in rows:
         twins = result.stages[-1]
         floor = result.retrain_floor[metric].mean if result.retrain_floor is not None else None
@@ -68,8 +68,8 @@ def _data_table(report: AuditReport, rows: list[tuple[MethodResult, TestResult]]
             _value(c) for c in (twins.similarity[metric].mean, floor, twins.cross_image_floor[metric].mean)
         )
         lines.append(
-            f"{method.name:<{width}}  {cells}  {_interval(result.verdict)}  {_value(limit)}  "
-            f"{_outcome(result.verdict)}"
+            f"{method.name:<{width}}  {result.draws:>5}  {cells}  {_interval(result.verdict)}  "
+            f"{_value(limit)}  {_outcome(result.verdict)}"
         )
     return "\n".join(lines)
 

@@ -34,9 +34,12 @@ class CheckContext:
 
 @dataclass
 class StageValues:
-    """One stage's per-image comparisons, stacked over draws: [draws, images] per metric."""
+    """One stage's per-image comparisons, stacked over draws: [draws, images] per metric. It keeps the
+    stage's description, never its model: a check holds every stage's values until it is judged."""
 
-    model: StageModel
+    index: int
+    label: str
+    randomized: list[Layer]
     similarity: dict[Metric, list[np.ndarray]] = field(default_factory=dict)
     cross_image: dict[Metric, list[np.ndarray]] = field(default_factory=dict)
     degenerate: int = 0
@@ -51,8 +54,20 @@ class StageValues:
         self.degenerate += int((maps.invalid & ~maps.non_finite).sum())
         self.non_finite += int(maps.non_finite.sum())
 
+    @classmethod
+    def of(cls, stage: StageModel) -> "StageValues":
+        return cls(stage.index, stage.label, stage.randomized)
+
     def table(self, metric: Metric, cross: bool = False) -> np.ndarray:
         return np.stack((self.cross_image if cross else self.similarity)[metric])
+
+
+@dataclass(frozen=True)
+class RetrainFloor:
+    """Similarity between honestly trained models, and how many of their maps held NaN or inf."""
+
+    similarity: MetricTable
+    non_finite_maps: int
 
 
 # maps of a model for the method under test, prepared; archived under a name and a draw index
@@ -87,14 +102,16 @@ class SanityCheck(ABC):
         """The models of one draw, in stage order; each is used before the next is asked for."""
 
     @abstractmethod
-    def judge(self, trained: Stage, stages: list[StageValues], retrain_floor: MetricTable | None) -> Verdict:
+    def judge(
+        self, trained: Stage, stages: list[StageValues], retrain_floor: "RetrainFloor | None"
+    ) -> Verdict:
         """The verdict on the comparisons of every draw and stage with the trained maps."""
 
     def reference_count(self, draws: int) -> int:
         """Further models whose maps the test needs after ``draws`` draws (for progress)."""
         return 0
 
-    def retrain_floor(self, trained: PreparedMaps, maps_of: MapsOf, draws: int) -> MetricTable | None:
+    def retrain_floor(self, trained: PreparedMaps, maps_of: MapsOf, draws: int) -> "RetrainFloor | None":
         """How similar maps of honestly retrained models are; only the data test has one."""
         return None
 
@@ -112,5 +129,5 @@ def create_check(test: RandomizationTest, context: CheckContext) -> SanityCheck:
 
 def non_finite_by_stage(trained: Stage, stages: list[StageValues]) -> dict[str, int]:
     counts = {trained.label: trained.non_finite_maps}
-    counts.update({stage.model.label: stage.non_finite for stage in stages})
+    counts.update({stage.label: stage.non_finite for stage in stages})
     return {label: count for label, count in counts.items() if count}

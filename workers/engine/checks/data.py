@@ -12,10 +12,10 @@ from itertools import combinations
 
 import numpy as np
 
-from workers.engine.checks.base import MapsOf, SanityCheck, StageValues, non_finite_by_stage
+from workers.engine.checks.base import MapsOf, RetrainFloor, SanityCheck, StageValues, non_finite_by_stage
 from workers.engine.data_randomization import TwinPool
 from workers.engine.randomization import StageModel
-from workers.engine.report import MetricTable, Stage, Verdict
+from workers.engine.report import Stage, Verdict
 from workers.engine.settings import RandomizationTest
 from workers.engine.similarity import PreparedMaps, compare_prepared
 from workers.engine.statistics import draw_intervals, summarize
@@ -51,19 +51,23 @@ class DataRandomization(SanityCheck):
     def stage_models(self, draw: int) -> Iterator[StageModel]:
         yield StageModel(1, "random-label twins", [], self.pool.twin(draw), TWIN_MAPS)
 
-    def retrain_floor(self, trained: PreparedMaps, maps_of: MapsOf, draws: int) -> MetricTable | None:
+    def retrain_floor(self, trained: PreparedMaps, maps_of: MapsOf, draws: int) -> RetrainFloor | None:
         controls = [maps_of(model, CONTROL_MAPS, k) for k, model in enumerate(self.pool.controls(draws))]
         if not controls:
             return None
         pairs = [compare_prepared(trained, c) for c in controls]
         pairs += [compare_prepared(a, b) for a, b in combinations(controls, 2)]
-        return {metric: summarize(np.stack([pair[metric] for pair in pairs])) for metric in pairs[0]}
+        similarity = {metric: summarize(np.stack([pair[metric] for pair in pairs])) for metric in pairs[0]}
+        return RetrainFloor(similarity, sum(int(c.non_finite.sum()) for c in controls))
 
-    def judge(self, trained: Stage, stages: list[StageValues], retrain_floor: MetricTable | None) -> Verdict:
+    def judge(self, trained: Stage, stages: list[StageValues], retrain_floor: RetrainFloor | None) -> Verdict:
         rule, metric = self.rule, self.rule.metric
         (twins,) = stages
         cross = summarize(twins.table(metric, cross=True)).mean
-        floor = retrain_floor[metric].mean if retrain_floor is not None else None
+        floor = retrain_floor.similarity[metric].mean if retrain_floor is not None else None
+        non_finite = non_finite_by_stage(trained, stages)
+        if retrain_floor is not None and retrain_floor.non_finite_maps:
+            non_finite["true-label controls"] = retrain_floor.non_finite_maps
         limit, limit_text = (
             rule.threshold,
             f"{rule.threshold} (no true-label control measured the retrain floor)",
@@ -79,9 +83,12 @@ class DataRandomization(SanityCheck):
             limit=limit,
             limit_text=limit_text,
             cross_image=cross,
-            non_finite=non_finite_by_stage(trained, stages),
+            non_finite=non_finite,
             unit="twins",
         )
+        verdict = decide(judged, rule)
+        if verdict.cause in ("non_finite_maps", "too_few_images"):
+            return verdict
         if floor is not None and cross is not None and floor - cross < rule.retrain_gap:
             return inconclusive(
                 judged,
@@ -91,4 +98,4 @@ class DataRandomization(SanityCheck):
                 f"less than the gap {rule.retrain_gap} apart, so no twin could fall that far below the "
                 "retrain floor by losing image content alone",
             )
-        return decide(judged, rule)
+        return verdict

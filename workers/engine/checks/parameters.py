@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from workers.engine.checks.base import SanityCheck, StageValues, non_finite_by_stage
+from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, non_finite_by_stage
 from workers.engine.randomization import StageModel, randomized_stages
-from workers.engine.report import MetricTable, Stage, Verdict
+from workers.engine.report import Stage, Verdict
 from workers.engine.settings import RandomizationTest
 from workers.engine.statistics import draw_intervals, summarize
 from workers.engine.verdict import Judged, decide
@@ -39,7 +39,7 @@ class _ParameterCheck(SanityCheck):
         context = self.context
         return randomized_stages(context.model, context.layers, self.cumulative, context.settings, draw)
 
-    def judge(self, trained: Stage, stages: list[StageValues], retrain_floor: MetricTable | None) -> Verdict:
+    def judge(self, trained: Stage, stages: list[StageValues], retrain_floor: RetrainFloor | None) -> Verdict:
         metric = self.rule.metric
         curve = curve_mean([stage.table(metric) for stage in stages])
         estimate = summarize(curve)
@@ -75,5 +75,5 @@ class Independent(_ParameterCheck):
         for stage in stages:
             low = summarize(stage.table(self.rule.metric)).ci95_low
             if low is not None and low >= self.rule.threshold:
-                similar.extend(layer.name for layer in stage.model.randomized)
+                similar.extend(layer.name for layer in stage.randomized)
         return similar
