@@ -382,7 +382,7 @@ def _audit_method(run: _Run, method: SaliencyMethod) -> MethodResult:
         randomized_layers=[],
         similarity=summarize_all(compare_prepared(trained, trained)),
         cross_image_floor=summarize_all(compare_prepared(trained, trained[run.partners])),
-        degenerate_maps=int((trained.invalid & ~trained.non_finite).sum()),
+        degenerate_maps=int(trained.constant.sum()),
         non_finite_maps=int(trained.non_finite.sum()),
     )
     tests = [

@@ -88,6 +88,11 @@ class PreparedMaps:
     def __len__(self) -> int:
         return len(self.invalid)
 
+    @property
+    def constant(self) -> np.ndarray:
+        """(N,) maps that are constant (degenerate, but finite): the all-zero GradCAM."""
+        return self.invalid & ~self.non_finite
+
     def __getitem__(self, images: np.ndarray) -> "PreparedMaps":
         """The same quantities for a reordering or subset of the images."""
         return PreparedMaps(**{f.name: getattr(self, f.name)[images] for f in fields(self)})

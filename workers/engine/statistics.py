@@ -31,13 +31,12 @@ def summarize(values: np.ndarray) -> Summary:
     defined = np.isfinite(table)
     images_defined = defined.any(axis=0)
     n = int(images_defined.sum())
-    draw_means = [_mean(row[ok]) for row, ok in zip(table, defined, strict=True)]
+    by_draw = defined_mean(table, axis=1)
+    draw_means = [None if np.isnan(m) else float(m) for m in by_draw]
     mean = _mean(table[defined])
     std_images = std_draws = low = high = None
     if n >= 2:
-        image_means = np.array(
-            [_mean(col[ok]) for col, ok in zip(table.T, defined.T, strict=True) if ok.any()]
-        )
+        image_means = defined_mean(table, axis=0)[images_defined]
         std_images = float(image_means.std(ddof=1))
         present = [m for m in draw_means if m is not None]
         image_term = std_images**2 / n
@@ -60,6 +59,14 @@ def summarize(values: np.ndarray) -> Summary:
         n_undefined=len(images_defined) - n,
         undefined_values=int((~defined).sum()),
     )
+
+
+def defined_mean(values: np.ndarray, axis: int) -> np.ndarray:
+    """Mean along ``axis`` of the finite values only; NaN where a slice has none (and no warning)."""
+    defined = np.isfinite(values)
+    counts = defined.sum(axis=axis)
+    totals = np.where(defined, values, 0.0).sum(axis=axis)
+    return np.divide(totals, counts, out=np.full(counts.shape, np.nan), where=counts > 0)
 
 
 def draw_intervals(values: np.ndarray) -> list[tuple[float | None, float | None]]:

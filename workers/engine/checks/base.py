@@ -51,7 +51,7 @@ class StageValues:
         for metric, values in similarity.items():
             self.similarity.setdefault(metric, []).append(values)
             self.cross_image.setdefault(metric, []).append(cross[metric])
-        self.degenerate += int((maps.invalid & ~maps.non_finite).sum())
+        self.degenerate += int(maps.constant.sum())
         self.non_finite += int(maps.non_finite.sum())
 
     @classmethod

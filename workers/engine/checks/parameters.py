@@ -13,17 +13,13 @@ from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, n
 from workers.engine.randomization import StageModel, randomized_stages
 from workers.engine.report import Stage, Verdict
 from workers.engine.settings import RandomizationTest
-from workers.engine.statistics import draw_intervals, summarize
+from workers.engine.statistics import defined_mean, draw_intervals, summarize
 from workers.engine.verdict import Judged, decide
 
 
 def curve_mean(tables: list[np.ndarray]) -> np.ndarray:
     """[draws, images]: each image's mean over the stages where its similarity is defined."""
-    stacked = np.stack(tables)  # [stages, draws, images]
-    defined = np.isfinite(stacked)
-    counts = defined.sum(axis=0)
-    totals = np.where(defined, stacked, 0.0).sum(axis=0)
-    return np.divide(totals, counts, out=np.full(counts.shape, np.nan), where=counts > 0)
+    return defined_mean(np.stack(tables), axis=0)  # [stages, draws, images] -> [draws, images]
 
 
 class _ParameterCheck(SanityCheck):
