@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
+from tests.architectures import converted
 from workers.engine.errors import AuditInputError, MethodUnsupportedError
+from workers.engine.gradcam_target import choose_target
 from workers.engine.methods import MethodContext, available_methods, create_method
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.settings import METHOD_NAMES, AuditSettings
@@ -45,8 +47,10 @@ class StridedCNN(nn.Module):
         return self.fc(self.relu(self.conv(x)).flatten(1))
 
 
-def _method(name: str, **settings: object):  # type: ignore[no-untyped-def]
-    return create_method(name, MethodContext(AuditSettings(**settings), gradcam_layer="conv"))
+def _method(name: str, model: nn.Module | None = None, **settings: object):  # type: ignore[no-untyped-def]
+    """``name`` set up for ``model`` (a converted graph) where the method reads a layer."""
+    gradcam = choose_target(model, torch.zeros(1, 1, 8, 8), None) if model is not None else None
+    return create_method(name, MethodContext(AuditSettings(**settings), gradcam))
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,19 +169,21 @@ def test_guided_backprop_zeroes_negative_gradients_at_relus() -> None:
     assert torch.allclose(guided, expected, atol=1e-6)
 
 
-def test_guided_methods_refuse_functional_relus() -> None:
-    model, (x, _) = FunctionalReluCNN().eval(), _inputs()
+def test_guided_methods_check_only_converted_graphs() -> None:
+    x, _ = _inputs()
     for name in ("guided_backprop", "guided_gradcam"):
-        with pytest.raises(MethodUnsupportedError, match=r"not nn.ReLU modules \(1 x relu\)"):
-            _method(name).check_supported(model, x[:1])
-    _method("guided_backprop").check_supported(SmallCNN().eval(), x[:1])
+        with pytest.raises(MethodUnsupportedError, match="only converted models"):
+            _method(name, converted(SmallCNN(), x)).check_supported(FunctionalReluCNN().eval(), x[:1])
+    model = converted(FunctionalReluCNN(), x)
+    _method("guided_gradcam", model).check_supported(model, x[:1])  # each relu became an nn.ReLU
 
 
 def test_gradcam_is_relu_of_weighted_activations_scaled_to_max_one() -> None:
     model, (x, target) = SmallCNN().eval(), _inputs()
-    maps = _method("gradcam").attribute(model, x, target, torch.Generator())
-    activations = model.conv(x).detach().requires_grad_(True)
-    score = model.fc(torch.relu(activations).flatten(1))[torch.arange(5), target].sum()
+    graph = converted(model, x)
+    maps = _method("gradcam", graph).attribute(graph, x, target, torch.Generator())
+    activations = torch.relu(model.conv(x)).detach().requires_grad_(True)  # read after the ReLU
+    score = model.fc(activations.flatten(1))[torch.arange(5), target].sum()
     (gradient,) = torch.autograd.grad(score, activations)
     cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * activations).sum(1, keepdim=True)).detach()
     peak = cam.flatten(1).max(1).values.view(-1, 1, 1, 1)
@@ -187,12 +193,14 @@ def test_gradcam_is_relu_of_weighted_activations_scaled_to_max_one() -> None:
 
 
 def test_gradcam_upsamples_a_smaller_cam_bilinearly_then_scales_to_max_one() -> None:
-    model, (x, target) = StridedCNN().eval(), _inputs()
-    _method("gradcam").check_supported(model, x[:1])
-    maps = _method("gradcam").attribute(model, x, target, torch.Generator())
-    activations = model.conv(x).detach().requires_grad_(True)
+    model, (x, _) = StridedCNN().eval(), _inputs()
+    target = model(x).argmax(1)  # the predicted class: every CAM has a positive part
+    graph = converted(model, x)
+    _method("gradcam", graph).check_supported(graph, x[:1])
+    maps = _method("gradcam", graph).attribute(graph, x, target, torch.Generator())
+    activations = torch.relu(model.conv(x)).detach().requires_grad_(True)  # read after the ReLU
     assert activations.shape[-2:] == (4, 4)
-    score = model.fc(torch.relu(activations).flatten(1))[torch.arange(5), target].sum()
+    score = model.fc(activations.flatten(1))[torch.arange(5), target].sum()
     (gradient,) = torch.autograd.grad(score, activations)
     cam = torch.relu((gradient.mean(dim=(2, 3), keepdim=True) * activations).sum(1, keepdim=True)).detach()
     assert (cam.flatten(1).max(1).values > 0).all()
@@ -215,19 +223,22 @@ def test_gradcam_upsamples_a_smaller_cam_bilinearly_then_scales_to_max_one() -> 
         assert (maps - other).abs().max() > 1e-2, name
 
 
-def test_gradcam_without_a_convolution_is_refused() -> None:
-    method = create_method("gradcam", MethodContext(AuditSettings(), gradcam_layer=None))
-    with pytest.raises(MethodUnsupportedError, match="no 2-D convolution"):
-        method.check_supported(SmallCNN(), torch.zeros(1, 1, 8, 8))
+def test_gradcam_without_a_feature_map_is_refused() -> None:
+    x, _ = _inputs()
+    flat = converted(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), x)
+    assert choose_target(flat, x[:1], None) is None
+    method = create_method("gradcam", MethodContext(AuditSettings(), None))
+    with pytest.raises(MethodUnsupportedError, match="no feature map"):
+        method.check_supported(flat, x[:1])
 
 
 def test_guided_gradcam_is_the_product_of_its_parts() -> None:
-    model, (x, target) = SmallCNN().eval(), _inputs()
-    generator = torch.Generator()
-    product = _method("guided_gradcam").attribute(model, x, target, generator)
-    parts = _method("guided_backprop").attribute(model, x, target, generator) * _method("gradcam").attribute(
-        model, x, target, generator
-    )
+    x, target = _inputs()
+    model, generator = converted(SmallCNN(), x), torch.Generator()
+    product = _method("guided_gradcam", model).attribute(model, x, target, generator)
+    parts = _method("guided_backprop").attribute(model, x, target, generator) * _method(
+        "gradcam", model
+    ).attribute(model, x, target, generator)
     assert torch.allclose(product, parts)
 
 

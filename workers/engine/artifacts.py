@@ -23,6 +23,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import Tensor
+from torch._export.converter import TS2EPConverter
 
 from workers.engine.errors import AuditInputError, ModelConversionError
 from workers.engine.formats import (
@@ -134,21 +135,31 @@ def _onnxruntime_session(
 
 
 def _load_torchscript(data: bytes, filename: str, digest: str, example: Tensor) -> LoadedModel:
+    """Through torch.export (as a .pt2 file goes), so both program formats give the same graph and layer
+    names; programs the TorchScript converter cannot take go through the TorchScript ONNX exporter."""
     with _lowering(filename, "TorchScript"):
         program = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            program,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=TORCHSCRIPT_ONNX_OPSET,
-            input_names=["input"],
-            dynamic_axes={"input": {0: "batch"}},
-        )
-        model = onnx.load_model_from_string(buffer.getvalue())
+        try:
+            exported = TS2EPConverter(program, (example,)).convert()
+            model = torch.onnx.export(exported, (example,), dynamo=True, verbose=False).model_proto
+        except Exception:  # the converter covers most, not all, of TorchScript
+            model = _torchscript_onnx_export(program, example)
     runtime = f"torch.jit {torch.__version__}"
     return _from_program(model, program, filename, digest, "torchscript", runtime)
+
+
+def _torchscript_onnx_export(program: torch.jit.ScriptModule, example: Tensor) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        program,
+        (example,),
+        buffer,
+        dynamo=False,
+        opset_version=TORCHSCRIPT_ONNX_OPSET,
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}},
+    )
+    return onnx.load_model_from_string(buffer.getvalue())
 
 
 def _load_torch_export(data: bytes, filename: str, digest: str, example: Tensor) -> LoadedModel:
@@ -167,7 +178,11 @@ def _lowering(filename: str, kind: str) -> Iterator[None]:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     except AuditInputError:
@@ -191,6 +206,7 @@ def _from_program(
     runtime: str,
 ) -> LoadedModel:
     module = _convert(model, filename, kind)
+    _name_layers_from_state(module, program)
     notes = [
         f"{format_label(kind)} program lowered in memory to ONNX opset {module.opset} with torch.onnx and "
         "rebuilt with hookable layers; the rebuild is verified against the program itself"
@@ -208,6 +224,24 @@ def _from_program(
         notes=notes,
         reference_output=reference_output,
     )
+
+
+def _name_layers_from_state(module: OnnxGraphModule, program: Callable[[Tensor], Any]) -> None:
+    """Name layers whose lowering lost the name (a transposed weight folded into an anonymous constant) by
+    the program's own parameter holding the same values, as such or transposed."""
+    state = getattr(program, "state_dict", dict)()
+    known = {name.rsplit(".", 1)[0] for name in state}
+    for attr, name in module.layer_names.items():
+        weight = getattr(module.get_submodule(attr), "weight", None)
+        if name in known or not isinstance(weight, Tensor):
+            continue
+        for key, value in state.items():
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                continue
+            candidates = (value, value.T) if value.dim() == 2 else (value,)
+            if any(c.shape == weight.shape and torch.equal(c.to(weight.dtype), weight) for c in candidates):
+                module.layer_names[attr] = key.removesuffix(".weight")
+                break
 
 
 def _program_reference(program: Callable[[Tensor], Any]) -> Callable[[np.ndarray], np.ndarray]:

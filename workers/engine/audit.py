@@ -23,7 +23,8 @@ from workers.engine.artifacts import LoadedModel, detect_format, load_model
 from workers.engine.checks import CheckContext, RetrainFloor, SanityCheck, StageValues, create_check
 from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinPool
 from workers.engine.errors import AuditCancelled, AuditInputError, MethodUnsupportedError
-from workers.engine.layers import Layer, gradcam_default_layer, layers_in_forward_order
+from workers.engine.gradcam_target import choose_target
+from workers.engine.layers import Layer, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
@@ -327,20 +328,15 @@ def _create_methods(
     settings: AuditSettings, model: nn.Module, layers: list[Layer], x: Tensor
 ) -> list[SaliencyMethod]:
     """Build every requested method and refuse up front, naming all methods that cannot run correctly."""
-    gradcam_layer = _gradcam_layer(settings, model, layers, x[:1])
-    context = MethodContext(settings, gradcam_layer, _layer_label(gradcam_layer, model, layers))
+    gradcam = choose_target(model, x[:1], settings.gradcam_layer) if _reads_gradcam(settings) else None
+    context = MethodContext(settings, gradcam)
     methods = [create_method(name, context) for name in settings.methods]
     _check_methods(methods, model, x)
     return methods
 
 
-def _layer_label(path: str | None, model: nn.Module, layers: list[Layer]) -> str | None:
-    """A layer's artifact name; a rectifier read in place of a convolution is named after it."""
-    names = {layer.path: layer.name for layer in layers}
-    if path is None or path in names:
-        return names.get(path) if path else None
-    convs = [layer.name for layer in layers if layer.kind == "Conv2d"]
-    return f"{convs[-1]} (after its ReLU)" if convs else path
+def _reads_gradcam(settings: AuditSettings) -> bool:
+    return any(name in ("gradcam", "guided_gradcam") for name in settings.methods)
 
 
 def _check_methods(methods: list[SaliencyMethod], model: nn.Module, x: Tensor) -> None:
@@ -353,19 +349,6 @@ def _check_methods(methods: list[SaliencyMethod], model: nn.Module, x: Tensor) -
             problems.append(str(error))
     if problems:
         raise MethodUnsupportedError("; ".join(problems))
-
-
-def _gradcam_layer(
-    settings: AuditSettings, model: nn.Module, layers: list[Layer], example: Tensor
-) -> str | None:
-    """The user may name a layer by its artifact name or its module path."""
-    if settings.gradcam_layer is None:
-        return gradcam_default_layer(model, layers, example)
-    for layer in layers:
-        if settings.gradcam_layer in (layer.name, layer.path):
-            return layer.path
-    names = ", ".join(layer.name for layer in layers)
-    raise AuditInputError(f"gradcam_layer {settings.gradcam_layer!r} is not a layer of the model ({names})")
 
 
 def _audit_method(run: _Run, method: SaliencyMethod) -> MethodResult:

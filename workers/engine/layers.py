@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from workers.engine.errors import AuditInputError
+from workers.engine.onnx_import.ops.normalization import InstanceNormalization
 from workers.engine.settings import ReinitScheme
 
 
@@ -69,53 +70,29 @@ def layers_in_forward_order(
     ]
 
 
-def last_conv2d(model: nn.Module, layers: list[Layer]) -> str | None:
-    """GradCAM's default layer: the last 2-D convolution to run."""
-    modules = dict(model.named_modules())
-    convs = [layer.path for layer in layers if isinstance(modules[layer.path], nn.Conv2d)]
-    return convs[-1] if convs else None
-
-
-def gradcam_default_layer(model: nn.Module, layers: list[Layer], example: Tensor) -> str | None:
-    """The last 2-D convolution's activations as Grad-CAM reads them: after the ReLU that follows it.
-
-    Grad-CAM weighs the rectified feature maps of the last convolutional layer (Keras-style layers
-    include their activation). Where the convolution's output goes straight into an ``nn.ReLU``, that
-    module is read; otherwise the convolution itself.
-    """
-    conv_path = last_conv2d(model, layers)
-    if conv_path is None:
-        return None
-    modules = dict(model.named_modules())
-    conv_outputs: list[Tensor] = []
-    rectifier: list[str] = []
-
-    def record_conv(_: nn.Module, __: object, output: Tensor) -> None:
-        conv_outputs.append(output)
-
-    handles = [modules[conv_path].register_forward_hook(record_conv)]
-    for path, module in modules.items():
-        if isinstance(module, nn.ReLU):
-
-            def record_relu(_: nn.Module, inputs: tuple[Tensor, ...], path: str = path) -> None:
-                if conv_outputs and inputs[0] is conv_outputs[-1] and not rectifier:
-                    rectifier.append(path)
-
-            handles.append(module.register_forward_pre_hook(record_relu))
-    forward_with_hooks(model, example, handles)
-    return rectifier[0] if rectifier else conv_path
-
-
 def layer_seed(seed: int, layer: Layer, draw: int = 0) -> int:
     """One seed per layer and draw: within a draw a layer gets the same new weights in both tests."""
     return int(np.random.SeedSequence([seed, draw, layer.index]).generate_state(1)[0])
 
 
+NORMALIZATIONS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, InstanceNormalization)
+
+
 @torch.no_grad()
 def reinitialize(module: nn.Module, scheme: ReinitScheme, std: float, seed: int) -> None:
-    """Re-initialize ``module``'s own parameters, drawn on the CPU so any device gives the same weights."""
+    """Re-initialize ``module``'s own parameters, drawn on the CPU so any device gives the same weights.
+
+    A normalization layer's default initializer (scale 1, shift 0) would turn it into the identity, a
+    stage that only removes normalization: its scale is drawn from U(0, 1) instead (torch's BatchNorm
+    initializer before 1.2) and its shift set to 0, so the function really changes.
+    """
     fresh = copy.deepcopy(module).cpu()
-    if scheme is ReinitScheme.default:
+    if scheme is ReinitScheme.default and isinstance(fresh, NORMALIZATIONS):
+        generator = torch.Generator().manual_seed(seed)
+        fresh.weight.copy_(torch.rand(fresh.weight.shape, generator=generator))
+        if fresh.bias is not None:
+            fresh.bias.zero_()
+    elif scheme is ReinitScheme.default:
         reset = getattr(fresh, "reset_parameters", None)
         if reset is None:
             raise AuditInputError(

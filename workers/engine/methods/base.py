@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from workers.engine.errors import AuditInputError
+from workers.engine.gradcam_target import GradCamTarget
 from workers.engine.settings import AuditSettings
 
 _REGISTRY: dict[str, type["SaliencyMethod"]] = {}
@@ -21,8 +22,7 @@ class MethodContext:
     """What a method may need to know about the audited model beyond the settings."""
 
     settings: AuditSettings
-    gradcam_layer: str | None  # module path of the layer GradCAM reads, None when the model has no conv
-    gradcam_label: str | None = None  # how the report names that layer
+    gradcam: GradCamTarget | None = None  # the value GradCAM reads; None when the model has none
 
 
 class SaliencyMethod(ABC):

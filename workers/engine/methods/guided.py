@@ -1,9 +1,9 @@
 """Guided Backprop, GradCAM and Guided GradCAM.
 
-captum's GuidedBackprop overrides only ``nn.ReLU`` modules. Any other rectifier on the path, a ReLU
-applied as a function (``F.relu``), a ReLU6 (ONNX ``Clip``), a LeakyReLU or a GELU, keeps its plain
-gradient, and the map silently becomes something that is not Guided Backprop. ``check_supported``
-counts such operations on a forward pass and refuses.
+captum's GuidedBackprop overrides only ``nn.ReLU`` modules. Any other nonlinearity on the path keeps its
+plain gradient, and the map silently becomes something that is not Guided Backprop. Every audited model
+is a converted graph with one ``nn.ReLU`` per Relu node, so ``check_supported`` reads the graph and
+refuses, naming each other nonlinearity (see ``onnx_import.nonlinearities``).
 """
 
 import warnings
@@ -11,88 +11,28 @@ import warnings
 import torch
 import torch.nn.functional as F
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
-from captum.attr import LayerGradCam
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from workers.engine.errors import MethodUnsupportedError
-from workers.engine.layers import forward_with_hooks
+from workers.engine.gradcam_target import as_feature_map
 from workers.engine.methods.base import SaliencyMethod
-
-_RELU_FUNCTIONS = frozenset({torch.relu, torch.relu_, F.relu, F.relu_, Tensor.relu, Tensor.relu_})
-_OTHER_RECTIFIERS = frozenset(
-    {
-        F.relu6,
-        F.leaky_relu,
-        F.leaky_relu_,
-        F.prelu,
-        F.rrelu,
-        F.elu,
-        F.selu,
-        F.celu,
-        F.gelu,
-        F.silu,
-        F.mish,
-        F.hardswish,
-        F.hardsigmoid,
-        F.hardtanh,
-        F.softplus,
-        torch.clamp,
-        torch.clip,
-        torch.clamp_min,
-        torch.clamp_max,
-        Tensor.clamp,
-        Tensor.clip,
-        Tensor.clamp_min,
-        Tensor.clamp_max,
-    }
-)
-
-
-class _RectifierCounter(TorchFunctionMode):
-    """Counts top-level calls; calls made inside a counted function are not seen twice."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.relus = 0
-        self.others: dict[str, int] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if func in _RELU_FUNCTIONS:
-            self.relus += 1
-        elif func in _OTHER_RECTIFIERS:
-            name = getattr(func, "__name__", str(func))
-            self.others[name] = self.others.get(name, 0) + 1
-        return func(*args, **(kwargs or {}))
-
-
-def unguided_rectifiers(model: nn.Module, example: Tensor) -> dict[str, int]:
-    """Rectifier-like operations a forward pass applies outside ``nn.ReLU`` modules, by function name."""
-    module_calls = 0
-
-    def count_module_call(*_: object) -> None:
-        nonlocal module_calls
-        module_calls += 1
-
-    handles = [m.register_forward_hook(count_module_call) for m in model.modules() if isinstance(m, nn.ReLU)]
-    counter = _RectifierCounter()
-    with counter:
-        forward_with_hooks(model, example, handles)
-    functional_relus = counter.relus - module_calls  # each nn.ReLU module calls F.relu once
-    return counter.others | ({"relu": functional_relus} if functional_relus > 0 else {})
+from workers.engine.onnx_import import OnnxGraphModule
+from workers.engine.onnx_import.nonlinearities import non_relu_nonlinearities
 
 
 class GuidedBackprop(SaliencyMethod):
     name = "guided_backprop"
 
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
-        found = unguided_rectifiers(model, example)
+        if not isinstance(model, OnnxGraphModule):
+            raise MethodUnsupportedError(f"{self.name}: only converted models can be checked for ReLUs")
+        found = non_relu_nonlinearities(model)
         if found:
             listed = ", ".join(f"{count} x {name}" for name, count in sorted(found.items()))
             raise MethodUnsupportedError(
-                f"{self.name}: the model applies rectifiers that are not nn.ReLU modules ({listed}); "
-                "guided backpropagation overrides only nn.ReLU modules and would return plain gradients "
-                "through these. Leave this method out, or use a model whose rectifiers are ReLUs."
+                f"{self.name}: the model has nonlinearities other than ReLU ({listed}); guided "
+                "backpropagation is defined only where every nonlinearity is a ReLU, and would return "
+                "plain gradients through these. Leave this method out for this model."
             )
 
     def attribute(
@@ -105,39 +45,49 @@ class GuidedBackprop(SaliencyMethod):
 
 
 class GradCam(SaliencyMethod):
-    """Last convolution (unless told), ReLU, divided by its max, upsampled bilinearly to the input size."""
+    """The chosen feature map (see ``gradcam_target``), ReLU, divided by its max, upsampled bilinearly."""
 
     name = "gradcam"
 
     def parameters(self) -> dict[str, float | int | str | None]:
-        layer = self.context.gradcam_label or self.context.gradcam_layer
-        return {"layer": layer, "upsampling": "bilinear", "scaling": "divide by max"}
+        target = self.context.gradcam
+        return {
+            "layer": target.label if target else None,
+            "layer_reason": target.reason if target else None,
+            "upsampling": "bilinear",
+            "scaling": "divide by max",
+        }
 
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
-        layer = self.context.gradcam_layer
-        if layer is None:
+        target = self.context.gradcam
+        if target is None:
             raise MethodUnsupportedError(
-                f"{self.name}: the model has no 2-D convolution to read; name a layer with gradcam_layer "
-                "or leave GradCAM methods out"
+                f"{self.name}: the model has no feature map [N, C, H, W] and no token sequence that tiles "
+                "the input, so GradCAM has nothing to read; name one with gradcam_layer or leave GradCAM "
+                "methods out"
             )
-        modules = dict(model.named_modules())
-        if layer not in modules:
-            raise MethodUnsupportedError(f"{self.name}: the model has no layer named {layer!r}")
-        shapes: list[torch.Size] = []
-        hook = modules[layer].register_forward_hook(lambda _m, _i, output: shapes.append(output.shape))
-        forward_with_hooks(model, example, [hook])
-        if not shapes or len(shapes[0]) != 4:
-            shown = list(shapes[0]) if shapes else "nothing"
-            raise MethodUnsupportedError(
-                f"{self.name}: layer {layer!r} outputs {shown}; GradCAM needs a layer with an [N, C, H, W] "
-                "output such as a 2-D convolution"
-            )
+        if not isinstance(model, OnnxGraphModule) or model.producer(target.value) is None:
+            raise MethodUnsupportedError(f"{self.name}: the model has no value {target.label!r} to read")
 
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
     ) -> Tensor:
-        layer = dict(model.named_modules())[self.context.gradcam_layer]
-        cam = LayerGradCam(model, layer).attribute(inputs, target=target, relu_attributions=True).detach()
+        """Grad-CAM as captum's LayerGradCam computes it, on a tapped graph value that may be tokens."""
+        chosen = self.context.gradcam
+        tap = model.get_submodule(model.tap(chosen.value))
+        captured: list[Tensor] = []
+        handle = tap.register_forward_hook(lambda _m, _i, output: captured.append(output))
+        try:
+            with torch.enable_grad():
+                logits = model(inputs.detach().requires_grad_(True))
+                score = logits.gather(1, target.view(-1, 1)).sum()
+                gradients = torch.autograd.grad(score, captured[0])[0]
+        finally:
+            handle.remove()
+        activations = as_feature_map(chosen, captured[0].detach())
+        gradients = as_feature_map(chosen, gradients)
+        weights = gradients.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * activations).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
         peak = cam.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
         return torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))

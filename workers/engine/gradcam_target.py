@@ -1,0 +1,128 @@
+"""Which value of the graph GradCAM reads, and how it becomes a spatial grid.
+
+The conventional layer is the output of the last spatial block (torchvision ResNet: ``layer4[-1]``,
+after the residual Add and its ReLU), not the last Conv2d in forward order, which in a residual block is
+the branch convolution before the Add, or a downsampling shortcut. So the default is the last value on
+the path to the output that is still a feature map [N, C, H, W] with more than one position. A
+transformer has no feature map: its last residual stream [N, T, D] is reshaped to the patch grid, the
+class token dropped, when the grid follows from the input size; otherwise GradCAM is refused.
+"""
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from workers.engine.errors import AuditInputError
+from workers.engine.onnx_import import OnnxGraphModule
+
+
+@dataclass(frozen=True)
+class GradCamTarget:
+    value: str  # the graph value read
+    label: str  # how the report names it
+    reason: str  # why this one
+    grid: tuple[int, int] | None = None  # patch grid of a token sequence; None for a feature map
+    class_tokens: int = 0  # leading tokens dropped before the reshape
+
+
+def as_feature_map(target: GradCamTarget, value: Tensor) -> Tensor:
+    """[N, C, H, W] for a feature map as it is; tokens [N, T, D] -> [N, D, grid_h, grid_w]."""
+    if target.grid is None:
+        return value
+    tokens = value[:, target.class_tokens :, :]
+    return tokens.transpose(1, 2).reshape(value.shape[0], value.shape[2], *target.grid)
+
+
+def choose_target(model: OnnxGraphModule, example: Tensor, requested: str | None) -> GradCamTarget | None:
+    """The requested value (a module of the source model, a layer, a node or a value name), else the
+    default; None when the model has nothing GradCAM can read."""
+    shapes = model.value_shapes(example)
+    order = [name for step in model.steps_to_output() for name in step.outputs if name in shapes]
+    data = model.data_values()
+    order = [name for name in order if name in data]
+    size = tuple(example.shape[2:])
+    if requested is not None:
+        value, label = _requested_value(model, requested, order)
+        target = _readable(value, label, f"chosen with gradcam_layer={requested!r}", shapes[value], size)
+        if target is None:
+            raise AuditInputError(
+                f"gradcam_layer {requested!r} outputs {list(shapes[value])}: GradCAM needs a feature map "
+                "[N, C, H, W] or a token sequence [N, T, D] whose tokens tile the input as a patch grid"
+            )
+        return target
+    maps = [name for name in order if len(shapes[name]) == 4 and math.prod(shapes[name][2:]) > 1]
+    if maps:
+        return GradCamTarget(
+            maps[-1], _label(model, maps[-1]), "the last feature map before pooling (the last block's output)"
+        )
+    residuals = [name for name in order if _is_sum(model, name) and len(shapes[name]) == 3]
+    for name in reversed(residuals):
+        target = _readable(
+            name, _label(model, name), "the last residual stream, as a patch grid", shapes[name], size
+        )
+        if target is not None:
+            return target
+    return None
+
+
+def _readable(
+    value: str, label: str, reason: str, shape: tuple[int, ...], size: tuple[int, ...]
+) -> GradCamTarget | None:
+    if len(shape) == 4:
+        return GradCamTarget(value, label, reason)
+    if len(shape) != 3 or len(size) != 2:
+        return None
+    for class_tokens in (1, 0):
+        grid = _patch_grid(shape[1] - class_tokens, size)
+        if grid is not None:
+            tokens = f"{class_tokens} class token dropped, " if class_tokens else ""
+            return GradCamTarget(
+                value, label, f"{reason} ({tokens}{grid[0]}x{grid[1]} patches)", grid, class_tokens
+            )
+    return None
+
+
+def _patch_grid(tokens: int, size: tuple[int, ...]) -> tuple[int, int] | None:
+    """The grid of square patches of one size that tile an H x W input into ``tokens`` patches."""
+    height, width = size
+    if tokens < 1 or (height * width) % tokens:
+        return None
+    patch = math.isqrt(height * width // tokens)
+    if patch * patch * tokens != height * width or height % patch or width % patch:
+        return None
+    return height // patch, width // patch
+
+
+def _is_sum(model: OnnxGraphModule, value: str) -> bool:
+    step = model.producer(value)
+    return step is not None and step.op_type == "Add"
+
+
+def _label(model: OnnxGraphModule, value: str) -> str:
+    step = model.producer(value)
+    if step is None:
+        return value
+    where = model.layer_names.get(step.module or "", "") or step.scope
+    return f"{where} ({step.op_type} output)" if where else f"{value} ({step.op_type} output)"
+
+
+def _requested_value(model: OnnxGraphModule, requested: str, order: list[str]) -> tuple[str, str]:
+    """A value by its own name, its node's name, its layer's name or module attribute, or the source
+    model's module path (the last value computed inside that module)."""
+    for step in reversed(model.steps_to_output()):
+        names = {step.name, *step.outputs, step.module, model.layer_names.get(step.module or "")}
+        if requested in names and step.outputs[0] in order:
+            return step.outputs[0], _label(model, step.outputs[0])
+    inside = [
+        step.outputs[0]
+        for step in model.steps_to_output()
+        if (step.scope == requested or step.scope.startswith(f"{requested}.")) and step.outputs[0] in order
+    ]
+    if inside:
+        return inside[-1], f"{requested} (module output)"
+    modules = sorted({step.scope for step in model.steps if step.scope})
+    shown = ", ".join(modules[:40]) or "the file names no modules"
+    raise AuditInputError(
+        f"gradcam_layer {requested!r} is not a module, layer or value of the model ({shown})"
+    )

@@ -1,0 +1,122 @@
+"""The converted graph at run time: a module that evaluates its steps in topological order."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Shape = tuple[int | None, ...]
+Fn = Callable[..., Tensor | tuple[Tensor, ...]]
+Attrs = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node at run time: either a submodule (by attribute name) or a pure function."""
+
+    op_type: str
+    inputs: tuple[str, ...]  # "" marks an omitted optional input
+    outputs: tuple[str, ...]
+    module: str | None = None
+    fn: Fn | None = None
+    scope: str = ""  # the module path of the source model the node came from, where the file says
+    name: str = ""  # the node's name in the file
+
+
+class LearnedTensor(nn.Module):
+    """A learned tensor outside any layer (a class token, a position embedding, a layer scale), made a
+    parameter so that the randomization tests re-initialize it and twins train it."""
+
+    def __init__(self, value: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(value.detach().float().clone())
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=0.02)  # how ViTs initialize class tokens and position embeddings
+
+    def forward(self) -> Tensor:
+        return self.weight
+
+
+class OnnxGraphModule(nn.Module):
+    """Runs the converted graph in topological order; ``forward`` returns the value ``output_name``.
+
+    Any value of the graph can be *tapped*: an ``nn.Identity`` module is run on it, so hooks (GradCAM)
+    can read values that no layer module produces, such as a residual sum or a token sequence.
+    """
+
+    def __init__(self, input_name: str, input_shape: Shape, graph_outputs: tuple[str, ...], opset: int):
+        super().__init__()
+        self.input_name = input_name
+        self.input_shape = input_shape  # None for dynamic dimensions such as the batch
+        self.graph_outputs = graph_outputs
+        self.output_name = graph_outputs[0]
+        self.opset = opset  # default-domain opset the graph was read at, after any version conversion
+        self.layer_names: dict[str, str] = {}  # module attribute -> name the artifact gave the layer
+        self.steps: list[Step] = []
+        self.constant_buffers: dict[str, str] = {}  # ONNX value name -> buffer attribute
+        self.taps: dict[str, str] = {}  # ONNX value name -> attribute of the nn.Identity run on it
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.run(x, self.output_name)
+
+    def run(self, x: Tensor, output_name: str) -> Tensor:
+        """Evaluate the graph up to the value ``output_name`` (any value of the graph)."""
+        env = self._evaluate(x, output_name)
+        if output_name not in env:
+            raise ValueError(f"the graph has no value named {output_name!r}")
+        return env[output_name]
+
+    @torch.no_grad()
+    def value_shapes(self, x: Tensor) -> dict[str, tuple[int, ...]]:
+        """The shape of every value on one input batch."""
+        return {name: tuple(value.shape) for name, value in self._evaluate(x, None).items()}
+
+    def _evaluate(self, x: Tensor, output_name: str | None) -> dict[str, Tensor]:
+        env: dict[str, Tensor] = {name: getattr(self, attr) for name, attr in self.constant_buffers.items()}
+        env[self.input_name] = x
+        for step in self.steps:
+            if output_name in env:
+                break
+            args = [env[name] if name else None for name in step.inputs]
+            out = self._modules[step.module](*args) if step.module else step.fn(*args)
+            for name, value in zip(step.outputs, (out,) if isinstance(out, Tensor) else out, strict=False):
+                env[name] = self._modules[self.taps[name]](value) if name in self.taps else value
+        return env
+
+    def tap(self, value: str) -> str:
+        """The attribute of a module whose output is ``value`` (added on first use)."""
+        if value not in self.taps:
+            attr = f"tap_{len(self.taps)}"
+            self.add_module(attr, nn.Identity())
+            self.taps[value] = attr
+        return self.taps[value]
+
+    def producer(self, value: str) -> Step | None:
+        return next((step for step in self.steps if value in step.outputs), None)
+
+    def pre_softmax_output(self) -> str | None:
+        """The logits, when ``output_name`` is produced by a final Softmax/LogSoftmax; else None."""
+        step = self.producer(self.output_name)
+        if step is not None and step.op_type in ("Softmax", "LogSoftmax"):
+            return step.inputs[0]
+        return None
+
+    def steps_to_output(self) -> list[Step]:
+        """The steps the output depends on, in execution order."""
+        needed, kept = {self.output_name}, []
+        for step in reversed(self.steps):
+            if needed.intersection(step.outputs):
+                kept.append(step)
+                needed.update(name for name in step.inputs if name)
+        return kept[::-1]
+
+    def data_values(self) -> set[str]:
+        """Values that depend on the input's contents (not only on its shape)."""
+        data = {self.input_name}
+        for step in self.steps:
+            if step.op_type not in ("Shape", "Size") and data.intersection(step.inputs):
+                data.update(step.outputs)
+        return data
