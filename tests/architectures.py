@@ -136,13 +136,14 @@ class TinyDenseNet(nn.Module):
         self.dense1 = DenseLayer(8, 4)
         self.dense2 = DenseLayer(12, 4)
         self.norm5 = nn.BatchNorm2d(16)
+        self.relu5 = nn.ReLU()
         self.classifier = nn.Linear(16, CLASSES)
 
     def forward(self, x: Tensor) -> Tensor:
         features = [F.relu(self.norm0(self.conv0(x)))]
         features.append(self.dense1(features))
         features.append(self.dense2(features))
-        out = F.relu(self.norm5(torch.cat(features, 1)))
+        out = self.relu5(self.norm5(torch.cat(features, 1)))
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
@@ -166,13 +167,14 @@ class TinyInception(nn.Module):
         self.branch3x3 = nn.Sequential(ConvBnRelu(8, 4, 1), ConvBnRelu(4, 4, 3))
         self.branch5x5 = nn.Sequential(ConvBnRelu(8, 2, 1), ConvBnRelu(2, 4, 5))
         self.branch_pool = ConvBnRelu(8, 4, 1)
+        self.mixed = nn.Identity()  # names the concatenation, GradCAM's conventional layer
         self.fc = nn.Linear(16, CLASSES)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pool(self.stem(x))
         pooled = F.avg_pool2d(x, 3, 1, 1)
         branches = [self.branch1x1(x), self.branch3x3(x), self.branch5x5(x), self.branch_pool(pooled)]
-        out = torch.cat(branches, 1)
+        out = self.mixed(torch.cat(branches, 1))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
@@ -253,16 +255,17 @@ class Architecture:
     build: Callable[[], nn.Module]
     relu_only: bool  # every nonlinearity is a ReLU: Guided Backprop is defined
     gradcam_layer: str  # the module whose output GradCAM reads by default
+    class_tokens: int = 0  # a transformer's leading tokens, dropped before the patch grid
 
 
 ARCHITECTURES = [
     Architecture("resnet", TinyResNet, True, "layer2.0"),
     Architecture("mobilenet_v3", TinyMobileNetV3, False, "block"),
     Architecture("efficientnet", TinyEfficientNet, False, "block"),
-    Architecture("densenet", TinyDenseNet, True, "norm5"),
-    Architecture("inception", TinyInception, True, "branch_pool"),
+    Architecture("densenet", TinyDenseNet, True, "relu5"),
+    Architecture("inception", TinyInception, True, "mixed"),
     Architecture("convnext", TinyConvNeXt, False, "stage"),
-    Architecture("vit", TinyViT, False, "encoder"),
+    Architecture("vit", TinyViT, False, "encoder", class_tokens=1),
 ]
 
 FORMATS = ("onnx_legacy", "onnx_dynamo", "torchscript", "pt2")

@@ -4,8 +4,9 @@ The conventional layer is the output of the last spatial block (torchvision ResN
 after the residual Add and its ReLU), not the last Conv2d in forward order, which in a residual block is
 the branch convolution before the Add, or a downsampling shortcut. So the default is the last value on
 the path to the output that is still a feature map [N, C, H, W] with more than one position. A
-transformer has no feature map: its last residual stream [N, T, D] is reshaped to the patch grid, the
-class token dropped, when the grid follows from the input size; otherwise GradCAM is refused.
+transformer's blocks output tokens: when its last residual stream [N, T, D] comes after the last feature
+map (the patch embedding), it is read, reshaped to the patch grid with the class token dropped, when the
+grid follows from the input size; a model with neither is refused.
 """
 
 import math
@@ -52,18 +53,21 @@ def choose_target(model: OnnxGraphModule, example: Tensor, requested: str | None
             )
         return target
     maps = [name for name in order if len(shapes[name]) == 4 and math.prod(shapes[name][2:]) > 1]
-    if maps:
-        return GradCamTarget(
-            maps[-1], _label(model, maps[-1]), "the last feature map before pooling (the last block's output)"
-        )
-    residuals = [name for name in order if _is_sum(model, name) and len(shapes[name]) == 3]
-    for name in reversed(residuals):
-        target = _readable(
-            name, _label(model, name), "the last residual stream, as a patch grid", shapes[name], size
-        )
-        if target is not None:
-            return target
-    return None
+    streams = [
+        target
+        for name in order
+        if _is_sum(model, name) and len(shapes[name]) == 3
+        for target in [_readable(name, _label(model, name), "the last residual stream", shapes[name], size)]
+        if target is not None
+    ]
+    last_map = (
+        GradCamTarget(maps[-1], _label(model, maps[-1]), "the last feature map (the last block's output)")
+        if maps
+        else None
+    )
+    if streams and (last_map is None or order.index(streams[-1].value) > order.index(last_map.value)):
+        return streams[-1]
+    return last_map
 
 
 def _readable(
