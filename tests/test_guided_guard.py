@@ -1,10 +1,12 @@
 """Guided Backprop must never silently fall back to plain gradients.
 
 Functional ReLUs (F.relu, as torch.export graphs and many scripted models have) are made correct: the
-conversion through ONNX turns every ReLU into an nn.ReLU module. Rectifiers captum cannot override
-(ReLU6 exported as Clip, LeakyReLU) are refused.
+conversion through ONNX turns every ReLU into an nn.ReLU module. Every other nonlinearity between input
+and output, however the exporter spells it (SiLU as Sigmoid x Mul, GELU as an Erf chain), is named and
+the guided methods are refused.
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.architectures import converted
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
 from workers.engine.errors import MethodUnsupportedError
+from workers.engine.gradcam_target import choose_target
 from workers.engine.methods import MethodContext, create_method
 from workers.engine.settings import AuditSettings
 
@@ -97,3 +101,62 @@ def test_rectifiers_guided_backprop_cannot_override_are_refused(
         model_path, probes, AuditSettings(methods=["gradient"], tests=["cascading"]), tmp_path / "out"
     )
     assert [method.name for method in report.methods] == ["gradient"]
+
+
+class ActivationNet(nn.Module):
+    def __init__(self, activation: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.activation = activation
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.activation(self.conv(x)).flatten(1))
+
+
+class Gated(nn.Module):
+    """A product of two activations, as gating and squeeze-excitation compute."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.tanh(x.mean((2, 3), keepdim=True))
+
+
+@pytest.mark.parametrize(
+    ("activation", "named"),
+    [
+        (nn.Sigmoid(), "Sigmoid"),
+        (nn.Tanh(), "Tanh"),
+        (nn.GELU(), "Erf (GELU)"),
+        (nn.GELU(approximate="tanh"), "Tanh"),
+        (nn.SiLU(), "SiLU/Swish"),
+        (nn.Hardswish(), "HardSwish"),
+        (nn.Hardsigmoid(), "HardSigmoid"),
+        (nn.ReLU6(), "Clip"),
+        (nn.LeakyReLU(0.1), "LeakyReLU"),
+        (nn.PReLU(), "PReLU"),
+        (nn.ELU(), "ELU"),
+        (nn.Softplus(), "Softplus"),
+        (nn.Softmax(dim=1), "Softmax"),
+        (Gated(), "product of two activations"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, nn.Module) else None,
+)
+def test_every_nonlinearity_other_than_relu_is_named_and_refused(activation: nn.Module, named: str) -> None:
+    x = torch.rand(2, 1, 8, 8)
+    model = converted(ActivationNet(activation), x)
+    for name in ("guided_backprop", "guided_gradcam"):
+        method = create_method(name, MethodContext(AuditSettings(), choose_target(model, x, None)))
+        with pytest.raises(MethodUnsupportedError, match=f"other than ReLU \\(.*{re.escape(named)}"):
+            method.check_supported(model, x[:1])
+
+
+def test_relus_max_pooling_and_linear_ops_are_accepted() -> None:
+    x = torch.rand(2, 1, 8, 8)
+    model = converted(
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4).eval(), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AvgPool2d(1), nn.Flatten(), nn.Dropout(), nn.Linear(16 * 4, 3),
+        ),
+        x,
+    )  # fmt: skip
+    create_method("guided_backprop", MethodContext(AuditSettings())).check_supported(model, x[:1])

@@ -107,6 +107,25 @@ def test_integrated_gradients_satisfies_completeness() -> None:
     assert torch.allclose(maps.flatten(1).sum(1), gap, atol=1e-3)
 
 
+def test_integrated_gradients_starts_from_black_pixels_of_the_preprocessed_input() -> None:
+    """With mean/std normalization, black is -mean/std per channel, not the zero of the model input."""
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    x, target = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    preprocessing = {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.5]}
+    baselines = {
+        "black": torch.tensor([-2.0, -2.0, -1.2]).view(1, 3, 1, 1).expand_as(x),
+        "zero": torch.zeros_like(x),
+        "mean": x.mean((2, 3), keepdim=True).expand_as(x),
+    }
+    for name, baseline in baselines.items():
+        method = _method("integrated_gradients", ig_baseline=name, preprocessing=preprocessing)
+        maps = method.attribute(model, x, target, torch.Generator())
+        logits = model(torch.cat([x, baseline]))
+        gap = logits[torch.arange(4), target] - logits[4 + torch.arange(4), target]
+        assert torch.allclose(maps.flatten(1).sum(1), gap.detach(), atol=1e-4), name  # completeness
+        assert method.parameters()["baseline"] == name
+
+
 def test_smoothgrad_is_the_mean_gradient_over_seeded_noise() -> None:
     model, (x, target) = SmallCNN().eval(), _inputs()
     method = _method("smoothgrad", noise_samples=6, internal_batch_size=10)

@@ -16,6 +16,7 @@ from torch import nn
 from workers.engine import formats as formats_module
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
 from workers.engine.errors import AuditInputError, ModelConversionError, ProbeError, UnsafeArtifactError
+from workers.engine.layers import layers_in_forward_order
 from workers.engine.onnx_import import OnnxGraphModule, onnx_to_torch
 from workers.engine.verification import verify_conversion
 
@@ -295,7 +296,15 @@ def graph_model(
         initializer=[numpy_helper.from_array(value, name) for name, value in constants.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    return onnx.shape_inference.infer_shapes(model)  # the checker wants the output's shape
+    model = onnx.shape_inference.infer_shapes(model)  # the checker wants the output's shape
+    output = model.graph.output[0].type.tensor_type
+    if not output.HasField("shape"):  # ops inference cannot see through (function ops): the input's rank
+        output.CopyFrom(
+            helper.make_tensor_type_proto(
+                TensorProto.FLOAT, ["N", *(f"d{i}" for i in range(len(shape)))]
+            ).tensor_type
+        )
+    return model
 
 
 def weights(*shape: int, seed: int = 0) -> np.ndarray:
@@ -428,6 +437,73 @@ OP_CASES = {
         [node("Transpose", ["x"], ["t"], perm=[0, 2, 1]), node("Concat", ["t", "t"], ["y"], axis=2)],
         (2, 3), {}, 17,
     ),
+    "layer_norm_last_axis": (
+        [node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=1e-6)],
+        (5, 6), {"g": weights(6), "b": weights(6, seed=1)}, 17,
+    ),
+    "layer_norm_two_axes_no_bias": (
+        [node("LayerNormalization", ["x", "g"], ["y"], axis=2)], (3, 4, 5), {"g": weights(4, 5)}, 17,
+    ),
+    "group_norm_opset21_per_channel": (
+        [node("GroupNormalization", ["x", "g", "b"], ["y"], num_groups=2)],
+        (4, 3, 3), {"g": weights(4), "b": weights(4, seed=1)}, 21,
+    ),
+    "instance_norm": (
+        [node("InstanceNormalization", ["x", "g", "b"], ["y"])],
+        (3, 4, 4), {"g": weights(3), "b": weights(3, seed=1)}, 17,
+    ),
+    "gelu_opset20_erf_hard_activations": (
+        [
+            node("Gelu", ["x"], ["a"]),
+            node("Gelu", ["x"], ["t"], approximate="tanh"),
+            node("Erf", ["x"], ["e"]),
+            node("HardSwish", ["x"], ["h"]),
+            node("HardSigmoid", ["x"], ["s"], alpha=0.3),
+            node("Softplus", ["x"], ["p"]),
+            node("PRelu", ["x", "slope"], ["r"]),
+            node("Sum", ["a", "t", "e", "h", "s", "p", "r"], ["y"]),
+        ],
+        (6,), {"slope": weights(6)}, 20,
+    ),
+    "equal_where_mod_min_max": (
+        [
+            node("Shape", ["x"], ["shape"]),
+            node("Mod", ["shape", "three"], ["m"]),
+            node("Equal", ["m", "zero"], ["even"]),
+            node("Where", ["even", "shape", "one"], ["w"]),
+            node("ReduceProd", ["w"], ["count"], keepdims=1),
+            node("Cast", ["count"], ["c"], to=TensorProto.FLOAT),
+            node("Max", ["x", "c"], ["big"]),
+            node("Min", ["big", "x"], ["y"]),
+        ],
+        (3, 4), {"three": ints(3), "zero": ints(0), "one": ints(1)}, 18,
+    ),
+    "gather_nd_and_elements": (
+        [
+            node("GatherND", ["x", "idx"], ["g"], batch_dims=0),
+            node("GatherElements", ["x", "el"], ["e"], axis=2),
+            node("ReduceSum", ["e", "last"], ["r"], keepdims=0),
+            node("Add", ["g", "r"], ["y"]),
+        ],
+        (3, 4), {"idx": ints(0, 2).reshape(1, 2), "el": ints(3, 0).reshape(1, 1, 2), "last": ints(2)}, 17,
+    ),
+    "split_num_outputs_tile_range": (
+        [
+            node("Split", ["x"], ["a", "b", "c"], axis=2, num_outputs=3),
+            node("Concat", ["c", "a", "b"], ["cat"], axis=2),
+            node("Tile", ["cat", "reps"], ["t"]),
+            node("Range", ["start", "limit", "delta"], ["r"]),
+            node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+            node("Mul", ["t", "rf"], ["y"]),
+        ],
+        (2, 7),
+        {"reps": ints(1, 1, 2), "start": np.array(0), "limit": np.array(14), "delta": np.array(1)},
+        18,
+    ),
+    "learned_tensor_added_to_tokens": (
+        [node("MatMul", ["x", "w"], ["t"]), node("Add", ["t", "pos"], ["y"])],
+        (5, 6), {"w": weights(6, 4), "pos": weights(1, 5, 4, seed=3)}, 17,
+    ),
 }  # fmt: skip
 
 
@@ -445,6 +521,21 @@ def test_op_matches_onnxruntime(case: str) -> None:
         np.testing.assert_allclose(ours.detach().numpy(), expected, atol=1e-5, rtol=1e-5)
         ours.sum().backward()
         assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+
+
+def test_learned_tensors_become_parameters_and_constants_stay_constants() -> None:
+    nodes, shape, constants, opset = OP_CASES["learned_tensor_added_to_tokens"]
+    module = onnx_to_torch(graph_model(nodes, shape, constants, opset))
+    assert sorted(type(m).__name__ for m in module.children() if any(True for _ in m.parameters())) == [
+        "LearnedTensor",
+        "Linear",
+    ]
+    normalized = graph_model(
+        [node("Sub", ["x", "mean"], ["y"])],
+        (3, 2, 2),
+        {"mean": np.array([0.4, 0.5, 0.6], np.float32)[:, None, None]},
+    )
+    assert not list(onnx_to_torch(normalized).parameters())  # input normalization stays a constant
 
 
 def test_old_opsets_are_converted() -> None:
@@ -474,3 +565,69 @@ def test_pre_softmax_output_gives_the_logits() -> None:
     x = torch.randn(2, 4)
     module.output_name = "logits"
     assert torch.allclose(module(x), x @ torch.from_numpy(weights(3, 4)).T, atol=1e-6)
+
+
+class TwoHeads(nn.Module):
+    """An auxiliary head, as Inception v3 and GoogLeNet export: the first output is the main one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.main = nn.Linear(4 * 8 * 8, 3)
+        self.aux = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.relu(self.conv(x)).flatten(1)
+        return self.main(features), self.aux(features)
+
+
+def _layer_names(module: OnnxGraphModule, x: torch.Tensor) -> list[str]:
+    return [layer.name for layer in layers_in_forward_order(module, x[:1], module.layer_names)]
+
+
+@pytest.mark.parametrize("kind", ["onnx_legacy", "torch_export"])
+def test_the_named_output_is_audited_and_heads_that_do_not_feed_it_are_pruned(
+    kind: str, tmp_path: Path
+) -> None:
+    model, x = TwoHeads().eval(), torch.rand(2, 1, 8, 8)
+    path = tmp_path / ("model.onnx" if kind == "onnx_legacy" else "model.pt2")
+    if kind == "onnx_legacy":
+        torch.onnx.export(
+            model, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
+            output_names=["main", "aux"], dynamic_axes={"input": {0: "batch"}},
+        )  # fmt: skip
+    else:
+        torch.export.save(
+            torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("b")},)), path
+        )
+    first = load_model(path, example_input=x.numpy())
+    assert first.module(x).shape == (2, 3) and "2 outputs" in first.notes[0]
+    assert _layer_names(first.module, x) == ["conv", "main"]
+    aux = load_model(path, example_input=x.numpy(), output="1")
+    assert torch.allclose(aux.module(x), model(x)[1], atol=1e-6)
+    assert np.allclose(aux.reference(x.numpy()), model(x)[1].detach().numpy(), atol=1e-6)
+    assert _layer_names(aux.module, x) == ["conv", "aux"]
+    with pytest.raises(AuditInputError, match=r"no output 'logits'; its outputs are 0: "):
+        load_model(path, example_input=x.numpy(), output="logits")
+
+
+def test_batch_norm_after_a_conv_is_folded_into_it_by_either_exporter(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+        model[1].weight.uniform_(0.5, 2)
+    model.eval()
+    x = torch.rand(3, 1, 8, 8)
+    for dynamo in (False, True):
+        path = tmp_path / f"bn_{dynamo}.onnx"
+        torch.onnx.export(
+            model, (x,), path, dynamo=dynamo, input_names=["input"], external_data=False,
+            **({"dynamic_shapes": ({0: torch.export.Dim("b")},)} if dynamo else
+               {"dynamic_axes": {"input": {0: "batch"}}, "opset_version": 17, "do_constant_folding": False}),
+        )  # fmt: skip
+        module = load_model(path).module
+        kinds = [type(m).__name__ for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
+        assert kinds == ["Conv2d", "Linear"], dynamo
+        assert torch.allclose(module(x), model(x), atol=1e-5)

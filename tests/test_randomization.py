@@ -109,3 +109,15 @@ def test_reinitialization_is_seeded_and_follows_the_scheme() -> None:
     reinitialize(second, ReinitScheme.normal, 0.02, seed=7)
     assert abs(second.weight.std().item() - 0.02) < 0.002
     assert abs(second.bias.std().item() - 0.02) < 0.006
+
+
+@pytest.mark.parametrize("norm", [nn.BatchNorm2d(4), nn.LayerNorm([4, 3, 3]), nn.GroupNorm(2, 4)])
+def test_normalization_is_reinitialized_away_from_the_identity(norm: nn.Module) -> None:
+    norm.eval()
+    x = torch.randn(2, 4, 3, 3)
+    reinitialize(norm, ReinitScheme.default, 0.01, seed=3)
+    assert not torch.allclose(
+        norm(x), nn.functional.layer_norm(x, x.shape[1:]) if isinstance(norm, nn.LayerNorm) else x
+    )
+    assert (norm.weight >= 0).all() and (norm.weight <= 1).all() and norm.weight.std() > 0.1
+    assert torch.equal(norm.bias, torch.zeros_like(norm.bias))

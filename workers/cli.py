@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from workers.engine.settings import (
     AuditSettings,
+    IgBaseline,
     LayerOrder,
     Metric,
     Optimizer,
@@ -86,9 +87,20 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--reinit", choices=list(ReinitScheme), help="how layers are re-initialized" + _default("reinit"))
     add("--reinit-std", type=float, help="std of the 'normal' re-initialization" + _default("reinit_std"))
     add("--ig-steps", type=int, help="Integrated Gradients steps" + _default("ig_steps"))
+    add(
+        "--ig-baseline",
+        choices=list(IgBaseline),
+        help="Integrated Gradients baseline: black pixels, zero model input, or each image's mean colour"
+        + _default("ig_baseline"),
+    )
     add("--noise-samples", type=int, help="SmoothGrad/VarGrad samples" + _default("noise_samples"))
     add("--noise-level", type=float, help="noise std / (max - min) of each image" + _default("noise_level"))
-    add("--gradcam-layer", help="layer GradCAM reads (default: the last convolution)")
+    add(
+        "--gradcam-layer",
+        help="module, layer, ONNX node or value GradCAM reads (default: the last feature map, or a ViT's "
+        "last residual stream as a patch grid)",
+    )
+    add("--output", help="model output to audit, by name or 0-based position (default: the first)")
     add("--batch-size", type=int, help="images per batch" + _default("batch_size"))
     add("--internal-batch-size", type=int, help="rows per pass of IG/noise" + _default("internal_batch_size"))
     add("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W (default: never)")
@@ -210,9 +222,11 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "reinit": args.reinit,
         "reinit_std": args.reinit_std,
         "ig_steps": args.ig_steps,
+        "ig_baseline": args.ig_baseline,
         "noise_samples": args.noise_samples,
         "noise_level": args.noise_level,
         "gradcam_layer": args.gradcam_layer,
+        "output": args.output,
         "batch_size": args.batch_size,
         "internal_batch_size": args.internal_batch_size,
         "device": args.device,

@@ -24,6 +24,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 from torch._export.converter import TS2EPConverter
+from torch.utils._pytree import tree_leaves
 
 from workers.engine.errors import AuditInputError, ModelConversionError
 from workers.engine.formats import (
@@ -61,13 +62,14 @@ def detect_format(path: Path) -> ArtifactFormat:
     return sniff_format(read_artifact(path), path.name)
 
 
-def load_model(path: Path, example_input: np.ndarray | None = None) -> LoadedModel:
-    """Load ``path``; TorchScript and torch.export files need ``example_input`` (a probe batch) to lower."""
+def load_model(path: Path, example_input: np.ndarray | None = None, output: str | None = None) -> LoadedModel:
+    """Load ``path`` to audit its output ``output`` (name or position; default the first). TorchScript and
+    torch.export files need ``example_input`` (a probe batch) to lower."""
     data = read_artifact(path)
     kind = sniff_format(data, path.name)
     digest = hashlib.sha256(data).hexdigest()
     if kind == "onnx":
-        return _load_onnx(data, path.name, digest)
+        return _load_onnx(data, path.name, digest, output)
     if example_input is None:
         raise AuditInputError(
             f"{path.name} is a {format_label(kind)} program: it declares no input shape, so the engine needs "
@@ -75,16 +77,16 @@ def load_model(path: Path, example_input: np.ndarray | None = None) -> LoadedMod
         )
     example = torch.from_numpy(np.ascontiguousarray(example_input, dtype=np.float32))
     loader = _load_torchscript if kind == "torchscript" else _load_torch_export
-    return loader(data, path.name, digest, example)
+    return loader(data, path.name, digest, example, output)
 
 
 # --- recognizing the bytes ------------------------------------------------------------------------------
 
 
-def _load_onnx(data: bytes, filename: str, digest: str) -> LoadedModel:
+def _load_onnx(data: bytes, filename: str, digest: str, output: str | None) -> LoadedModel:
     model = parse_onnx(data, filename)
-    module = _convert(model, filename, "onnx")
-    notes = []
+    module = _convert(model, filename, "onnx", output)
+    notes = _output_notes(module)
     original_opset = _opset(model)
     if module.opset != original_opset:
         notes.append(f"ONNX opset {original_opset} was converted to opset {module.opset} before the rebuild")
@@ -134,7 +136,9 @@ def _onnxruntime_session(
 # --- TorchScript and torch.export ----------------------------------------------------------------
 
 
-def _load_torchscript(data: bytes, filename: str, digest: str, example: Tensor) -> LoadedModel:
+def _load_torchscript(
+    data: bytes, filename: str, digest: str, example: Tensor, output: str | None
+) -> LoadedModel:
     """Through torch.export (as a .pt2 file goes), so both program formats give the same graph and layer
     names; programs the TorchScript converter cannot take go through the TorchScript ONNX exporter."""
     with _lowering(filename, "TorchScript"):
@@ -145,7 +149,7 @@ def _load_torchscript(data: bytes, filename: str, digest: str, example: Tensor) 
         except Exception:  # the converter covers most, not all, of TorchScript
             model = _torchscript_onnx_export(program, example)
     runtime = f"torch.jit {torch.__version__}"
-    return _from_program(model, program, filename, digest, "torchscript", runtime)
+    return _from_program(model, program, filename, digest, "torchscript", runtime, output)
 
 
 def _torchscript_onnx_export(program: torch.jit.ScriptModule, example: Tensor) -> onnx.ModelProto:
@@ -162,13 +166,15 @@ def _torchscript_onnx_export(program: torch.jit.ScriptModule, example: Tensor) -
     return onnx.load_model_from_string(buffer.getvalue())
 
 
-def _load_torch_export(data: bytes, filename: str, digest: str, example: Tensor) -> LoadedModel:
+def _load_torch_export(
+    data: bytes, filename: str, digest: str, example: Tensor, output: str | None
+) -> LoadedModel:
     with _lowering(filename, "torch.export"):
         exported = torch.export.load(io.BytesIO(data))
         model = torch.onnx.export(exported, (example,), dynamo=True, verbose=False).model_proto
         program = exported.module()
     runtime = f"torch.export {torch.__version__}"
-    return _from_program(model, program, filename, digest, "torch_export", runtime)
+    return _from_program(model, program, filename, digest, "torch_export", runtime, output)
 
 
 @contextlib.contextmanager
@@ -204,12 +210,14 @@ def _from_program(
     digest: str,
     kind: ArtifactFormat,
     runtime: str,
+    output: str | None,
 ) -> LoadedModel:
-    module = _convert(model, filename, kind)
+    module = _convert(model, filename, kind, output)
     _name_layers_from_state(module, program)
     notes = [
+        *_output_notes(module),
         f"{format_label(kind)} program lowered in memory to ONNX opset {module.opset} with torch.onnx and "
-        "rebuilt with hookable layers; the rebuild is verified against the program itself"
+        "rebuilt with hookable layers; the rebuild is verified against the program itself",
     ]
     final = module.output_name
     reference_output = None
@@ -220,7 +228,7 @@ def _from_program(
         module=module,
         artifact=ArtifactInfo(filename=filename, sha256=digest, format=kind, opset=module.opset),
         reference_runtime=runtime,
-        reference=_program_reference(program),
+        reference=_program_reference(program, module.graph_outputs.index(module.selected_output)),
         notes=notes,
         reference_output=reference_output,
     )
@@ -244,12 +252,13 @@ def _name_layers_from_state(module: OnnxGraphModule, program: Callable[[Tensor],
                 break
 
 
-def _program_reference(program: Callable[[Tensor], Any]) -> Callable[[np.ndarray], np.ndarray]:
+def _program_reference(program: Callable[[Tensor], Any], position: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The program's output at ``position`` among its tensors, in the order ONNX lists the outputs."""
+
     def reference(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            out = program(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        while isinstance(out, tuple | list) and out:
-            out = out[0]
+            outputs = tree_leaves(program(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))))
+        out = outputs[position] if position < len(outputs) else None
         if not isinstance(out, Tensor):
             raise ModelConversionError(f"the program returns {type(out).__name__}, not a tensor of logits")
         return out.detach().float().numpy()
@@ -260,11 +269,17 @@ def _program_reference(program: Callable[[Tensor], Any]) -> Callable[[np.ndarray
 # --- shared ---------------------------------------------------------------------------------------
 
 
-def _convert(model: onnx.ModelProto, filename: str, kind: ArtifactFormat) -> OnnxGraphModule:
+def _convert(
+    model: onnx.ModelProto, filename: str, kind: ArtifactFormat, output: str | None
+) -> OnnxGraphModule:
     try:
         module = onnx_to_torch(model)
+        module.select_output(output)
     except ModelConversionError as error:
         raise ModelConversionError(f"{filename}: {error}") from None
+    except ValueError as error:
+        raise AuditInputError(f"{filename}: {error}") from None
+
     shape = module.input_shape
     if not shape or shape[0] is not None:
         shown = tuple("batch" if d is None else d for d in shape)
@@ -274,6 +289,13 @@ def _convert(model: onnx.ModelProto, filename: str, kind: ArtifactFormat) -> Onn
             f"with a dynamic batch dimension: {_BATCH_HINTS[kind]}"
         )
     return module
+
+
+def _output_notes(module: OnnxGraphModule) -> list[str]:
+    outputs = module.graph_outputs
+    if len(outputs) == 1:
+        return []
+    return [f"the model has {len(outputs)} outputs; the audit explains {module.selected_output!r}"]
 
 
 def _drop_final_softmax(module: OnnxGraphModule, notes: list[str]) -> bool:

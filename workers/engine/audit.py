@@ -24,7 +24,7 @@ from workers.engine.checks import CheckContext, RetrainFloor, SanityCheck, Stage
 from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinPool
 from workers.engine.errors import AuditCancelled, AuditInputError, MethodUnsupportedError
 from workers.engine.gradcam_target import choose_target
-from workers.engine.layers import Layer, layers_in_forward_order
+from workers.engine.layers import NORMALIZATIONS, Layer, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
@@ -41,7 +41,7 @@ from workers.engine.report import (
     Verdict,
     Versions,
 )
-from workers.engine.settings import AuditSettings, RandomizationTest, TargetPolicy
+from workers.engine.settings import AuditSettings, RandomizationTest, ReinitScheme, TargetPolicy
 from workers.engine.similarity import PreparedMaps, compare_prepared, prepare
 from workers.engine.statistics import summarize, summarize_all
 from workers.engine.verification import verify_conversion
@@ -201,7 +201,7 @@ def run_audit(
             versions=_versions(),
             methods=results,
             data_randomization=pool.info if pool is not None else None,
-            notes=loaded.notes + _constant_notes(model),
+            notes=loaded.notes + _constant_notes(model) + _normalization_notes(model, layers, settings),
             seconds=time.perf_counter() - started,
         )
         report_json = report.model_dump_json(indent=2)
@@ -220,13 +220,14 @@ def _load_inputs(
 ) -> tuple[LoadedModel, ProbeSet]:
     """ONNX declares its input shape, so probes are checked against it; the others need a probe batch."""
     if detect_format(model_path) == "onnx":
-        loaded = load_model(model_path)
+        loaded = load_model(model_path, output=settings.output)
         probes = load_probes(
             probes_path, settings.preprocessing, loaded.module.input_shape, settings.max_images
         )
         return loaded, probes
     probes = load_probes(probes_path, settings.preprocessing, None, settings.max_images)
-    return load_model(model_path, example_input=probes.x[: min(2, len(probes.x))]), probes
+    example = probes.x[: min(2, len(probes.x))]
+    return load_model(model_path, example_input=example, output=settings.output), probes
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -284,6 +285,20 @@ def cross_image_partners(classes: np.ndarray, seed: int) -> np.ndarray:
         other_class = candidates[classes[candidates] != classes[image]]
         partners[image] = other_class[0] if len(other_class) else candidates[0]
     return partners
+
+
+def _normalization_notes(model: nn.Module, layers: list[Layer], settings: AuditSettings) -> list[str]:
+    """Say how normalization layers were re-initialized: not by their own initializer (the identity)."""
+    normalizations = [
+        layer.name for layer in layers if isinstance(model.get_submodule(layer.path), NORMALIZATIONS)
+    ]
+    if not normalizations or settings.reinit is not ReinitScheme.default:
+        return []
+    return [
+        f"{len(normalizations)} normalization layer(s) ({', '.join(normalizations[:10])}"
+        f"{' ...' if len(normalizations) > 10 else ''}) are re-initialized with scale ~ U(0, 1) and shift 0: "
+        "their own initializer (scale 1, shift 0) would make a stage that only removes normalization"
+    ]
 
 
 def _constant_notes(model: nn.Module) -> list[str]:

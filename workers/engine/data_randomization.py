@@ -450,7 +450,7 @@ class DataSetup:
     def _client_model(
         self, path: Path, probes: ProbeSet, classes: int, check_methods: Callable[[nn.Module], None]
     ) -> tuple[nn.Module, ArtifactInfo, ConversionCheck]:
-        loaded = load_model(path, example_input=probes.x[:2])
+        loaded = load_model(path, example_input=probes.x[:2], output=self.settings.output)
         check = verify_conversion(
             loaded,
             probes.x,

@@ -3,10 +3,11 @@
 The conventional layer is the output of the last spatial block (torchvision ResNet: ``layer4[-1]``,
 after the residual Add and its ReLU), not the last Conv2d in forward order, which in a residual block is
 the branch convolution before the Add, or a downsampling shortcut. So the default is the last value on
-the path to the output that is still a feature map [N, C, H, W] with more than one position. A
-transformer's blocks output tokens: when its last residual stream [N, T, D] comes after the last feature
-map (the patch embedding), it is read, reshaped to the patch grid with the class token dropped, when the
-grid follows from the input size; a model with neither is refused.
+the path to the output that is still a feature map [N, C, H, W] with more than one position, read
+before any pooling that ends the feature extractor (VGG's last max pool), at the last conv block's
+resolution. A transformer's blocks output tokens: when its last residual stream [N, T, D] comes after the
+last feature map (the patch embedding), it is read, reshaped to the patch grid with the class token
+dropped, when the grid follows from the input size; a model with neither is refused.
 """
 
 import math
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from workers.engine.errors import AuditInputError
+from workers.engine.errors import MethodUnsupportedError
 from workers.engine.onnx_import import OnnxGraphModule
 
 
@@ -47,12 +48,15 @@ def choose_target(model: OnnxGraphModule, example: Tensor, requested: str | None
         value, label = _requested_value(model, requested, order)
         target = _readable(value, label, f"chosen with gradcam_layer={requested!r}", shapes[value], size)
         if target is None:
-            raise AuditInputError(
-                f"gradcam_layer {requested!r} outputs {list(shapes[value])}: GradCAM needs a feature map "
-                "[N, C, H, W] or a token sequence [N, T, D] whose tokens tile the input as a patch grid"
+            raise MethodUnsupportedError(
+                f"gradcam: gradcam_layer {requested!r} outputs {list(shapes[value])}: GradCAM needs a "
+                "feature map [N, C, H, W] or a token sequence [N, T, D] whose tokens tile the input as "
+                "a patch grid"
             )
         return target
     maps = [name for name in order if len(shapes[name]) == 4 and math.prod(shapes[name][2:]) > 1]
+    while maps and _pooled(model, maps[-1]) in maps:  # read before a trailing pooling, at full detail
+        maps = maps[: maps.index(_pooled(model, maps[-1])) + 1]
     streams = [
         target
         for name in order
@@ -98,6 +102,12 @@ def _patch_grid(tokens: int, size: tuple[int, ...]) -> tuple[int, int] | None:
     return height // patch, width // patch
 
 
+def _pooled(model: OnnxGraphModule, value: str) -> str | None:
+    """The input of the pooling that produced ``value``, or None when ``value`` is not pooled."""
+    step = model.producer(value)
+    return step.inputs[0] if step is not None and step.op_type in ("MaxPool", "AveragePool") else None
+
+
 def _is_sum(model: OnnxGraphModule, value: str) -> bool:
     step = model.producer(value)
     return step is not None and step.op_type == "Add"
@@ -127,6 +137,6 @@ def _requested_value(model: OnnxGraphModule, requested: str, order: list[str]) -
         return inside[-1], f"{requested} (module output)"
     modules = sorted({step.scope for step in model.steps if step.scope})
     shown = ", ".join(modules[:40]) or "the file names no modules"
-    raise AuditInputError(
-        f"gradcam_layer {requested!r} is not a module, layer or value of the model ({shown})"
+    raise MethodUnsupportedError(
+        f"gradcam: gradcam_layer {requested!r} is not a module, layer or value of the model ({shown})"
     )

@@ -72,6 +72,12 @@ class Layout(StrEnum):
     nhwc = "NHWC"
 
 
+class IgBaseline(StrEnum):
+    black = "black"  # pixel value 0 preprocessed like the probes: -mean/std per channel
+    zero = "zero"  # zeros of the model's input (the mean colour when mean/std normalize the probes)
+    mean = "mean"  # a uniform image of each probe's own per-channel mean
+
+
 class Preprocessing(BaseModel):
     """How probe files become the model's input tensor."""
 
@@ -183,9 +189,23 @@ class AuditSettings(BaseModel):
     reinit: ReinitScheme = ReinitScheme.default
     reinit_std: Annotated[float, Field(gt=0)] = 0.01
     ig_steps: Annotated[int, Field(ge=2, le=1000)] = 50
+    ig_baseline: IgBaseline = Field(
+        IgBaseline.black,
+        description="Integrated Gradients' starting image: 'black' (pixel value 0, preprocessed like the "
+        "probes), 'zero' (zeros of the model input) or 'mean' (each probe's mean colour).",
+    )
     noise_samples: Annotated[int, Field(ge=2, le=1000)] = 50
     noise_level: Annotated[float, Field(gt=0, le=2)] = 0.15
-    gradcam_layer: str | None = Field(None, description="Layer for GradCAM; default the last convolution.")
+    gradcam_layer: str | None = Field(
+        None,
+        description="What GradCAM reads: a module of the source model (e.g. 'layer4.1'), a layer, an ONNX "
+        "node or value name. Default: the last feature map (a ViT's last residual stream as a patch grid).",
+    )
+    output: str | None = Field(
+        None,
+        description="The model output to audit, by name or 0-based position, for models with several "
+        "(auxiliary heads). Default: the first.",
+    )
     batch_size: Annotated[int, Field(ge=1)] = 64
     internal_batch_size: Annotated[int, Field(ge=1)] = 256
     max_images: Annotated[int, Field(ge=2, le=10_000)] = 1000

@@ -5,6 +5,7 @@ from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from torch import Tensor, nn
 
 from workers.engine.methods.base import SaliencyMethod
+from workers.engine.settings import IgBaseline
 
 
 def logit_gradient(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
@@ -35,14 +36,16 @@ class GradientXInput(SaliencyMethod):
 
 
 class IntegratedGradients(SaliencyMethod):
-    """Straight path from an all-zero (black) baseline, as in the paper."""
+    """Straight path from a black image, as in the paper. Black is pixel value 0 preprocessed like the
+    probes: with mean/std normalization that is -mean/std per channel, not the zero of the model input
+    (which would be the mean colour)."""
 
     name = "integrated_gradients"
 
     def parameters(self) -> dict[str, float | int | str | None]:
         return {
             "steps": self.context.settings.ig_steps,
-            "baseline": "zeros",
+            "baseline": self.context.settings.ig_baseline.value,
             "integration": "gausslegendre",
             "internal_batch_size": self.context.settings.internal_batch_size,
         }
@@ -53,12 +56,24 @@ class IntegratedGradients(SaliencyMethod):
         settings = self.context.settings
         attributions = CaptumIntegratedGradients(model).attribute(
             inputs,
-            baselines=torch.zeros_like(inputs),
+            baselines=self.baseline(inputs),
             target=target,
             n_steps=settings.ig_steps,
             internal_batch_size=settings.internal_batch_size,
         )
         return attributions.detach()
+
+    def baseline(self, inputs: Tensor) -> Tensor:
+        settings = self.context.settings
+        if settings.ig_baseline is IgBaseline.zero:
+            return torch.zeros_like(inputs)
+        if settings.ig_baseline is IgBaseline.mean:
+            return inputs.mean(dim=tuple(range(2, inputs.dim())), keepdim=True).expand_as(inputs)
+        preprocessing = settings.preprocessing
+        channels = (1, -1) + (1,) * (inputs.dim() - 2)
+        mean = torch.tensor(preprocessing.mean or [0.0], dtype=inputs.dtype, device=inputs.device)
+        std = torch.tensor(preprocessing.std or [1.0], dtype=inputs.dtype, device=inputs.device)
+        return ((0.0 - mean.view(channels)) / std.view(channels)).expand_as(inputs)
 
 
 class _NoisyGradients(SaliencyMethod):

@@ -53,6 +53,7 @@ class OnnxGraphModule(nn.Module):
         self.input_shape = input_shape  # None for dynamic dimensions such as the batch
         self.graph_outputs = graph_outputs
         self.output_name = graph_outputs[0]
+        self.selected_output = graph_outputs[0]  # the graph output audited (output_name: its logits)
         self.opset = opset  # default-domain opset the graph was read at, after any version conversion
         self.layer_names: dict[str, str] = {}  # module attribute -> name the artifact gave the layer
         self.steps: list[Step] = []
@@ -103,6 +104,25 @@ class OnnxGraphModule(nn.Module):
         if step is not None and step.op_type in ("Softmax", "LogSoftmax"):
             return step.inputs[0]
         return None
+
+    def select_output(self, choice: str | None) -> None:
+        """Audit the graph output named ``choice`` (or at that 0-based position; default the first) and
+        drop every step and layer that does not feed it, so unused heads are neither layers nor run."""
+        outputs = self.graph_outputs
+        if choice is not None:
+            position = int(choice) if choice.isdigit() else None
+            if choice not in outputs and (position is None or position >= len(outputs)):
+                shown = ", ".join(f"{i}: {name!r}" for i, name in enumerate(outputs))
+                raise ValueError(f"the model has no output {choice!r}; its outputs are {shown}")
+            self.output_name = choice if choice in outputs else outputs[position]
+            self.selected_output = self.output_name
+        kept = self.steps_to_output()
+        used = {step.module for step in kept if step.module}
+        for step in self.steps:
+            if step.module and step.module not in used and step.module in self._modules:
+                del self._modules[step.module]
+                self.layer_names.pop(step.module, None)
+        self.steps = kept
 
     def steps_to_output(self) -> list[Step]:
         """The steps the output depends on, in execution order."""

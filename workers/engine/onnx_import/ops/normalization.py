@@ -97,16 +97,13 @@ def layer_norm(b: Builder, node: NodeProto, attrs: Attrs) -> None:
 
 
 def group_norm(b: Builder, node: NodeProto, attrs: Attrs) -> None:
-    """GroupNormalization; opset 18 gave one scale per group, 21 one per channel (torch's form)."""
+    """GroupNormalization-21, one scale per channel as torch has it (the checker refuses opset 18's)."""
     scale, bias = b.const(node, 1, "scale"), b.const(node, 2, "bias")
     groups = attrs["num_groups"]
     shape = b.shapes.get(node.input[0], ())
     channels = shape[1] if len(shape) > 1 else None
     if channels is None:
         raise ModelConversionError(f"{describe(node)}: the input's channel count is not known")
-    if scale.numel() == groups and groups != channels:
-        scale = scale.repeat_interleave(channels // groups)
-        bias = bias.repeat_interleave(channels // groups)
 
     def make() -> nn.Module:
         norm = nn.GroupNorm(groups, channels, eps=attrs.get("epsilon", 1e-5), device="meta")
