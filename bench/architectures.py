@@ -36,7 +36,7 @@ def _audit(model_file: Path, probes: Path, out: Path) -> dict[str, object]:
         try:
             report = run_audit(model_file, probes, AuditSettings(methods=methods), out)
         except MethodUnsupportedError as error:
-            refused = str(error).split("(", 1)[1].split(")", 1)[0]
+            refused = str(error).split("other than ReLU (", 1)[-1].split("); guided", 1)[0]
             methods = [m for m in methods if m not in GUIDED]
             report = run_audit(model_file, probes, AuditSettings(methods=methods), out)
     except AuditInputError as error:

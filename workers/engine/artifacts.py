@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -147,9 +149,28 @@ def _load_torchscript(
             exported = TS2EPConverter(program, (example,)).convert()
             model = torch.onnx.export(exported, (example,), dynamo=True, verbose=False).model_proto
         except Exception:  # the converter covers most, not all, of TorchScript
-            model = _torchscript_onnx_export(program, example)
+            with _native_output_discarded():
+                model = _torchscript_onnx_export(program, example)
     runtime = f"torch.jit {torch.__version__}"
     return _from_program(model, program, filename, digest, "torchscript", runtime, output)
+
+
+@contextlib.contextmanager
+def _native_output_discarded() -> Iterator[None]:
+    """The TorchScript ONNX exporter always enables its C++ log and prints the whole graph to the process's
+    stdout when it fails; file descriptors 1 and 2 point to /dev/null meanwhile."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "wb") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def _torchscript_onnx_export(program: torch.jit.ScriptModule, example: Tensor) -> onnx.ModelProto:
