@@ -293,10 +293,7 @@ def export(model: nn.Module, fmt: str, folder: Path, example: Tensor) -> Path:
     path = folder / f"model_{fmt}{_SUFFIX[fmt]}"
     batch = torch.export.Dim("batch", min=1)
     if fmt == "onnx_legacy":
-        torch.onnx.export(
-            model, (example,), path, dynamo=False, opset_version=17, input_names=["input"],
-            output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )  # fmt: skip
+        _legacy_onnx(model, example, path)
     elif fmt == "onnx_dynamo":
         torch.onnx.export(
             model, (example,), path, dynamo=True, input_names=["input"], output_names=["logits"],
@@ -312,8 +309,13 @@ def export(model: nn.Module, fmt: str, folder: Path, example: Tensor) -> Path:
 def converted(model: nn.Module, example: Tensor) -> OnnxGraphModule:
     """``model`` as every audit sees it: exported to ONNX in memory and rebuilt by the engine's converter."""
     buffer = io.BytesIO()
-    torch.onnx.export(
-        model.eval(), (example,), buffer, dynamo=False, opset_version=17, input_names=["input"],
-        dynamic_axes={"input": {0: "batch"}},
-    )  # fmt: skip
+    _legacy_onnx(model.eval(), example, buffer)
     return onnx_to_torch(onnx.load_model_from_string(buffer.getvalue()))
+
+
+def _legacy_onnx(model: nn.Module, example: Tensor, target: Path | io.BytesIO) -> None:
+    """torch's TorchScript-based ONNX exporter at opset 17, batch dimension dynamic."""
+    torch.onnx.export(
+        model, (example,), target, dynamo=False, opset_version=17, input_names=["input"],
+        output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )  # fmt: skip

@@ -25,7 +25,7 @@ from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinPoo
 from workers.engine.errors import AuditCancelled, AuditInputError, MethodUnsupportedError
 from workers.engine.gradcam_target import choose_target
 from workers.engine.layers import NORMALIZATIONS, Layer, layers_in_forward_order
-from workers.engine.methods import MethodContext, SaliencyMethod, create_method
+from workers.engine.methods import MethodContext, SaliencyMethod, create_method, method_class
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
 from workers.engine.report import (
@@ -343,15 +343,12 @@ def _create_methods(
     settings: AuditSettings, model: nn.Module, layers: list[Layer], x: Tensor
 ) -> list[SaliencyMethod]:
     """Build every requested method and refuse up front, naming all methods that cannot run correctly."""
-    gradcam = choose_target(model, x[:1], settings.gradcam_layer) if _reads_gradcam(settings) else None
+    reads_layer = any(method_class(name).reads_gradcam_layer for name in settings.methods)
+    gradcam = choose_target(model, x[:1], settings.gradcam_layer) if reads_layer else None
     context = MethodContext(settings, gradcam)
     methods = [create_method(name, context) for name in settings.methods]
     _check_methods(methods, model, x)
     return methods
-
-
-def _reads_gradcam(settings: AuditSettings) -> bool:
-    return any(name in ("gradcam", "guided_gradcam") for name in settings.methods)
 
 
 def _check_methods(methods: list[SaliencyMethod], model: nn.Module, x: Tensor) -> None:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from workers.engine.errors import MethodUnsupportedError
 from workers.engine.onnx_import import OnnxGraphModule
+from workers.engine.onnx_import.graph import Step
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,13 @@ def choose_target(model: OnnxGraphModule, example: Tensor, requested: str | None
     """The requested value (a module of the source model, a layer, a node or a value name), else the
     default; None when the model has nothing GradCAM can read."""
     shapes = model.value_shapes(example)
-    order = [name for step in model.steps_to_output() for name in step.outputs if name in shapes]
+    steps = model.steps_to_output()
     data = model.data_values()
-    order = [name for name in order if name in data]
+    order = [name for step in steps for name in step.outputs if name in shapes and name in data]
+    producers = model.producers()
     size = tuple(example.shape[2:])
     if requested is not None:
-        value, label = _requested_value(model, requested, order)
+        value, label = _requested_value(model, requested, steps, set(order), producers)
         target = _readable(value, label, f"chosen with gradcam_layer={requested!r}", shapes[value], size)
         if target is None:
             raise MethodUnsupportedError(
@@ -55,23 +57,21 @@ def choose_target(model: OnnxGraphModule, example: Tensor, requested: str | None
             )
         return target
     maps = [name for name in order if len(shapes[name]) == 4 and math.prod(shapes[name][2:]) > 1]
-    while maps and _pooled(model, maps[-1]) in maps:  # read before a trailing pooling, at full detail
-        maps = maps[: maps.index(_pooled(model, maps[-1])) + 1]
-    streams = [
-        target
-        for name in order
-        if _is_sum(model, name) and len(shapes[name]) == 3
-        for target in [_readable(name, _label(model, name), "the last residual stream", shapes[name], size)]
-        if target is not None
-    ]
-    last_map = (
-        GradCamTarget(maps[-1], _label(model, maps[-1]), "the last feature map (the last block's output)")
-        if maps
-        else None
-    )
-    if streams and (last_map is None or order.index(streams[-1].value) > order.index(last_map.value)):
-        return streams[-1]
-    return last_map
+    while maps and _pooled(producers, maps[-1]) in maps:  # read before a trailing pooling, at full detail
+        maps = maps[: maps.index(_pooled(producers, maps[-1])) + 1]
+    last_map = maps[-1] if maps else None
+    for name in reversed(order):
+        if name == last_map:
+            return GradCamTarget(
+                name, _label(model, producers, name), "the last feature map (the last block's output)"
+            )
+        if producers[name].op_type == "Add" and len(shapes[name]) == 3:
+            stream = _readable(
+                name, _label(model, producers, name), "the last residual stream", shapes[name], size
+            )
+            if stream is not None:
+                return stream
+    return None
 
 
 def _readable(
@@ -102,36 +102,31 @@ def _patch_grid(tokens: int, size: tuple[int, ...]) -> tuple[int, int] | None:
     return height // patch, width // patch
 
 
-def _pooled(model: OnnxGraphModule, value: str) -> str | None:
+def _pooled(producers: dict[str, Step], value: str) -> str | None:
     """The input of the pooling that produced ``value``, or None when ``value`` is not pooled."""
-    step = model.producer(value)
-    return step.inputs[0] if step is not None and step.op_type in ("MaxPool", "AveragePool") else None
+    step = producers[value]
+    return step.inputs[0] if step.op_type in ("MaxPool", "AveragePool") else None
 
 
-def _is_sum(model: OnnxGraphModule, value: str) -> bool:
-    step = model.producer(value)
-    return step is not None and step.op_type == "Add"
-
-
-def _label(model: OnnxGraphModule, value: str) -> str:
-    step = model.producer(value)
-    if step is None:
-        return value
+def _label(model: OnnxGraphModule, producers: dict[str, Step], value: str) -> str:
+    step = producers[value]
     where = model.layer_names.get(step.module or "", "") or step.scope
-    return f"{where} ({step.op_type} output)" if where else f"{value} ({step.op_type} output)"
+    return f"{where or value} ({step.op_type} output)"
 
 
-def _requested_value(model: OnnxGraphModule, requested: str, order: list[str]) -> tuple[str, str]:
+def _requested_value(
+    model: OnnxGraphModule, requested: str, steps: list[Step], readable: set[str], producers: dict[str, Step]
+) -> tuple[str, str]:
     """A value by its own name, its node's name, its layer's name or module attribute, or the source
     model's module path (the last value computed inside that module)."""
-    for step in reversed(model.steps_to_output()):
+    for step in reversed(steps):
         names = {step.name, *step.outputs, step.module, model.layer_names.get(step.module or "")}
-        if requested in names and step.outputs[0] in order:
-            return step.outputs[0], _label(model, step.outputs[0])
+        if requested in names and step.outputs[0] in readable:
+            return step.outputs[0], _label(model, producers, step.outputs[0])
     inside = [
         step.outputs[0]
-        for step in model.steps_to_output()
-        if (step.scope == requested or step.scope.startswith(f"{requested}.")) and step.outputs[0] in order
+        for step in steps
+        if (step.scope == requested or step.scope.startswith(f"{requested}.")) and step.outputs[0] in readable
     ]
     if inside:
         return inside[-1], f"{requested} (module output)"

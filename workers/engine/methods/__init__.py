@@ -6,6 +6,7 @@ from workers.engine.methods.base import (
     SaliencyMethod,
     available_methods,
     create_method,
+    method_class,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "edges",
     "gradients",
     "guided",
+    "method_class",
 ]

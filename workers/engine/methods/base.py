@@ -31,6 +31,7 @@ class SaliencyMethod(ABC):
     name: ClassVar[str]
     stochastic: ClassVar[bool] = False
     uses_model: ClassVar[bool] = True
+    reads_gradcam_layer: ClassVar[bool] = False  # needs ``MethodContext.gradcam``
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -59,11 +60,14 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_method(name: str, context: MethodContext) -> SaliencyMethod:
+def method_class(name: str) -> type[SaliencyMethod]:
     try:
-        method_class = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise AuditInputError(
             f"unknown saliency method {name!r}; available: {', '.join(available_methods())}"
         ) from None
-    return method_class(context)
+
+
+def create_method(name: str, context: MethodContext) -> SaliencyMethod:
+    return method_class(name)(context)

@@ -48,6 +48,7 @@ class GradCam(SaliencyMethod):
     """The chosen feature map (see ``gradcam_target``), ReLU, divided by its max, upsampled bilinearly."""
 
     name = "gradcam"
+    reads_gradcam_layer = True
 
     def parameters(self) -> dict[str, float | int | str | None]:
         target = self.context.gradcam
@@ -97,6 +98,7 @@ class GuidedGradCam(SaliencyMethod):
     """Guided Backprop x GradCAM, each computed as above."""
 
     name = "guided_gradcam"
+    reads_gradcam_layer = True
 
     def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
         super().__init__(context)

@@ -61,18 +61,18 @@ class Builder:
         self.fused: set[str] = set()  # outputs of nodes folded into the layer before them
         self.reused: dict[tuple[Any, ...], str] = {}
         self.learned: dict[str, str] = {}  # constant name -> value name of its LearnedTensor
-        self.node: NodeProto | None = None
         self.index = 0
 
     def add(self, node: NodeProto, index: int) -> None:
-        self.node, self.index = node, index
+        self.index = index
         if node.output[0] in self.fused:
             return
         attrs = attributes(node)
+        known_shape = self._known_shape(node, attrs) if node.op_type == "Shape" else None
         if node.op_type == "Constant":
             self.consts[node.output[0]] = constant_value(node, attrs)
-        elif node.op_type == "Shape" and self._known_shape(node, attrs) is not None:
-            self.consts[node.output[0]] = self._known_shape(node, attrs)
+        elif known_shape is not None:
+            self.consts[node.output[0]] = known_shape
         elif node.op_type in self.module_builders:
             self.module_builders[node.op_type](self, node, attrs)
         else:

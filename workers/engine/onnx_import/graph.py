@@ -95,8 +95,12 @@ class OnnxGraphModule(nn.Module):
             self.taps[value] = attr
         return self.taps[value]
 
+    def producers(self) -> dict[str, Step]:
+        """The step that computes each value."""
+        return {name: step for step in self.steps for name in step.outputs}
+
     def producer(self, value: str) -> Step | None:
-        return next((step for step in self.steps if value in step.outputs), None)
+        return self.producers().get(value)
 
     def pre_softmax_output(self) -> str | None:
         """The logits, when ``output_name`` is produced by a final Softmax/LogSoftmax; else None."""

@@ -22,6 +22,7 @@ _LINEAR = frozenset(
 )  # fmt: skip
 _SELECTIONS = frozenset({"MaxPool", "GlobalMaxPool", "ReduceMax"})
 _SHAPE_ONLY = frozenset({"Shape", "Size"})  # read the input's shape, not its values
+_ACCEPTED = _LINEAR | _SELECTIONS | _SHAPE_ONLY
 _PRODUCTS = frozenset({"Mul", "MatMul"})  # linear when at most one factor carries data
 
 _LABELS = {
@@ -49,11 +50,11 @@ _LABELS = {
 def non_relu_nonlinearities(module: OnnxGraphModule) -> Counter[str]:
     """Nonlinear operations on the data path to the output other than ReLUs and max-selections, by label."""
     data = module.data_values()
-    producers = {name: step for step in module.steps for name in step.outputs}
+    producers = module.producers()
     found: Counter[str] = Counter()
     for step in module.steps_to_output():
         carried = [name for name in step.inputs if name in data]
-        if not carried or step.op_type in _LINEAR | _SELECTIONS | _SHAPE_ONLY:
+        if not carried or step.op_type in _ACCEPTED:
             continue
         if step.op_type == "Relu" and step.module is not None:
             continue
