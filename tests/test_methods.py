@@ -107,6 +107,19 @@ def test_integrated_gradients_satisfies_completeness() -> None:
     assert torch.allclose(maps.flatten(1).sum(1), gap, atol=1e-3)
 
 
+@pytest.mark.parametrize("internal_batch_size", [None, 5, 12])
+def test_integrated_gradients_equals_captums(internal_batch_size: int | None) -> None:
+    from captum.attr import IntegratedGradients
+
+    model, (x, target) = SmallCNN().eval(), _inputs()
+    method = _method("integrated_gradients", ig_steps=16, internal_batch_size=internal_batch_size)
+    maps = method.attribute(model, x, target, torch.Generator())
+    expected = IntegratedGradients(model).attribute(
+        x, baselines=torch.zeros_like(x), target=target, n_steps=16, method="gausslegendre"
+    )
+    torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-7)
+
+
 def test_integrated_gradients_starts_from_black_pixels_of_the_preprocessed_input() -> None:
     """With mean/std normalization, black is -mean/std per channel, not the zero of the model input."""
     model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()

@@ -1,11 +1,15 @@
-"""Known answers for the similarity metrics: identity, independence, sign, monotone transforms, degeneracy."""
+"""Known answers for the similarity metrics: identity, independence, sign, monotone transforms, degeneracy;
+and agreement of the batched torch metrics with SciPy and scikit-image one image at a time."""
 
 import numpy as np
 import pytest
+import torch
 from skimage.metrics import structural_similarity
 
+from tests import similarity_oracle
 from workers.engine.settings import Metric
 from workers.engine.similarity import (
+    average_ranks,
     compare,
     hog_geometry,
     is_degenerate,
@@ -122,7 +126,7 @@ def test_normalize_signed_keeps_sign_and_clips_magnitude() -> None:
     values = np.arange(-50, 50, dtype=np.float64).reshape(1, 1, 10, 10)
     clip = np.percentile(np.abs(values), 99)
     expected = np.clip(values[0, 0], -clip, clip) / clip
-    normalized = normalize_signed(values)
+    normalized = normalize_signed(values).numpy()
     np.testing.assert_allclose(normalized[0], expected)
     assert normalized.min() == -1.0  # -50 lies beyond the clip; +49 just inside it
     assert normalized.max() < 1.0
@@ -136,7 +140,7 @@ def test_ssim_uses_data_range_one_on_min_max_maps() -> None:
     np.testing.assert_allclose(compare(1e-6 * reference, 5e3 * other)[Metric.ssim], ssim, rtol=1e-12)
 
     def unit(maps: np.ndarray) -> np.ndarray:
-        absolute = normalize_absolute(maps)[0]
+        absolute = normalize_absolute(maps)[0].numpy()
         return (absolute - absolute.min()) / (absolute.max() - absolute.min())
 
     a, b = unit(reference[:1]), unit(other[:1])
@@ -182,3 +186,66 @@ def test_empty_batch_gives_empty_values() -> None:
 def test_too_small_maps_raise() -> None:
     with pytest.raises(ValueError, match="3x3"):
         compare(np.ones((1, 1, 2, 8)), np.ones((1, 1, 2, 8)))
+
+
+def _saliency_like(seed: int, n: int, channels: int, height: int, width: int) -> np.ndarray:
+    """Maps with what real ones have: smooth blobs, exact zeros (MNIST background), ties, sparse pixels."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[0:height, 0:width]
+    maps = rng.normal(scale=0.3, size=(n, channels, height, width))
+    for image in range(n):
+        centre = rng.uniform(0, [height, width])
+        maps[image] += np.exp(
+            -((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2) / (0.1 * height * width)
+        )
+    maps[:, :, : height // 4] = 0.0  # a zero band: ties in the ranks, flat regions in SSIM and HOG
+    maps[1::4] = np.round(maps[1::4], 1)  # coarse values: many ties everywhere
+    maps[2::4] *= rng.random(maps[2::4].shape) < 0.005  # sparse: the 99th percentile is 0
+    return maps.astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("n", "channels", "height", "width"),
+    [(24, 1, 28, 28), (8, 3, 64, 48), (6, 1, 5, 9), (4, 3, 224, 224), (5, 2, 3, 3)],
+)
+def test_torch_metrics_agree_with_scipy_and_scikit_image(
+    n: int, channels: int, height: int, width: int
+) -> None:
+    reference = _saliency_like(11, n, channels, height, width)
+    other = _saliency_like(12, n, channels, height, width)
+    other[0] = reference[0] * 2 + 0.01  # a near copy, so the high end of every metric is checked too
+    other[3 % n] = 0.0  # degenerate
+    expected = similarity_oracle.compare(reference, other)
+    result = compare(reference, other)
+    for metric in Metric:
+        np.testing.assert_array_equal(np.isnan(result[metric]), np.isnan(expected[metric]), err_msg=metric)
+        np.testing.assert_allclose(result[metric], expected[metric], atol=1e-4, rtol=0, err_msg=metric)
+
+
+def test_torch_metrics_agree_with_scipy_and_scikit_image_on_non_negative_maps() -> None:
+    reference = np.abs(_saliency_like(15, 12, 3, 32, 32))  # GradCAM, VarGrad: signed and absolute agree
+    other = np.abs(_saliency_like(16, 12, 3, 32, 32))
+    expected = similarity_oracle.compare(reference, other)
+    result = compare(reference, other)
+    for metric in Metric:
+        np.testing.assert_allclose(result[metric], expected[metric], atol=1e-4, rtol=0, err_msg=metric)
+
+
+def test_torch_normalization_agrees_with_numpy() -> None:
+    maps = _saliency_like(13, 12, 3, 32, 32)
+    np.testing.assert_allclose(
+        normalize_absolute(maps), similarity_oracle.normalize_absolute(maps), atol=1e-12
+    )
+    np.testing.assert_allclose(normalize_signed(maps), similarity_oracle.normalize_signed(maps), atol=1e-12)
+    np.testing.assert_array_equal(is_degenerate(maps), similarity_oracle.is_degenerate(maps))
+
+
+def test_average_ranks_match_scipy_with_ties() -> None:
+    from scipy.stats import rankdata
+
+    rows = np.random.default_rng(14).integers(0, 5, size=(7, 40)).astype(np.float64)
+    rows[0] = 3.0  # one tie group spanning the row
+    ordered, order = torch.from_numpy(rows).sort(dim=1)
+    np.testing.assert_array_equal(
+        average_ranks(ordered, order).numpy(), rankdata(rows, axis=1, method="average")
+    )

@@ -101,8 +101,21 @@ def _build_parser() -> argparse.ArgumentParser:
         "last residual stream as a patch grid)",
     )
     add("--output", help="model output to audit, by name or 0-based position (default: the first)")
-    add("--batch-size", type=int, help="images per batch" + _default("batch_size"))
-    add("--internal-batch-size", type=int, help="rows per pass of IG/noise" + _default("internal_batch_size"))
+    add(
+        "--batch-size", type=int, help="probe images per method call, at most (default: 64 within the budget)"
+    )
+    add(
+        "--internal-batch-size",
+        type=int,
+        help="images per pass of IG steps and noise samples, at most (default: what the budget allows)",
+    )
+    add(
+        "--memory-budget",
+        type=int,
+        metavar="MIB",
+        help="memory the audit may use on its device; batch sizes follow (default: 1/4 of RAM up to 8 GiB, "
+        "1/2 of a GPU)",
+    )
     add("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W (default: never)")
     add("--channels", type=int, choices=[1, 3], help="read images as grey or RGB (default: as the model)")
     add("--value-scale", type=float, help="divide raw values by this (default: 255 for 8-bit, 1 for floats)")
@@ -229,6 +242,7 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "output": args.output,
         "batch_size": args.batch_size,
         "internal_batch_size": args.internal_batch_size,
+        "memory_budget_mib": args.memory_budget,
         "device": args.device,
     }
     preprocessing = {

@@ -22,7 +22,7 @@ class MapArchive:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._partial = path.with_name(path.name + ".partial")
-        self._zip = zipfile.ZipFile(self._partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+        self._zip = zipfile.ZipFile(self._partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
         self._entries: list[dict[str, Any]] = []
 
     def add_array(self, name: str, array: np.ndarray, **metadata: Any) -> None:

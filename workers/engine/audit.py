@@ -7,9 +7,11 @@ finished unit of work; ``should_cancel`` is asked between stages, so a cancel ne
 import os
 import platform
 import time
+import warnings
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from workers.engine.archive import MapArchive
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
+from workers.engine.budget import MIB, MemoryPlan, plan_memory
 from workers.engine.checks import CheckContext, RetrainFloor, SanityCheck, StageValues, create_check
 from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinPool
 from workers.engine.errors import AuditCancelled, AuditInputError, MethodUnsupportedError
@@ -27,12 +30,14 @@ from workers.engine.gradcam_target import choose_target
 from workers.engine.layers import NORMALIZATIONS, Layer, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method, method_class
 from workers.engine.methods.edges import sobel_magnitude
+from workers.engine.onnx_import import OnnxGraphModule
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
 from workers.engine.report import (
     ARCHIVE_FILE,
     REPORT_FILE,
     AuditReport,
     LayerInfo,
+    MemoryUse,
     MethodResult,
     MetricTable,
     ProbeInfo,
@@ -41,6 +46,7 @@ from workers.engine.report import (
     Verdict,
     Versions,
 )
+from workers.engine.reuse import ForwardRecord, StageForward, first_step
 from workers.engine.settings import AuditSettings, RandomizationTest, ReinitScheme, TargetPolicy
 from workers.engine.similarity import PreparedMaps, compare_prepared, prepare
 from workers.engine.statistics import summarize, summarize_all
@@ -79,11 +85,45 @@ class _Run:
     partners: np.ndarray  # image i's cross-image floor compares it with image partners[i]
     checks: list[SanityCheck]  # the requested randomization tests, in the order requested
     extend_work: Callable[[int], None]  # more units of work than planned: extra draws of an undecided test
+    memory: MemoryPlan
+    record: ForwardRecord | None  # the trained model's forward passes, for stages to start from
+    _masks: dict[int, PreparedMaps] = field(default_factory=dict)
 
     def targets(self, model: nn.Module) -> Tensor:
         return (
             self.fixed_target if self.fixed_target is not None else predictions(model, self.x, self.settings)
         )
+
+    def random_masks(self, channels: int) -> PreparedMaps:
+        """The calibration row's random masks, of the maps' shape; the same for every method."""
+        if channels not in self._masks:
+            shape = (len(self.x), channels, *self.x.shape[2:])
+            masks = np.random.default_rng([self.settings.seed, 0xCA11]).random(shape, dtype=np.float32)
+            self._masks[channels] = prepare(torch.from_numpy(masks).to(self.x.device))
+        return self._masks[channels]
+
+    def forward_for(self, model: nn.Module, start: int, recording: bool = False) -> nn.Module:
+        """The model that methods reusing forward work run on at a stage whose steps before ``start``
+        are as trained (0: none are)."""
+        if self.record is None or start == 0 or not isinstance(model, OnnxGraphModule):
+            return model
+        return StageForward(model, self.record, start, self.memory.memo_bytes, recording)
+
+
+@dataclass
+class _MethodState:
+    """One method's trained maps, which every stage of every test is compared with."""
+
+    method: SaliencyMethod
+    noise_seed: int
+    trained: PreparedMaps
+    trained_stage: Stage
+    channels: int  # of the maps (GradCAM's have one)
+    seconds: float  # time spent on this method's maps and comparisons so far
+
+    @property
+    def name(self) -> str:
+        return self.method.name
 
 
 def run_audit(
@@ -110,6 +150,10 @@ def run_audit(
         )
     device = resolve_device(settings.device)
     loaded, probes = _load_inputs(model_path, probes_path, settings)
+    memory = plan_memory(
+        loaded.module.eval().requires_grad_(False), torch.from_numpy(probes.x), settings, device
+    )
+    settings = memory.applied(settings)
     conversion = verify_conversion(
         loaded,
         probes.x,
@@ -118,8 +162,10 @@ def run_audit(
         batch_size=settings.batch_size,
     )
     _use_exact_kernels(device)
-    model = loaded.module.to(device).eval().requires_grad_(False)
+    model = loaded.module.to(device)
     x = torch.from_numpy(probes.x).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     layers = layers_in_forward_order(model, x[:1], loaded.module.layer_names)
     predicted = predictions(model, x, settings)
     with torch.no_grad():
@@ -158,7 +204,7 @@ def run_audit(
     out_dir.mkdir(parents=True, exist_ok=True)
     with MapArchive(out_dir / ARCHIVE_FILE) as archive:
         archive.add_array("inputs.npy", probes.x, kind="inputs")
-        edges = prepare(sobel_magnitude(x).cpu().numpy())
+        edges = prepare(sobel_magnitude(x))
         cancelled = should_cancel or _never
         pool = (
             TwinPool(data_setup, archive, report_progress, extend_work, cancelled)
@@ -185,8 +231,11 @@ def run_audit(
             partners,
             checks,
             extend_work,
+            memory,
+            ForwardRecord.for_layers(model, layers, memory.record_bytes),
         )
-        results = [_audit_method(run, method) for method in methods]
+        with _nondeterminism_noted(device) as nondeterministic:
+            results = _audit_methods(run, methods)
         report = AuditReport(
             created_at=datetime.now(UTC),
             model=loaded.artifact,
@@ -198,10 +247,14 @@ def run_audit(
             settings=settings,
             target_policy_note=TARGET_NOTES[settings.target],
             device=str(device),
+            memory=_memory_use(memory, run.record, device),
             versions=_versions(),
             methods=results,
             data_randomization=pool.info if pool is not None else None,
-            notes=loaded.notes + _constant_notes(model) + _normalization_notes(model, layers, settings),
+            notes=loaded.notes
+            + _constant_notes(model)
+            + _normalization_notes(model, layers, settings)
+            + nondeterministic,
             seconds=time.perf_counter() - started,
         )
         report_json = report.model_dump_json(indent=2)
@@ -263,6 +316,43 @@ def _use_exact_kernels(device: torch.device) -> None:
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@contextmanager
+def _nondeterminism_noted(device: torch.device) -> Iterator[list[str]]:
+    """On a GPU, collect the ops that have no deterministic kernel (torch warns of each once): the report
+    names them, since results through them may differ in the last bits from run to run."""
+    notes: list[str] = []
+    if device.type != "cuda":
+        yield notes
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield notes
+    ops = sorted(
+        {
+            str(w.message).split(" does not have a deterministic")[0]
+            for w in caught
+            if "does not have a deterministic implementation" in str(w.message)
+        }
+    )
+    if ops:
+        notes.append(
+            f"Not bit-reproducible on this GPU: {', '.join(ops)} ran without a deterministic CUDA kernel; "
+            "maps through them may differ in the last bits between runs (every other op is deterministic)."
+        )
+
+
+def _memory_use(plan: MemoryPlan, record: ForwardRecord | None, device: torch.device) -> MemoryUse:
+    peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
+    return MemoryUse(
+        budget_mib=plan.budget_bytes / MIB,
+        image_forward_mib=plan.image_bytes / MIB,
+        batch_size=plan.batch_size,
+        internal_batch_size=plan.internal_batch_size,
+        recorded_forward_mib=(record.used_bytes if record is not None else 0) / MIB,
+        device_peak_mib=peak,
+    )
 
 
 def _remove_previous_results(out_dir: Path) -> None:
@@ -363,12 +453,26 @@ def _check_methods(methods: list[SaliencyMethod], model: nn.Module, x: Tensor) -
         raise MethodUnsupportedError("; ".join(problems))
 
 
-def _audit_method(run: _Run, method: SaliencyMethod) -> MethodResult:
+def _audit_methods(run: _Run, methods: list[SaliencyMethod]) -> list[MethodResult]:
+    """Stage-major: each stage's model is built once and every method runs on it before the next."""
+    trained_forward = run.forward_for(run.model, len(getattr(run.model, "steps", ())), recording=True)
+    states = [_trained_state(run, method, trained_forward) for method in methods]
+    tests: dict[str, list[TestResult]] = {state.name: [] for state in states}
+    for check in run.checks:
+        for name, result in _run_check(run, check, states).items():
+            tests[name].append(result)
+    return [_method_result(run, state, tests[state.name]) for state in states]
+
+
+def _trained_state(run: _Run, method: SaliencyMethod, trained_forward: nn.Module) -> _MethodState:
     started = time.perf_counter()
     method_key = zlib.crc32(method.name.encode())  # noise depends on the method, not its place in the list
     noise_seed = int(np.random.SeedSequence([run.settings.seed, method_key]).generate_state(1)[0])
-    trained_maps = _maps(run, method, run.model, noise_seed)
-    run.archive.add_array(f"maps/{method.name}/trained.npy", trained_maps, method=method.name, stage=0)
+    model = trained_forward if method.reuses_forward else run.model
+    trained_maps = _maps(run, method, model, noise_seed)
+    run.archive.add_array(
+        f"maps/{method.name}/trained.npy", _array(trained_maps), method=method.name, stage=0
+    )
     trained = prepare(trained_maps)
     run.report_progress(f"{method.name}: trained model")
     trained_stage = Stage(
@@ -380,89 +484,117 @@ def _audit_method(run: _Run, method: SaliencyMethod) -> MethodResult:
         degenerate_maps=int(trained.constant.sum()),
         non_finite_maps=int(trained.non_finite.sum()),
     )
-    tests = [
-        _run_check(run, method, check, trained_maps, trained, trained_stage, noise_seed)
-        for check in run.checks
-    ]
+    channels = trained_maps.shape[1]
+    return _MethodState(method, noise_seed, trained, trained_stage, channels, time.perf_counter() - started)
+
+
+def _method_result(run: _Run, state: _MethodState, tests: list[TestResult]) -> MethodResult:
+    started = time.perf_counter()
+    method, trained = state.method, state.trained
+    calibration = summarize_all(compare_prepared(trained, run.random_masks(state.channels)))
+    self_similarity = _self_similarity(run, method, trained, state.noise_seed)
+    edge_similarity = summarize_all(compare_prepared(trained, run.edge_maps))
     return MethodResult(
         name=method.name,
         baseline=not method.uses_model,
         stochastic=method.stochastic,
         parameters=method.parameters(),
-        random_mask_calibration=_calibration(trained, trained_maps.shape, run.settings.seed),
-        self_similarity=_self_similarity(run, method, trained, noise_seed),
-        edge_detector_similarity=summarize_all(compare_prepared(trained, run.edge_maps)),
-        degenerate_trained_maps=trained_stage.degenerate_maps,
-        non_finite_trained_maps=trained_stage.non_finite_maps,
+        random_mask_calibration=calibration,
+        self_similarity=self_similarity,
+        edge_detector_similarity=edge_similarity,
+        degenerate_trained_maps=state.trained_stage.degenerate_maps,
+        non_finite_trained_maps=state.trained_stage.non_finite_maps,
         tests=tests,
-        seconds=time.perf_counter() - started,
+        seconds=state.seconds + time.perf_counter() - started,
     )
 
 
-def _run_check(
-    run: _Run,
-    method: SaliencyMethod,
-    check: SanityCheck,
-    trained_maps: np.ndarray,
-    trained: PreparedMaps,
-    trained_stage: Stage,
-    noise_seed: int,
-) -> TestResult:
-    """Every draw's stages against the trained maps; the test judges the whole table."""
+def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dict[str, TestResult]:
+    """Every draw's stages against each method's trained maps; the test judges each method's table.
+
+    A method whose verdict more draws may settle gets them; the others are done.
+    """
     test = check.test.value
 
-    def maps_of(model: nn.Module, name: str, draw: int, **about: object) -> PreparedMaps:
+    def maps_of(state: _MethodState, model: nn.Module, name: str, draw: int, **about: object) -> PreparedMaps:
         """``about``: what the manifest says of the array beyond method, test and draw (the stage)."""
         if run.should_cancel():
             raise AuditCancelled
-        maps = _maps(run, method, model, noise_seed) if method.uses_model else trained_maps
-        if draw == 0 or run.settings.archive_all_draws:
+        method = state.method
+        archived = draw == 0 or run.settings.archive_all_draws
+        if not method.uses_model and not archived:
+            return state.trained
+        maps = _maps(run, method, model, state.noise_seed)
+        if archived:
             folder = f"maps/{method.name}/{test}" + (f"/draw-{draw}" if draw else "")
             path = f"{folder}/{name}.npy"
-            run.archive.add_array(path, maps, method=method.name, test=test, draw=draw, **about)
-        return prepare(maps) if method.uses_model else trained
+            run.archive.add_array(path, _array(maps), method=method.name, test=test, draw=draw, **about)
+        return prepare(maps) if method.uses_model else state.trained
 
-    stages: dict[int, StageValues] = {}
+    stages: dict[str, dict[int, StageValues]] = {state.name: {} for state in states}
 
-    def add_draws(first: int, last: int) -> None:
+    def add_draws(pending: list[_MethodState], first: int, last: int) -> None:
         for draw in range(first, last):
             for stage_model in check.stage_models(draw):
                 about = {"stage": stage_model.index, "label": stage_model.label}
-                prepared = maps_of(stage_model.model, stage_model.archive_name, draw, **about)
-                values = stages.setdefault(stage_model.index, StageValues.of(stage_model))
-                similarity = compare_prepared(trained, prepared)
-                values.add(similarity, compare_prepared(trained, prepared[run.partners]), prepared)
-                run.report_progress(f"{method.name}: {test} {stage_model.label}, draw {draw + 1}")
+                start = first_step(stage_model.model, stage_model.randomized) if check.shares_trained else 0
+                forward = run.forward_for(stage_model.model, start)
+                for state in pending:
+                    started = time.perf_counter()
+                    model = forward if state.method.reuses_forward else stage_model.model
+                    prepared = maps_of(state, model, stage_model.archive_name, draw, **about)
+                    values = stages[state.name].setdefault(stage_model.index, StageValues.of(stage_model))
+                    similarity = compare_prepared(state.trained, prepared)
+                    values.add(similarity, compare_prepared(state.trained, prepared[run.partners]), prepared)
+                    state.seconds += time.perf_counter() - started
+                    run.report_progress(f"{state.name}: {test} {stage_model.label}, draw {draw + 1}")
 
-    memo: dict[tuple[str, int], PreparedMaps] = {}
+    memo: dict[tuple[str, str, int], PreparedMaps] = {}
 
-    def reference_maps(model: nn.Module, name: str, index: int) -> PreparedMaps:
-        """Reference models (controls) are compared again after every extension: their maps once."""
-        if (name, index) not in memo:
-            memo[name, index] = maps_of(model, name, index)
-            run.report_progress(f"{method.name}: {test} {name.replace('_', ' ')} {index + 1}")
-        return memo[name, index]
+    def references_of(state: _MethodState) -> Callable[[nn.Module, str, int], PreparedMaps]:
+        def reference_maps(model: nn.Module, name: str, index: int) -> PreparedMaps:
+            """Reference models (controls) are compared again after every extension: their maps once."""
+            if (state.name, name, index) not in memo:
+                memo[state.name, name, index] = maps_of(state, model, name, index)
+                run.report_progress(f"{state.name}: {test} {name.replace('_', ' ')} {index + 1}")
+            return memo[state.name, name, index]
+
+        return reference_maps
+
+    def judged(state: _MethodState, draws: int) -> tuple[Verdict | None, RetrainFloor | None]:
+        floor = check.retrain_floor(state.trained, references_of(state), draws)
+        return _judge(check, state.method, state.trained_stage, stages[state.name], floor), floor
 
     draws = check.draws()
-    add_draws(0, draws)
-    retrain_floor = check.retrain_floor(trained, reference_maps, draws)
-    verdict = _judge(check, method, trained_stage, stages, retrain_floor)
-    while verdict is not None and verdict.cause in UNDECIDED and draws < check.max_draws():
+    add_draws(states, 0, draws)
+    outcomes = {state.name: (*judged(state, draws), draws) for state in states}
+    pending = [state for state in states if _undecided(outcomes[state.name][0])]
+    while pending and draws < check.max_draws():
         more = min(check.draws(), check.max_draws() - draws)
         added_references = check.reference_count(draws + more) - check.reference_count(draws)
-        run.extend_work(more * check.stage_count() + added_references)
-        add_draws(draws, draws + more)
+        run.extend_work(len(pending) * (more * check.stage_count() + added_references))
+        add_draws(pending, draws, draws + more)
         draws += more
-        retrain_floor = check.retrain_floor(trained, reference_maps, draws)
-        verdict = _judge(check, method, trained_stage, stages, retrain_floor)
-    return TestResult(
-        test=check.test,
-        order=run.settings.order if check.test is not RandomizationTest.data else None,
-        draws=draws,
-        stages=[trained_stage, *(_summarized(stages[index]) for index in sorted(stages))],
-        retrain_floor=retrain_floor.similarity if retrain_floor is not None else None,
-        verdict=verdict,
-    )
+        outcomes.update({state.name: (*judged(state, draws), draws) for state in pending})
+        pending = [state for state in pending if _undecided(outcomes[state.name][0])]
+    return {
+        state.name: TestResult(
+            test=check.test,
+            order=run.settings.order if check.test is not RandomizationTest.data else None,
+            draws=outcomes[state.name][2],
+            stages=[
+                state.trained_stage,
+                *(_summarized(values) for _, values in sorted(stages[state.name].items())),
+            ],
+            retrain_floor=floor.similarity if (floor := outcomes[state.name][1]) is not None else None,
+            verdict=outcomes[state.name][0],
+        )
+        for state in states
+    }
+
+
+def _undecided(verdict: Verdict | None) -> bool:
+    return verdict is not None and verdict.cause in UNDECIDED
 
 
 def _judge(
@@ -490,21 +622,21 @@ def _summarized(values: StageValues) -> Stage:
     )
 
 
-def _maps(run: _Run, method: SaliencyMethod, model: nn.Module, noise_seed: int) -> np.ndarray:
-    """Maps of every probe; the same noise seed at every stage, so stages differ only by the model."""
+def _maps(run: _Run, method: SaliencyMethod, model: nn.Module, noise_seed: int) -> Tensor:
+    """Maps of every probe, on the device; the same noise seed at every stage, so stages differ only by
+    the model."""
     generator = torch.Generator().manual_seed(noise_seed)
     targets = run.targets(model)
     batch = run.settings.batch_size
     chunks = [
-        method.attribute(model, run.x[i : i + batch], targets[i : i + batch], generator).float().cpu()
+        method.attribute(model, run.x[i : i + batch], targets[i : i + batch], generator).float()
         for i in range(0, len(run.x), batch)
     ]
-    return torch.cat(chunks).numpy()
+    return torch.cat(chunks)
 
 
-def _calibration(trained: PreparedMaps, shape: tuple[int, ...], seed: int) -> MetricTable:
-    masks = np.random.default_rng([seed, 0xCA11]).random(shape, dtype=np.float32)
-    return summarize_all(compare_prepared(trained, prepare(masks)))
+def _array(maps: Tensor) -> np.ndarray:
+    return maps.cpu().numpy()
 
 
 def _self_similarity(

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workers.engine.settings import AuditSettings, LayerOrder, Metric, Outcome, RandomizationTest
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 REPORT_FILE = "report.json"  # names of the two outputs of an audit
 ARCHIVE_FILE = "maps.zip"
 
@@ -214,8 +214,23 @@ class Versions(_Frozen):
     numpy: str
 
 
+class MemoryUse(_Frozen):
+    """The memory budget and what followed from it (``settings`` holds the batch sizes used)."""
+
+    budget_mib: float
+    image_forward_mib: float = Field(description="Forward values of one image, with their autograd graph.")
+    batch_size: int
+    internal_batch_size: int
+    recorded_forward_mib: float = Field(
+        description="The trained model's forward passes kept for the stages to start from."
+    )
+    device_peak_mib: float | None = Field(
+        None, description="Peak memory allocated on a GPU; None on the CPU."
+    )
+
+
 class AuditReport(_Frozen):
-    schema_version: Literal["2.0"] = SCHEMA_VERSION
+    schema_version: Literal["2.1"] = SCHEMA_VERSION
     created_at: datetime
     model: ArtifactInfo
     conversion: ConversionCheck
@@ -224,6 +239,7 @@ class AuditReport(_Frozen):
     settings: AuditSettings
     target_policy_note: str
     device: str
+    memory: MemoryUse | None = None
     versions: Versions
     methods: list[MethodResult]
     data_randomization: DataRandomizationInfo | None = None

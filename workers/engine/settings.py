@@ -206,8 +206,22 @@ class AuditSettings(BaseModel):
         description="The model output to audit, by name or 0-based position, for models with several "
         "(auxiliary heads). Default: the first.",
     )
-    batch_size: Annotated[int, Field(ge=1)] = 64
-    internal_batch_size: Annotated[int, Field(ge=1)] = 256
+    batch_size: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Probe images per method call. Default: 64, or fewer where memory_budget_mib needs; "
+        "an explicit value is an upper limit.",
+    )
+    internal_batch_size: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Images per forward/backward pass of Integrated Gradients' steps and noise samples. "
+        "Default: as many as memory_budget_mib allows; an explicit value is an upper limit.",
+    )
+    memory_budget_mib: Annotated[int, Field(ge=64)] | None = Field(
+        None,
+        description="Memory the audit may use on its device, in MiB; batch sizes and the trained model's "
+        "recorded forward passes follow from it. Default: a quarter of the machine's memory (at most "
+        "8 GiB) on the CPU, half of the GPU's memory on a GPU.",
+    )
     max_images: Annotated[int, Field(ge=2, le=10_000)] = 1000
     conversion_atol: Annotated[float, Field(gt=0)] = 1e-4
     conversion_rtol: Annotated[float, Field(ge=0)] = 1e-3

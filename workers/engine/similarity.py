@@ -1,20 +1,27 @@
-"""How similar two batches of saliency maps are, image by image. NumPy, SciPy and scikit-image only.
+"""How similar two batches of saliency maps are, image by image: batched in torch on the maps' device.
 
 The four metrics are the paper's (Adebayo et al., NeurIPS 2018, and its notebooks), with the fixes below.
+Every step works on the whole batch at once, in float64; ``tests/similarity_oracle.py`` computes the same
+numbers with SciPy and scikit-image one image at a time, and the tests hold the two within 1e-4.
 
 - **Normalization.** Like the paper, absolute maps sum |.| over channels, are clipped at each image's
   99th percentile (so a few extreme pixels do not flatten the rest) and scaled to [0, 1]; signed
   ("diverging") maps sum over channels keeping the sign, clip |.| the same way and scale to [-1, 1].
   Where fewer than 1% of the pixels are non-zero the 99th percentile is 0 and the paper's code divides
   by zero; we clip at the map's maximum instead, so a sparse map stays a map.
+- **Spearman** is the Pearson correlation of ranks, ties given their average rank (SciPy's default).
 - **SSIM** runs on the absolute maps min-max normalized to [0, 1] with ``data_range=1.0`` stated
-  explicitly. The original code inherited ``data_range=2.0`` from an old scikit-image default for float
-  images; a doubled range quadruples the stabilizing constants, which pulls SSIM toward 1.
-- **HOG.** The paper used 16x16-pixel cells on 224x224 ImageNet maps (14 cells across). On small maps
-  such cells would leave one cell or none (28x28 MNIST), so the cell is ``min(H, W) // 7`` pixels,
-  at least 2 and at most 16: about 7 cells across the short side, which keeps a 6x6 grid of 2x2-cell
-  blocks, and the paper's 16 pixels from 112 pixels up. Blocks shrink to 1x1 cell when fewer than two
-  cells fit. The similarity is the Pearson correlation of the two HOG feature vectors.
+  explicitly, a 7x7 uniform window, sample covariance and K1 = 0.01, K2 = 0.03, averaged over the windows
+  that lie inside the map (scikit-image's ``structural_similarity`` with ``gaussian_weights=False``). The
+  original code inherited ``data_range=2.0`` from an old scikit-image default for float images; a doubled
+  range quadruples the stabilizing constants, which pulls SSIM toward 1.
+- **HOG** as scikit-image's ``hog``: central differences, 9 unsigned orientation bins of 20 degrees,
+  cell histograms of magnitude divided by the cell area, L2-Hys block normalization. The paper used
+  16x16-pixel cells on 224x224 ImageNet maps (14 cells across). On small maps such cells would leave one
+  cell or none (28x28 MNIST), so the cell is ``min(H, W) // 7`` pixels, at least 2 and at most 16: about
+  7 cells across the short side, which keeps a 6x6 grid of 2x2-cell blocks, and the paper's 16 pixels from
+  112 pixels up. Blocks shrink to 1x1 cell when fewer than two cells fit. The similarity is the Pearson
+  correlation of the two HOG feature vectors.
 - **Floors.** Maps of independent noise score about 0 on the rank metrics (within 1/sqrt(pixels)),
   about 0.01 on SSIM (its stabilizing constant), and 0.03 to 0.16 on HOG, more for non-Gaussian pixel
   values: the pixel grid favours some orientation bins in every image alike. The paper's "below 0.005
@@ -22,130 +29,161 @@ The four metrics are the paper's (Adebayo et al., NeurIPS 2018, and its notebook
 - **Undefined values.** A map that is constant (the all-zero GradCAM of a randomized model) or holds
   non-finite values has no ranks, structure or gradients: all four metrics are NaN for that image, and
   :mod:`workers.engine.statistics` counts it instead of averaging it. A metric is also NaN where its own
-  normalized map is constant (|.| of a +-c pattern). Constants are detected here, so SciPy never warns.
+  normalized map is constant (|.| of a +-c pattern).
 """
 
 import math
 from dataclasses import dataclass, fields
 
 import numpy as np
-from scipy.stats import rankdata
-from skimage.feature import hog
-from skimage.metrics import structural_similarity
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from workers.engine.settings import Metric
 
 CLIP_PERCENTILE = 99.0
 SSIM_WIN_SIZE = 7
+SSIM_K1, SSIM_K2 = 0.01, 0.03
 HOG_ORIENTATIONS = 9
 HOG_MAX_CELL = 16
 HOG_CELLS_ACROSS = 7
+HOG_EPS = 1e-5
+HOG_CLIP = 0.2  # L2-Hys
 MIN_SIDE = 3  # the smallest SSIM window and HOG gradient need three pixels per side
 
+MapBatch = np.ndarray | Tensor
 
-def normalize_absolute(maps: np.ndarray) -> np.ndarray:
+
+def normalize_absolute(maps: MapBatch) -> Tensor:
     """[N, C, H, W] -> [N, H, W] in [0, 1]: sum |.| over channels, clip at the 99th percentile, scale."""
-    summed = np.abs(_as_nchw(maps)).sum(axis=1)
-    clip = _clip_values(summed)
-    return _scale(np.minimum(summed, clip[:, None, None]), clip)
+    summed = _as_nchw(maps).abs().sum(dim=1)
+    return _clipped(summed, _clip_values(_flat(summed).sort(dim=1).values), signed=False)
 
 
-def normalize_signed(maps: np.ndarray) -> np.ndarray:
+def normalize_signed(maps: MapBatch) -> Tensor:
     """[N, C, H, W] -> [N, H, W] in [-1, 1]: sum over channels, clip |.| at its 99th percentile, scale."""
-    summed = _as_nchw(maps).sum(axis=1)
-    clip = _clip_values(np.abs(summed))
-    return _scale(np.clip(summed, -clip[:, None, None], clip[:, None, None]), clip)
+    summed = _as_nchw(maps).sum(dim=1)
+    return _clipped(summed, _clip_values(_flat(summed.abs()).sort(dim=1).values), signed=True)
 
 
-def is_degenerate(maps: np.ndarray) -> np.ndarray:
+def is_degenerate(maps: MapBatch) -> Tensor:
     """Which images ([N, ...]) have a constant map or a non-finite value: no metric is defined for them.
 
     Constant means max - min within a few units of the dtype's resolution of the map's magnitude, so a
     float32 map that differs only by rounding counts as constant.
     """
-    flat = _flat(np.asarray(maps))
-    finite = np.isfinite(flat).all(axis=1)
-    constant = np.ones(len(flat), dtype=bool)
-    constant[finite] = _constant_rows(flat[finite])
-    return constant
+    flat = _flat(_tensor(maps))
+    finite = torch.isfinite(flat).all(dim=1)
+    return ~finite | _constant_rows(torch.where(finite[:, None], flat, 0))
 
 
 @dataclass(frozen=True)
 class PreparedMaps:
     """What every comparison needs of one batch of maps, computed once: an audit compares each stage's
-    maps with the trained maps of the same images and of other images, and the trained maps with many."""
+    maps with the trained maps of the same images and of other images, and the trained maps with many.
+    Correlations are kept as centered unit vectors and SSIM's window means and variances per map, so a
+    comparison is a dot product and one more window mean."""
 
-    invalid: np.ndarray  # (N,) degenerate maps (constant or non-finite): every metric is NaN for them
-    non_finite: np.ndarray  # (N,) maps holding NaN or inf, which no verdict may rest on
-    abs_ranks: np.ndarray  # (N, P) ranks of the normalized absolute map
-    abs_constant: np.ndarray
-    signed_ranks: np.ndarray  # (N, P) ranks of the normalized signed map
-    signed_constant: np.ndarray
-    unit: np.ndarray  # (N, H, W) absolute map min-max scaled to [0, 1], for SSIM
-    unit_constant: np.ndarray
-    hog: np.ndarray  # (N, F) HOG features of ``unit``
+    invalid: Tensor  # (N,) degenerate maps (constant or non-finite): every metric is NaN for them
+    non_finite: Tensor  # (N,) maps holding NaN or inf, which no verdict may rest on
+    abs_ranks: Tensor  # (N, P) ranks of the normalized absolute map, centered, unit norm
+    abs_constant: Tensor
+    signed_ranks: Tensor  # (N, P) the same for the normalized signed map
+    signed_constant: Tensor
+    unit: Tensor  # (N, 1, H, W) absolute map min-max scaled to [0, 1], for SSIM
+    unit_constant: Tensor
+    unit_mean: Tensor  # (N, 1, H', W') SSIM window means of ``unit``
+    unit_variance: Tensor  # (N, 1, H', W') SSIM window sample variances of ``unit``
+    hog: Tensor  # (N, F) HOG features of ``unit``, centered, unit norm
+    hog_constant: Tensor
 
     def __len__(self) -> int:
         return len(self.invalid)
 
     @property
-    def constant(self) -> np.ndarray:
+    def constant(self) -> Tensor:
         """(N,) maps that are constant (degenerate, but finite): the all-zero GradCAM."""
         return self.invalid & ~self.non_finite
 
-    def __getitem__(self, images: np.ndarray) -> "PreparedMaps":
+    def __getitem__(self, images: np.ndarray | Tensor) -> "PreparedMaps":
         """The same quantities for a reordering or subset of the images."""
-        return PreparedMaps(**{f.name: getattr(self, f.name)[images] for f in fields(self)})
+        index = torch.as_tensor(images, device=self.invalid.device)
+        return PreparedMaps(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
-def prepare(maps: np.ndarray) -> PreparedMaps:
+def prepare(maps: MapBatch) -> PreparedMaps:
     """Normalize, rank and HOG a batch of raw maps [N, C, H, W] once, for any number of comparisons."""
-    maps = _checked(np.asarray(maps))
+    maps = _checked(_tensor(maps))
     invalid = is_degenerate(maps)
-    non_finite = ~np.isfinite(_flat(maps)).all(axis=1)
-    maps = _zeroed(maps, invalid)
-    absolute_maps = normalize_absolute(maps)
-    absolute, signed = _flat(absolute_maps), _flat(normalize_signed(maps))
-    unit = _min_max(absolute_maps)
+    non_finite = ~torch.isfinite(_flat(maps)).all(dim=1)
+    maps = torch.where(invalid.view(-1, 1, 1, 1), 0, maps.double())
+    # one sort serves the 99th percentile and the ranks: clipping and scaling keep the order
+    magnitude = maps.abs().sum(dim=1)
+    magnitude_sorted, magnitude_order = _flat(magnitude).sort(dim=1, stable=True)
+    clip = _clip_values(magnitude_sorted)
+    absolute_maps = _clipped(magnitude, clip, signed=False)
+    abs_ranks, abs_constant = _standardized(
+        average_ranks(_clipped(magnitude_sorted, clip, signed=False), magnitude_order)
+    )
+    summed = maps.sum(dim=1)
+    if bool((maps >= 0).all()):  # GradCAM, VarGrad, edges: the signed map is the absolute one
+        signed_ranks, signed_constant = abs_ranks, abs_constant
+    else:
+        if maps.shape[1] > 1:  # with one channel |sum| is the magnitude, and its percentile is known
+            clip = _clip_values(_flat(summed.abs()).sort(dim=1).values)
+        signed_sorted, signed_order = _flat(_clipped(summed, clip, signed=True)).sort(dim=1, stable=True)
+        signed_ranks, signed_constant = _standardized(average_ranks(signed_sorted, signed_order))
+    unit = _min_max(absolute_maps)[:, None]
+    hog, hog_constant = _standardized(hog_features(unit[:, 0]))
+    unit_mean, unit_variance = _window_moments(unit)
     return PreparedMaps(
         invalid=invalid,
         non_finite=non_finite,
-        abs_ranks=rankdata(absolute, axis=1, method="average"),
-        abs_constant=_constant_rows(absolute),
-        signed_ranks=rankdata(signed, axis=1, method="average"),
-        signed_constant=_constant_rows(signed),
+        abs_ranks=abs_ranks,
+        abs_constant=abs_constant,
+        signed_ranks=signed_ranks,
+        signed_constant=signed_constant,
         unit=unit,
         unit_constant=_constant_rows(_flat(unit)),
-        hog=_hog_features(unit) if len(unit) else np.empty((0, 0)),
+        unit_mean=unit_mean,
+        unit_variance=unit_variance,
+        hog=hog,
+        hog_constant=hog_constant,
     )
 
 
 def compare_prepared(reference: PreparedMaps, other: PreparedMaps) -> dict[Metric, np.ndarray]:
     """Per-image similarity of two prepared batches of the same shape; see ``compare``."""
     if reference.unit.shape != other.unit.shape:
-        raise ValueError(f"maps differ in shape: {reference.unit.shape} vs {other.unit.shape}")
-    invalid = reference.invalid | other.invalid
+        raise ValueError(f"maps differ in shape: {tuple(reference.unit.shape)} vs {tuple(other.unit.shape)}")
     results = {
-        Metric.spearman_abs: _pearson_rows(reference.abs_ranks, other.abs_ranks),
-        Metric.spearman_signed: _pearson_rows(reference.signed_ranks, other.signed_ranks),
-        Metric.ssim: _ssim(reference.unit, other.unit, ~(reference.unit_constant | other.unit_constant)),
-        Metric.hog: _pearson_rows(reference.hog, other.hog) if len(invalid) else np.empty(0),
+        Metric.spearman_abs: _dot_rows(reference.abs_ranks, other.abs_ranks),
+        Metric.spearman_signed: _dot_rows(reference.signed_ranks, other.signed_ranks),
+        Metric.ssim: _ssim_prepared(reference, other),
+        Metric.hog: _dot_rows(reference.hog, other.hog),
     }
-    results[Metric.spearman_abs][reference.abs_constant | other.abs_constant] = np.nan
-    results[Metric.spearman_signed][reference.signed_constant | other.signed_constant] = np.nan
-    for values in results.values():
-        values[invalid] = np.nan
-    return results
+    undefined = {
+        Metric.spearman_abs: reference.abs_constant | other.abs_constant,
+        Metric.spearman_signed: reference.signed_constant | other.signed_constant,
+        Metric.ssim: reference.unit_constant | other.unit_constant,
+        Metric.hog: reference.hog_constant | other.hog_constant,
+    }
+    invalid = reference.invalid | other.invalid
+    return {
+        metric: torch.where(undefined[metric] | invalid, torch.nan, values).cpu().numpy()
+        for metric, values in results.items()
+    }
 
 
-def compare(reference: np.ndarray, other: np.ndarray) -> dict[Metric, np.ndarray]:
+def compare(reference: MapBatch, other: MapBatch) -> dict[Metric, np.ndarray]:
     """Per-image similarity of two batches of raw maps [N, C, H, W] of the same shape.
 
     Returns float64 (N,) per metric, NaN where the metric is undefined (see the module docstring).
     """
-    reference, other = np.asarray(reference), np.asarray(other)
+    reference, other = _tensor(reference), _tensor(other)
     if reference.shape != other.shape:
-        raise ValueError(f"maps differ in shape: {reference.shape} vs {other.shape}")
+        raise ValueError(f"maps differ in shape: {tuple(reference.shape)} vs {tuple(other.shape)}")
     return compare_prepared(prepare(reference), prepare(other))
 
 
@@ -162,97 +200,165 @@ def ssim_win_size(height: int, width: int) -> int:
     return SSIM_WIN_SIZE if side >= SSIM_WIN_SIZE else side - (1 - side % 2)
 
 
-def _as_nchw(maps: np.ndarray) -> np.ndarray:
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 4:
-        raise ValueError(f"maps must be [N, C, H, W], got shape {maps.shape}")
+def average_ranks(ordered: Tensor, order: Tensor) -> Tensor:
+    """Ranks 1..P of rows given sorted (``ordered``) with their sorting permutation (``order``); ties get
+    the mean of the ranks they span (SciPy's ``average``)."""
+    count, width = ordered.shape
+    if count == 0 or width == 0:
+        return ordered.double()
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    positions = torch.arange(width, device=ordered.device).expand(count, width)
+    # a tie group spans positions first..last; its rank is their mean plus one
+    first = torch.where(starts, positions, 0).cummax(dim=1).values
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    last = torch.where(ends, positions, width).flip(1).cummin(dim=1).values.flip(1)
+    tied = (first + last).double() / 2 + 1
+    return torch.empty_like(tied).scatter_(1, order, tied)
+
+
+def _window_moments(unit: Tensor) -> tuple[Tensor, Tensor]:
+    """SSIM's window means and sample variances of [N, 1, H, W] maps."""
+    mean = _window_mean(unit)
+    return mean, _covariance_norm(unit) * (_window_mean(unit * unit) - mean * mean)
+
+
+def _window_mean(images: Tensor) -> Tensor:
+    return F.avg_pool2d(images, ssim_win_size(*images.shape[2:]), stride=1)
+
+
+def _covariance_norm(images: Tensor) -> float:
+    window = ssim_win_size(*images.shape[2:])
+    return window**2 / (window**2 - 1)
+
+
+def _ssim_prepared(a: PreparedMaps, b: PreparedMaps) -> Tensor:
+    """Mean SSIM of each pair of maps over the windows inside the map."""
+    if len(a) == 0:
+        return a.unit.new_zeros(0)
+    ux, uy = a.unit_mean, b.unit_mean
+    covariance = _covariance_norm(a.unit) * (_window_mean(a.unit * b.unit) - ux * uy)
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
+    index = ((2 * ux * uy + c1) * (2 * covariance + c2)) / (
+        (ux * ux + uy * uy + c1) * (a.unit_variance + b.unit_variance + c2)
+    )
+    return index.flatten(1).mean(dim=1)
+
+
+def hog_features(maps: Tensor) -> Tensor:
+    """[N, H, W] -> [N, F] HOG feature vectors (see the module docstring)."""
+    count, height, width = maps.shape
+    if count == 0:
+        return maps.new_zeros(0, 0)
+    cell, block = hog_geometry(height, width)
+    rows, columns = height // cell, width // cell
+    g_row, g_col = torch.zeros_like(maps), torch.zeros_like(maps)
+    g_row[:, 1:-1] = maps[:, 2:] - maps[:, :-2]
+    g_col[:, :, 1:-1] = maps[:, :, 2:] - maps[:, :, :-2]
+    magnitude = torch.hypot(g_col, g_row)
+    orientation = torch.rad2deg(torch.atan2(g_row, g_col)) % 180
+    bin_width = 180.0 / HOG_ORIENTATIONS
+    # bin i holds orientations in [20 i, 20 (i + 1)), decided by the same comparisons scikit-image makes;
+    # 180.0, which a remainder can round to, is in no bin, nor are pixels outside the whole cells
+    index = torch.div(orientation, bin_width, rounding_mode="floor").long().clamp_(0, HOG_ORIENTATIONS)
+    index -= (orientation < bin_width * index).long()
+    index += (orientation >= bin_width * (index + 1)).long()
+    slots = rows * columns * HOG_ORIENTATIONS
+    index = torch.where(orientation >= 180.0, slots, index + _cell_offsets(height, width, cell, maps.device))
+    index = index.clamp_(max=slots) + torch.arange(count, device=maps.device).view(-1, 1, 1) * (slots + 1)
+    sums = maps.new_zeros(count * (slots + 1)).scatter_add_(0, index.flatten(), magnitude.flatten())
+    histogram = sums.view(count, slots + 1)[:, :slots].view(count, rows, columns, HOG_ORIENTATIONS)
+    histogram = histogram / (cell * cell)
+    blocks = histogram.unfold(1, block, 1).unfold(2, block, 1)  # [N, rows', columns', 9, block, block]
+    blocks = blocks.reshape(count, -1, HOG_ORIENTATIONS * block * block)
+    blocks = blocks / torch.sqrt(blocks.square().sum(dim=2, keepdim=True) + HOG_EPS**2)
+    blocks = blocks.clamp_max(HOG_CLIP)
+    blocks = blocks / torch.sqrt(blocks.square().sum(dim=2, keepdim=True) + HOG_EPS**2)
+    return blocks.reshape(count, -1)
+
+
+def _cell_offsets(height: int, width: int, cell: int, device: torch.device) -> Tensor:
+    """[H, W]: the first histogram slot of each pixel's cell; past the last slot outside whole cells."""
+    rows, columns = height // cell, width // cell
+    row = torch.arange(height, device=device) // cell
+    column = torch.arange(width, device=device) // cell
+    offsets = (row.view(-1, 1) * columns + column.view(1, -1)) * HOG_ORIENTATIONS
+    outside = (row.view(-1, 1) >= rows) | (column.view(1, -1) >= columns)
+    return torch.where(outside, rows * columns * HOG_ORIENTATIONS, offsets)
+
+
+def _tensor(maps: MapBatch) -> Tensor:
+    return maps if isinstance(maps, Tensor) else torch.from_numpy(np.asarray(maps))
+
+
+def _as_nchw(maps: MapBatch) -> Tensor:
+    maps = _tensor(maps).double()
+    if maps.dim() != 4:
+        raise ValueError(f"maps must be [N, C, H, W], got shape {tuple(maps.shape)}")
     return maps
 
 
-def _checked(maps: np.ndarray) -> np.ndarray:
+def _checked(maps: Tensor) -> Tensor:
     """The batch as given (dtype kept, for is_degenerate's tolerance), or a ValueError."""
-    if maps.ndim != 4:
-        raise ValueError(f"maps must be [N, C, H, W], got shape {maps.shape}")
+    if maps.dim() != 4:
+        raise ValueError(f"maps must be [N, C, H, W], got shape {tuple(maps.shape)}")
     if min(maps.shape[2:]) < MIN_SIDE:
-        raise ValueError(f"maps need at least {MIN_SIDE}x{MIN_SIDE} pixels, got {maps.shape[2:]}")
+        raise ValueError(f"maps need at least {MIN_SIDE}x{MIN_SIDE} pixels, got {tuple(maps.shape[2:])}")
     return maps
 
 
-def _flat(maps: np.ndarray) -> np.ndarray:
+def _flat(maps: Tensor) -> Tensor:
     """[N, ...] -> [N, P], also for N = 0."""
     return maps.reshape(maps.shape[0], math.prod(maps.shape[1:]))
 
 
-def _clip_values(magnitudes: np.ndarray) -> np.ndarray:
-    """Each image's 99th percentile of a non-negative [N, H, W] map, or its maximum where that is 0."""
-    flat = _flat(magnitudes)
-    clip = np.percentile(flat, CLIP_PERCENTILE, axis=1)
-    return np.where(clip > 0, clip, flat.max(axis=1, initial=0.0))
+def _clip_values(ordered: Tensor) -> Tensor:
+    """Each row's 99th percentile (linear interpolation, as NumPy) of sorted non-negative [N, P] values, or
+    its maximum where that is 0."""
+    if ordered.shape[1] == 0:
+        return ordered.new_zeros(len(ordered))
+    position = CLIP_PERCENTILE / 100 * (ordered.shape[1] - 1)
+    low, fraction = math.floor(position), position - math.floor(position)
+    high = min(low + 1, ordered.shape[1] - 1)
+    clip = torch.lerp(ordered[:, low], ordered[:, high], fraction)
+    return torch.where(clip > 0, clip, ordered[:, -1])
 
 
-def _scale(maps: np.ndarray, clip: np.ndarray) -> np.ndarray:
-    """Divide each image by its clip value; an all-zero map (clip 0) stays zero."""
-    return np.divide(maps, clip[:, None, None], out=np.zeros_like(maps), where=clip[:, None, None] > 0)
+def _clipped(values: Tensor, clip: Tensor, signed: bool) -> Tensor:
+    """Clip each image's values (any shape [N, ...]) at +-its clip value and divide by it; an all-zero map
+    (clip 0) stays zero."""
+    clip = clip.view(-1, *([1] * (values.dim() - 1)))
+    clipped = torch.minimum(values, clip)
+    if signed:
+        clipped = torch.maximum(clipped, -clip)
+    return torch.where(clip > 0, clipped / torch.where(clip > 0, clip, 1), 0)
 
 
-def _min_max(maps: np.ndarray) -> np.ndarray:
+def _min_max(maps: Tensor) -> Tensor:
     """Scale each image to [0, 1]; a constant image becomes zeros (and is undefined for every metric)."""
-    low = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - low
-    return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    span = maps.amax(dim=(1, 2), keepdim=True) - low
+    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), 0)
 
 
-def _constant_rows(rows: np.ndarray) -> np.ndarray:
+def _constant_rows(rows: Tensor) -> Tensor:
     """max - min of each row within a few units of the dtype's resolution of its magnitude."""
     if len(rows) == 0 or rows.shape[1] == 0:
-        return np.ones(len(rows), dtype=bool)
-    dtype = rows.dtype if np.issubdtype(rows.dtype, np.floating) else np.float64
-    tolerance = 8 * np.finfo(dtype).eps * np.abs(rows).max(axis=1)
-    return np.ptp(rows, axis=1) <= tolerance
+        return torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+    dtype = rows.dtype if rows.is_floating_point() else torch.float64
+    tolerance = 8 * torch.finfo(dtype).eps * rows.abs().amax(dim=1)
+    return rows.amax(dim=1) - rows.amin(dim=1) <= tolerance
 
 
-def _zeroed(maps: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """A float64 copy with the given images zeroed, so NaN and inf never reach the arithmetic."""
-    maps = np.array(maps, dtype=np.float64)
-    maps[rows] = 0.0
-    return maps
+def _standardized(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows centered and scaled to unit norm, so a Pearson correlation is a dot product; and which rows
+    are constant (no correlation defined; their row is zeros)."""
+    constant = _constant_rows(rows)
+    centered = rows - rows.mean(dim=1, keepdim=True) if rows.shape[1] else rows
+    norm = torch.linalg.vector_norm(centered, dim=1, keepdim=True)
+    return torch.where(constant[:, None], 0, centered / torch.where(norm > 0, norm, 1)), constant
 
 
-def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of a with the same row of b; NaN where either row is constant."""
-    undefined = _constant_rows(a) | _constant_rows(b)
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean(axis=1, keepdims=True)
-    denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    result = np.full(len(a), np.nan)
-    result[~undefined] = (a * b).sum(axis=1)[~undefined] / denominator[~undefined]
-    return np.clip(result, -1.0, 1.0)
-
-
-def _ssim(a: np.ndarray, b: np.ndarray, defined: np.ndarray) -> np.ndarray:
-    """SSIM of [0, 1] maps [N, H, W] image by image, with data_range stated; NaN where not ``defined``."""
-    win_size = ssim_win_size(*a.shape[1:])
-    result = np.full(len(a), np.nan)
-    for i in np.flatnonzero(defined):
-        result[i] = structural_similarity(
-            a[i], b[i], data_range=1.0, win_size=win_size, gaussian_weights=False
-        )
-    return result
-
-
-def _hog_features(maps: np.ndarray) -> np.ndarray:
-    """[N, H, W] -> [N, F] HOG feature vectors (9 orientations, L2-Hys blocks)."""
-    cell, block = hog_geometry(*maps.shape[1:])
-    return np.stack(
-        [
-            hog(
-                image,
-                orientations=HOG_ORIENTATIONS,
-                pixels_per_cell=(cell, cell),
-                cells_per_block=(block, block),
-                block_norm="L2-Hys",
-                feature_vector=True,
-            )
-            for image in maps
-        ]
-    )
+def _dot_rows(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(dim=1).clamp(-1.0, 1.0)

@@ -76,6 +76,9 @@ MapsOf = Callable[[nn.Module, str, int], PreparedMaps]
 
 class SanityCheck(ABC):
     test: ClassVar[RandomizationTest]
+    # stage models hold the trained weights below their randomized layers, so stages may start from the
+    # trained model's recorded forward passes there (``reuse``)
+    shares_trained: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

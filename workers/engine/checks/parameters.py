@@ -24,6 +24,7 @@ def curve_mean(tables: list[np.ndarray]) -> np.ndarray:
 
 class _ParameterCheck(SanityCheck):
     cumulative: bool
+    shares_trained = True
 
     def draws(self) -> int:
         return self.context.settings.draws

@@ -32,6 +32,7 @@ class SaliencyMethod(ABC):
     stochastic: ClassVar[bool] = False
     uses_model: ClassVar[bool] = True
     reads_gradcam_layer: ClassVar[bool] = False  # needs ``MethodContext.gradcam``
+    reuses_forward: ClassVar[bool] = False  # may run on a ``reuse.StageForward`` (no hooks, no taps)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -1,23 +1,41 @@
 """Gradient-based methods: plain gradient, gradient x input, Integrated Gradients, SmoothGrad, VarGrad."""
 
+import sys
+
+import numpy as np
 import torch
-from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from torch import Tensor, nn
 
 from workers.engine.methods.base import SaliencyMethod
-from workers.engine.settings import IgBaseline
+from workers.engine.reuse import StageForward
+from workers.engine.settings import AuditSettings, IgBaseline
 
 
 def logit_gradient(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
-    """d logit_target / d input, signed, for each image of the batch."""
-    inputs = inputs.detach().requires_grad_(True)
-    logits = model(inputs)
-    selected = logits.gather(1, target.view(-1, 1)).sum()
-    (gradient,) = torch.autograd.grad(selected, inputs)
-    return gradient.detach()
+    """d logit_target / d input, signed, for each image of the batch; once per stage for the same images."""
+
+    def compute() -> Tensor:
+        leaf = inputs.detach().requires_grad_(True)
+        selected = model(leaf).gather(1, target.view(-1, 1)).sum()
+        (gradient,) = torch.autograd.grad(selected, leaf)
+        return gradient.detach()
+
+    return model.gradient(inputs, target, compute) if isinstance(model, StageForward) else compute()
 
 
-class Gradient(SaliencyMethod):
+def images_per_pass(settings: AuditSettings) -> int:
+    """Images per forward/backward pass; unset (outside an audit, which sets it from its memory
+    budget) means a single pass."""
+    return settings.internal_batch_size or sys.maxsize
+
+
+class _PlainGradients(SaliencyMethod):
+    """Methods that only differentiate the model's output: a stage may start them from recorded values."""
+
+    reuses_forward = True
+
+
+class Gradient(_PlainGradients):
     name = "gradient"
 
     def attribute(
@@ -26,7 +44,7 @@ class Gradient(SaliencyMethod):
         return logit_gradient(model, inputs, target)
 
 
-class GradientXInput(SaliencyMethod):
+class GradientXInput(_PlainGradients):
     name = "gradient_x_input"
 
     def attribute(
@@ -35,7 +53,7 @@ class GradientXInput(SaliencyMethod):
         return logit_gradient(model, inputs, target) * inputs
 
 
-class IntegratedGradients(SaliencyMethod):
+class IntegratedGradients(_PlainGradients):
     """Straight path from a black image, as in the paper. Black is pixel value 0 preprocessed like the
     probes: with mean/std normalization that is -mean/std per channel, not the zero of the model input
     (which would be the mean colour)."""
@@ -53,15 +71,24 @@ class IntegratedGradients(SaliencyMethod):
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
     ) -> Tensor:
+        """captum's formula (Gauss-Legendre nodes and weights on [0, 1]), with the steps batched here so
+        each pass goes through ``logit_gradient`` and a stage can start it from recorded values."""
         settings = self.context.settings
-        attributions = CaptumIntegratedGradients(model).attribute(
-            inputs,
-            baselines=self.baseline(inputs),
-            target=target,
-            n_steps=settings.ig_steps,
-            internal_batch_size=settings.internal_batch_size,
-        )
-        return attributions.detach()
+        baseline = self.baseline(inputs)
+        difference = inputs - baseline
+        nodes, weights = np.polynomial.legendre.leggauss(settings.ig_steps)
+        alphas, step_sizes = (0.5 * (1 + nodes)).tolist(), (0.5 * weights).tolist()
+        steps_per_pass = max(1, images_per_pass(settings) // len(inputs))
+        total = torch.zeros_like(inputs)
+        for first in range(0, settings.ig_steps, steps_per_pass):
+            chunk = alphas[first : first + steps_per_pass]
+            scaled = torch.cat([baseline + alpha * difference for alpha in chunk])
+            gradient = logit_gradient(model, scaled, target.repeat(len(chunk))).view(
+                len(chunk), *inputs.shape
+            )
+            sizes = torch.tensor(step_sizes[first : first + len(chunk)], dtype=inputs.dtype).to(inputs.device)
+            total += (gradient * sizes.view(-1, *([1] * inputs.dim()))).sum(dim=0)
+        return total * difference
 
     def baseline(self, inputs: Tensor) -> Tensor:
         settings = self.context.settings
@@ -76,7 +103,7 @@ class IntegratedGradients(SaliencyMethod):
         return ((0.0 - mean.view(channels)) / std.view(channels)).expand_as(inputs)
 
 
-class _NoisyGradients(SaliencyMethod):
+class _NoisyGradients(_PlainGradients):
     """Gradients at noisy copies of each image; noise std = noise_level x (max - min) of that image.
 
     captum's NoiseTunnel takes an absolute std per input tensor, so a per-image std (the paper's setting)
@@ -102,7 +129,7 @@ class _NoisyGradients(SaliencyMethod):
         flat = inputs.reshape(batch, -1)
         std = settings.noise_level * (flat.max(dim=1).values - flat.min(dim=1).values)
         std = std.view(batch, *([1] * (inputs.dim() - 1)))
-        samples_per_pass = max(1, settings.internal_batch_size // batch)
+        samples_per_pass = max(1, images_per_pass(settings) // batch)
         total = torch.zeros_like(inputs)
         total_square = torch.zeros_like(inputs)
         remaining = settings.noise_samples

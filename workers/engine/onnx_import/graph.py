@@ -76,9 +76,16 @@ class OnnxGraphModule(nn.Module):
         return {name: tuple(value.shape) for name, value in self._evaluate(x, None).items()}
 
     def _evaluate(self, x: Tensor, output_name: str | None) -> dict[str, Tensor]:
+        return self.evaluate_from({self.input_name: x}, 0, output_name)
+
+    def evaluate_from(
+        self, known: dict[str, Tensor], start: int, output_name: str | None
+    ) -> dict[str, Tensor]:
+        """Run steps ``start`` onward on the values ``known`` (the input, and every value that an earlier
+        step produced and a later one reads), until ``output_name`` is computed (None: every step)."""
         env: dict[str, Tensor] = {name: getattr(self, attr) for name, attr in self.constant_buffers.items()}
-        env[self.input_name] = x
-        for step in self.steps:
+        env.update(known)
+        for step in self.steps[start:]:
             if output_name in env:
                 break
             args = [env[name] if name else None for name in step.inputs]
@@ -86,6 +93,14 @@ class OnnxGraphModule(nn.Module):
             for name, value in zip(step.outputs, (out,) if isinstance(out, Tensor) else out, strict=False):
                 env[name] = self._modules[self.taps[name]](value) if name in self.taps else value
         return env
+
+    def crossing_values(self, start: int) -> tuple[str, ...]:
+        """Values computed before step ``start`` that step ``start`` or a later one reads, or that are the
+        output: with these (and the input) the graph can go on from ``start``."""
+        produced = {name for step in self.steps[:start] for name in step.outputs}
+        read = {name for step in self.steps[start:] for name in step.inputs if name}
+        read.add(self.output_name)
+        return tuple(sorted(produced & read))
 
     def tap(self, value: str) -> str:
         """The attribute of a module whose output is ``value`` (added on first use)."""

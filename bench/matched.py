@@ -1,0 +1,89 @@
+"""The matched LeNet work of the speed benchmarks, defined once.
+
+The cascading test of ../shared/data/mnist-lenet (124 images) with Gradient, Integrated Gradients (10
+steps, as Quantus's explain uses) and Gradient x Input, one draw (as Quantus makes), top-down: 6 model
+states (trained, then 5 layers randomized cumulatively) x 124 x (1 + 10 + 1) = 1,488 forward and backward
+passes per state.
+"""
+
+import platform
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from workers.engine.artifacts import load_model
+from workers.engine.audit import run_audit
+from workers.engine.layers import layers_in_forward_order
+from workers.engine.randomization import randomized_stages
+from workers.engine.report import AuditReport
+from workers.engine.settings import AuditSettings
+
+METHODS = ["gradient", "integrated_gradients", "gradient_x_input"]
+IG_STEPS = 10
+SETTINGS = AuditSettings(methods=METHODS, tests=["cascading"], draws=1, max_draws=1, ig_steps=IG_STEPS)
+
+
+def probes(data: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(data / "probes.npz") as archive:
+        return archive["x"].astype(np.float32), archive["y"]
+
+
+def engine_audit(data: Path, out: Path) -> AuditReport:
+    """The engine's audit of the matched work: four metrics, both floors, intervals, archive."""
+    return run_audit(data / "lenet_mnist.onnx", data / "probes.npz", SETTINGS, out)
+
+
+def model_states(data: Path) -> Iterator[nn.Module]:
+    """The trained model, then each cumulative top-down stage, as the engine builds them."""
+    x, _ = probes(data)
+    model = load_model(data / "lenet_mnist.onnx").module.eval().requires_grad_(False)
+    layers = layers_in_forward_order(model, torch.from_numpy(x[:1]), model.layer_names)
+    yield model
+    for stage in randomized_stages(model, layers, True, SETTINGS):
+        yield stage.model
+
+
+def floor_passes(model: nn.Module, x: Tensor, target: Tensor, batch: int) -> None:
+    """The bare forward and backward passes of one model state: gradient, IG's scaled images, x again."""
+    alphas = torch.linspace(0, 1, IG_STEPS)
+    inputs = torch.cat([x, *(alpha * x for alpha in alphas), x])
+    targets = target.repeat(IG_STEPS + 2)
+    for start in range(0, len(inputs), batch):
+        leaf = inputs[start : start + batch].clone().requires_grad_(True)
+        score = model(leaf).gather(1, targets[start : start + batch].view(-1, 1)).sum()
+        torch.autograd.grad(score, leaf)
+
+
+def floor_seconds(data: Path, batch: int) -> float:
+    """The bare loop over the 6 model states; model states are built before the clock starts."""
+    x, _ = probes(data)
+    inputs = torch.from_numpy(x)
+    states = list(model_states(data))
+    with torch.no_grad():
+        target = states[0](inputs).argmax(dim=1)
+    started = time.perf_counter()
+    for model in states:
+        floor_passes(model, inputs, target, batch)
+    return time.perf_counter() - started
+
+
+def best_floor(data: Path, batches: tuple[int, ...] = (124, 248, 496, 1488)) -> tuple[float, int]:
+    """The fastest bare loop over the batch sizes tried, and its batch size."""
+    return min((floor_seconds(data, batch), batch) for batch in batches)
+
+
+def machine() -> str:
+    return (
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}"
+    )
+
+
+def timed(function: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started

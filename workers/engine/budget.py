@@ -1,0 +1,76 @@
+"""How much memory an audit may use on its device, and the batch sizes that follow from it.
+
+One forward pass of one image is measured (every value the graph computes, with the autograd graph kept),
+and the budget is shared: a forward/backward pass holds those values, about as many gradients and
+temporaries; the trained model's recorded forward passes (``reuse``) take the largest share, since
+every stage starts from them; a small share keeps gradients asked for twice in a stage.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from workers.engine.onnx_import import OnnxGraphModule
+from workers.engine.settings import AuditSettings
+
+MIB = 2**20
+DEFAULT_BATCH_SIZE = 64  # probe images per method call, when the budget allows
+CPU_SHARE, CPU_CAP = 0.25, 8192 * MIB  # default budget: a quarter of the machine's memory, at most 8 GiB
+GPU_SHARE = 0.5  # default budget: half of the GPU's memory
+PASS_SHARE = 0.3
+RECORD_SHARE = 0.5
+MEMO_SHARE = 0.05
+PASS_FACTOR = 3  # a pass holds the forward values, as many gradients, and temporaries
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    budget_bytes: int
+    image_bytes: int  # the forward values of one image, with their graph
+    batch_size: int
+    internal_batch_size: int
+    record_bytes: int
+    memo_bytes: int
+
+    def applied(self, settings: AuditSettings) -> AuditSettings:
+        """The settings with the batch sizes the audit really uses, as the report records them."""
+        return settings.model_copy(
+            update={"batch_size": self.batch_size, "internal_batch_size": self.internal_batch_size}
+        )
+
+
+def plan_memory(
+    model: OnnxGraphModule, example: Tensor, settings: AuditSettings, device: torch.device
+) -> MemoryPlan:
+    """Batch sizes within the budget: explicit settings are upper limits, never exceeded by the plan."""
+    budget = settings.memory_budget_mib * MIB if settings.memory_budget_mib else default_budget(device)
+    image_bytes = forward_bytes(model, example[:1])
+    pass_images = max(1, int(budget * PASS_SHARE) // (PASS_FACTOR * image_bytes))
+    batch = min(settings.batch_size or DEFAULT_BATCH_SIZE, pass_images)
+    internal = max(batch, min(settings.internal_batch_size or pass_images, pass_images))
+    return MemoryPlan(
+        budget_bytes=budget,
+        image_bytes=image_bytes,
+        batch_size=batch,
+        internal_batch_size=internal,
+        record_bytes=int(budget * RECORD_SHARE),
+        memo_bytes=int(budget * MEMO_SHARE),
+    )
+
+
+def default_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * GPU_SHARE)
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(int(physical * CPU_SHARE), CPU_CAP)
+
+
+def forward_bytes(model: OnnxGraphModule, example: Tensor) -> int:
+    """Bytes of every value one forward pass on ``example`` computes (constants excluded)."""
+    leaf = example.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        env = model.evaluate_from({model.input_name: leaf}, 0, None)
+    computed = [value for name, value in env.items() if name not in model.constant_buffers]
+    return max(1, sum(value.numel() * value.element_size() for value in computed))
