@@ -10,6 +10,7 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
+from service.job_views import JobViews
 from service.problems import install_problem_handlers
 from service.routes import artifacts, audits, health
 from service.runtime import Runtime
@@ -36,7 +37,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             if settings.broker_url
             else EmbeddedDispatcher(store, storage, settings)
         )
-    runtime = Runtime(settings=settings, store=store, storage=storage, dispatcher=dispatcher)
+    runtime = Runtime(
+        settings=settings, store=store, storage=storage, dispatcher=dispatcher, job_views=JobViews(store)
+    )
     sweeper = Sweeper(store, dispatcher, settings)
 
     @asynccontextmanager

@@ -7,6 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from service.job_views import JobView
 from service.problems import Problem, not_found
 from service.runtime import Runtime
 from workers.dispatch import DispatchError
@@ -93,6 +94,13 @@ def get_job(job_id: str, runtime: Runtime) -> Job:
     if job is None:
         raise not_found(f"audit {job_id}")
     return job
+
+
+def job_view(job_id: str, runtime: Runtime) -> JobView:
+    view = runtime.job_views.get(job_id)
+    if view is None:
+        raise not_found(f"audit {job_id}")
+    return view
 
 
 def list_jobs(

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.job_views import JobViews
 from workers.config import Settings
 from workers.dispatch import Dispatcher
 from workers.storage import Storage
@@ -17,6 +18,7 @@ class Runtime:
     store: JobStore
     storage: Storage
     dispatcher: Dispatcher
+    job_views: JobViews
 
 
 def _runtime(request: Request) -> Runtime:

@@ -22,6 +22,8 @@ from tests.conftest import TrainedDigits
 from tests.services import free_port
 from workers.config import Settings
 from workers.requests import AuditRequest
+from workers.store.database import make_engine
+from workers.store.jobs import JobStore
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -190,6 +192,25 @@ def test_an_unchanged_job_answers_304_to_its_etag(client: TestClient, uploaded: 
     assert client.get(location, headers={"If-None-Match": etag}).status_code == 304
     client.post(f"{location}/cancel")
     assert client.get(location, headers={"If-None-Match": etag}).status_code == 200
+
+
+def test_a_poll_shows_a_change_made_by_another_process_at_once(
+    client: TestClient, uploaded: dict[str, str], database_url: str
+) -> None:
+    """Polls answer from a rendering per version; a worker's change (another store on the same
+    database) bumps the version, so the next poll renders it."""
+    location = client.post("/v1/audits", json=uploaded).headers["location"]
+    job_id = location.rsplit("/", 1)[1]
+    first = client.get(location)
+    assert client.get(location).content == first.content
+    worker_store = JobStore(make_engine(database_url))
+    claimed = worker_store.claim(job_id)
+    assert claimed is not None
+    worker_store.report_progress(job_id, claimed.attempts, "gradient: trained model", 1, 9)
+    polled = client.get(location)
+    assert polled.headers["etag"] != first.headers["etag"]
+    assert polled.json()["state"] == "running"
+    assert polled.json()["progress"] == {"phase": "gradient: trained model", "done": 1, "total": 9}
 
 
 def test_a_retry_with_the_same_idempotency_key_returns_the_same_job(

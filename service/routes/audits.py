@@ -7,6 +7,7 @@ from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse
 
 from service import audits
+from service.job_views import JobView
 from service.routes import problems
 from service.runtime import Runtime, RuntimeDep
 from service.schemas import JobOut, JobPage
@@ -17,7 +18,7 @@ from workers.store.jobs import TERMINAL_STATES, Job, JobState
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
 
-def _job_headers(job: Job, runtime: Runtime) -> dict[str, str]:
+def _job_headers(job: Job | JobView, runtime: Runtime) -> dict[str, str]:
     headers = {"ETag": f'"{job.id}.{job.version}"', "Location": f"/v1/audits/{job.id}"}
     if job.state not in TERMINAL_STATES:
         headers["Retry-After"] = str(runtime.settings.retry_after_s)
@@ -62,19 +63,19 @@ def list_audits(
     response_model=JobOut,
     responses={304: {"description": "Not modified since the ETag in If-None-Match"}} | problems(404),
     summary="Poll an audit",
+    description="State, progress and a timestamp per state. With If-None-Match holding the last ETag, an "
+    "unchanged job answers 304.",
 )
 def get_audit(
     job_id: str,
-    response: Response,
     runtime: RuntimeDep,
     if_none_match: Annotated[str | None, Header()] = None,
-) -> JobOut | Response:
-    job = audits.get_job(job_id, runtime)
-    headers = _job_headers(job, runtime)
+) -> Response:
+    view = audits.job_view(job_id, runtime)  # the job's current version, rendered once (job_views)
+    headers = _job_headers(view, runtime)
     if if_none_match is not None and headers["ETag"] in _etags(if_none_match):
         return Response(status_code=304, headers=headers)
-    response.headers.update(headers)
-    return JobOut.of(job)
+    return Response(view.body, media_type="application/json", headers=headers)
 
 
 def _etags(header: str) -> set[str]:

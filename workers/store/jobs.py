@@ -213,6 +213,11 @@ class JobStore:
             row = session.scalar(select(JobRow).where(JobRow.id == job_id))
             return None if row is None else _job(row)
 
+    def job_version(self, job_id: str) -> int | None:
+        """The job's version (its ETag) alone: what a poll needs to tell whether anything changed."""
+        with self.engine.connect() as connection:
+            return connection.scalar(select(JobRow.version).where(JobRow.id == job_id))
+
     def get_job_by_key(self, idempotency_key: str) -> Job | None:
         with self._session() as session:
             row = session.scalar(select(JobRow).where(JobRow.idempotency_key == idempotency_key))
