@@ -276,3 +276,13 @@ def test_label_target_without_labels_is_refused(
     assert "needs labelled probes" in _refusal(
         capsys, trained_digits.onnx_dynamo, unlabelled, "--target", "label"
     )
+
+
+@pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["methods"], ["schema"]])
+def test_commands_that_need_no_model_start_without_torch(command: list[str]) -> None:
+    code = (
+        "import sys\nfrom workers.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code, *command], check=True, capture_output=True)

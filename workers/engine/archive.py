@@ -1,7 +1,9 @@
 """The map archive: every map of every stage as a compressed .npy inside one zip, plus a manifest.
 
 The zip is written under a temporary name and renamed into place only when complete, so a crashed or
-retried run never leaves a torn archive where a reader would find it.
+retried run never leaves a torn archive where a reader would find it. Compression and checksums run on
+one background thread (zlib and hashlib release the GIL), in the order the arrays were added, while the
+audit computes the next maps.
 """
 
 import hashlib
@@ -9,6 +11,7 @@ import io
 import json
 import os
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 
 MANIFEST_VERSION = "1.0"
+MAX_PENDING = 8
 
 
 class MapArchive:
@@ -24,28 +28,57 @@ class MapArchive:
         self._partial = path.with_name(path.name + ".partial")
         self._zip = zipfile.ZipFile(self._partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
         self._entries: list[dict[str, Any]] = []
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="map-archive")
+        self._pending: list[Future[None]] = []
 
     def add_array(self, name: str, array: np.ndarray, **metadata: Any) -> None:
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
         data = buffer.getvalue()
-        self._zip.writestr(name, data)
-        entry = {"path": name, "shape": list(array.shape), "dtype": str(array.dtype)}
-        self._entries.append(entry | {"sha256": hashlib.sha256(data).hexdigest(), **metadata})
+        entry = {
+            "path": name,
+            "shape": list(array.shape),
+            "dtype": str(array.dtype),
+            "sha256": None,
+            **metadata,
+        }
+        self._entries.append(entry)
+
+        def write() -> None:
+            entry["sha256"] = hashlib.sha256(data).hexdigest()
+            self._zip.writestr(name, data)
+
+        self._queue(self._writer.submit(write))
 
     def add_bytes(self, name: str, data: str | bytes) -> None:
-        self._zip.writestr(name, data)
+        self._queue(self._writer.submit(self._zip.writestr, name, data))
+
+    def _queue(self, future: "Future[None]") -> None:
+        """At most ``MAX_PENDING`` writes wait, so queued bytes stay bounded when maps come faster."""
+        self._pending.append(future)
+        if len(self._pending) > MAX_PENDING:
+            self._pending[-MAX_PENDING - 1].result()
 
     def commit(self) -> None:
         """Write the manifest and move the finished archive into place."""
+        self._drain()
         manifest = {"manifest_version": MANIFEST_VERSION, "arrays": self._entries}
         self._zip.writestr("manifest.json", json.dumps(manifest, indent=2))
         self._zip.close()
         os.replace(self._partial, self.path)
 
     def discard(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._writer.shutdown(wait=True)
         self._zip.close()
         self._partial.unlink(missing_ok=True)
+
+    def _drain(self) -> None:
+        """Wait for every queued write; the first failure is raised here."""
+        self._writer.shutdown(wait=True)
+        for future in self._pending:
+            future.result()
 
     def __enter__(self) -> "MapArchive":
         return self

@@ -23,6 +23,9 @@ PASS_SHARE = 0.3
 RECORD_SHARE = 0.5
 MEMO_SHARE = 0.05
 PASS_FACTOR = 3  # a pass holds the forward values, as many gradients, and temporaries
+# On a CPU, passes whose forward values outgrow the caches run slower per image: on the shared LeNet
+# (2-core Xeon) 500-600 images per pass (24 MiB of forward values) ran 30% faster than 1,240
+CPU_PASS_BYTES = 24 * MIB
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,13 @@ class MemoryPlan:
 def plan_memory(
     model: OnnxGraphModule, example: Tensor, settings: AuditSettings, device: torch.device
 ) -> MemoryPlan:
-    """Batch sizes within the budget: explicit settings are upper limits, never exceeded by the plan."""
+    """Batch sizes within the budget (and, on a CPU, within the caches): explicit settings are upper
+    limits, never exceeded by the plan."""
     budget = settings.memory_budget_mib * MIB if settings.memory_budget_mib else default_budget(device)
     image_bytes = forward_bytes(model, example[:1])
     pass_images = max(1, int(budget * PASS_SHARE) // (PASS_FACTOR * image_bytes))
+    if device.type == "cpu":
+        pass_images = min(pass_images, max(1, CPU_PASS_BYTES // image_bytes))
     batch = min(settings.batch_size or DEFAULT_BATCH_SIZE, pass_images)
     internal = max(batch, min(settings.internal_batch_size or pass_images, pass_images))
     return MemoryPlan(

@@ -73,9 +73,14 @@ def is_degenerate(maps: MapBatch) -> Tensor:
     Constant means max - min within a few units of the dtype's resolution of the map's magnitude, so a
     float32 map that differs only by rounding counts as constant.
     """
-    flat = _flat(_tensor(maps))
+    return _degenerate(_tensor(maps))[1]
+
+
+def _degenerate(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """(N,) maps holding a non-finite value, and (N,) maps that are degenerate (that, or constant)."""
+    flat = _flat(maps)
     finite = torch.isfinite(flat).all(dim=1)
-    return ~finite | _constant_rows(torch.where(finite[:, None], flat, 0))
+    return ~finite, ~finite | _constant_rows(torch.where(finite[:, None], flat, 0))
 
 
 @dataclass(frozen=True)
@@ -115,12 +120,12 @@ class PreparedMaps:
 def prepare(maps: MapBatch) -> PreparedMaps:
     """Normalize, rank and HOG a batch of raw maps [N, C, H, W] once, for any number of comparisons."""
     maps = _checked(_tensor(maps))
-    invalid = is_degenerate(maps)
-    non_finite = ~torch.isfinite(_flat(maps)).all(dim=1)
+    non_finite, invalid = _degenerate(maps)
     maps = torch.where(invalid.view(-1, 1, 1, 1), 0, maps.double())
-    # one sort serves the 99th percentile and the ranks: clipping and scaling keep the order
+    # one sort serves the 99th percentile and the ranks: clipping and scaling keep the order (ties get
+    # the same average rank in any order, so the sort need not be stable)
     magnitude = maps.abs().sum(dim=1)
-    magnitude_sorted, magnitude_order = _flat(magnitude).sort(dim=1, stable=True)
+    magnitude_sorted, magnitude_order = _flat(magnitude).sort(dim=1)
     clip = _clip_values(magnitude_sorted)
     absolute_maps = _clipped(magnitude, clip, signed=False)
     abs_ranks, abs_constant = _standardized(
@@ -130,9 +135,12 @@ def prepare(maps: MapBatch) -> PreparedMaps:
     if bool((maps >= 0).all()):  # GradCAM, VarGrad, edges: the signed map is the absolute one
         signed_ranks, signed_constant = abs_ranks, abs_constant
     else:
-        if maps.shape[1] > 1:  # with one channel |sum| is the magnitude, and its percentile is known
+        if maps.shape[1] == 1:  # |sum| is the magnitude: its percentile is known, and so is its order
+            signed_order = _signed_order(_flat(summed), magnitude_order)
+        else:
             clip = _clip_values(_flat(summed.abs()).sort(dim=1).values)
-        signed_sorted, signed_order = _flat(_clipped(summed, clip, signed=True)).sort(dim=1, stable=True)
+            signed_order = _flat(summed).sort(dim=1).indices
+        signed_sorted = _clipped(_flat(summed).gather(1, signed_order), clip, signed=True)
         signed_ranks, signed_constant = _standardized(average_ranks(signed_sorted, signed_order))
     unit = _min_max(absolute_maps)[:, None]
     hog, hog_constant = _standardized(hog_features(unit[:, 0]))
@@ -216,6 +224,25 @@ def average_ranks(ordered: Tensor, order: Tensor) -> Tensor:
     last = torch.where(ends, positions, width).flip(1).cummin(dim=1).values.flip(1)
     tied = (first + last).double() / 2 + 1
     return torch.empty_like(tied).scatter_(1, order, tied)
+
+
+def _signed_order(values: Tensor, magnitude_order: Tensor) -> Tensor:
+    """The ascending order of signed [N, P] values, from the order of their magnitudes without another
+    sort: negatives by falling magnitude, then zeros, then positives by rising magnitude."""
+    ordered = values.gather(1, magnitude_order)
+    negative, zero = ordered < 0, ordered == 0
+    negatives = negative.sum(dim=1, keepdim=True)
+    zeros = zero.sum(dim=1, keepdim=True)
+    position = torch.where(
+        negative,
+        negatives - negative.cumsum(dim=1),
+        torch.where(
+            zero,
+            negatives + zero.cumsum(dim=1) - 1,
+            negatives + zeros + (~negative & ~zero).cumsum(dim=1) - 1,
+        ),
+    )
+    return torch.empty_like(magnitude_order).scatter_(1, position, magnitude_order)
 
 
 def _window_moments(unit: Tensor) -> tuple[Tensor, Tensor]:
