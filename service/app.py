@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         yield
         sweeper.stop()
         runtime.dispatcher.stop()
-        store.engine.dispose()
+        await store.aclose()
 
     app = FastAPI(
         title="Saliency audit",

@@ -96,8 +96,8 @@ def get_job(job_id: str, runtime: Runtime) -> Job:
     return job
 
 
-def job_view(job_id: str, runtime: Runtime) -> JobView:
-    view = runtime.job_views.get(job_id)
+async def job_view(job_id: str, runtime: Runtime) -> JobView:
+    view = await runtime.job_views.get(job_id)
     if view is None:
         raise not_found(f"audit {job_id}")
     return view

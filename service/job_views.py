@@ -5,8 +5,10 @@ with its version (every visible change bumps it; the version is the ETag), so a 
 with one indexed query and answers from the rendering of that version, rendered once.
 """
 
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
+
+from starlette.concurrency import run_in_threadpool
 
 from service.schemas import JobOut
 from workers.store.jobs import JobState, JobStore
@@ -23,16 +25,30 @@ class JobView:
 
 
 class JobViews:
+    """Used on the event loop only: the store's version read is asyncio, a rendering runs in a thread."""
+
     def __init__(self, store: JobStore, capacity: int = CAPACITY) -> None:
         self._store = store
-        self._rendered = lru_cache(maxsize=capacity)(self._render)
+        self._capacity = capacity
+        self._views: OrderedDict[str, JobView] = OrderedDict()
 
-    def get(self, job_id: str) -> JobView | None:
-        version = self._store.job_version(job_id)
-        return None if version is None else self._rendered(job_id, version)
+    async def get(self, job_id: str) -> JobView | None:
+        version = await self._store.poll_version(job_id)
+        if version is None:
+            return None
+        view = self._views.get(job_id)
+        if view is None or view.version < version:
+            view = await run_in_threadpool(self._render, job_id)
+            if view is None:
+                return None
+            self._views[job_id] = view
+        self._views.move_to_end(job_id)
+        if len(self._views) > self._capacity:
+            self._views.popitem(last=False)
+        return view
 
-    def _render(self, job_id: str, version: int) -> JobView | None:
-        """The job as it is now: its version may already be newer than the one asked for."""
+    def _render(self, job_id: str) -> JobView | None:
+        """The job as it is now, at its current version."""
         job = self._store.get_job(job_id)
         if job is None:
             return None

@@ -21,7 +21,9 @@ class Runtime:
     job_views: JobViews
 
 
-def _runtime(request: Request) -> Runtime:
+async def _runtime(request: Request) -> Runtime:
+    """Async, so FastAPI resolves it on the event loop instead of a worker thread (a thread hop per
+    request)."""
     return request.app.state.runtime
 
 

@@ -61,5 +61,6 @@ def store(database_url: str) -> Iterator[JobStore]:
     engine = make_engine(database_url)
     migrate(engine)
     migrate(engine)  # a second start finds the schema current
-    yield JobStore(engine)
-    engine.dispose()
+    store = JobStore(engine)
+    yield store
+    store.close()

@@ -1,10 +1,11 @@
 """The job store's state machine, on SQLite and PostgreSQL, through the real Alembic migration."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import column, insert, table
+from sqlalchemy import column, insert, table, text
 
 from workers.store.database import make_engine, migrate
 from workers.store.jobs import JobResult, JobState, JobStore, WrongState
@@ -199,3 +200,23 @@ def test_an_artifact_is_recorded_once_per_kind(store: JobStore) -> None:
     assert created and not created_again and again == first
     assert store.add_artifact(sha, "training_data", "npz", 100, {})[1]
     assert first.details == {"images": 3} and first.created_at.tzinfo is not None
+
+
+def test_a_poll_survives_the_database_dropping_its_connection(store: JobStore) -> None:
+    job, _ = store.create_job({"a": 1}, "hash", None, "cpu")
+
+    async def polls() -> list[int | None]:
+        versions = [await store.poll_version(job.id)]
+        if store.engine.dialect.name == "postgresql":  # as a restarted server would: every session ends
+            with store.engine.connect() as connection:
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+        versions += [await store.poll_version(job.id), await store.poll_version("unknown")]
+        await store.aclose()
+        return versions
+
+    assert asyncio.run(polls()) == [1, 1, None]

@@ -66,12 +66,12 @@ def list_audits(
     description="State, progress and a timestamp per state. With If-None-Match holding the last ETag, an "
     "unchanged job answers 304.",
 )
-def get_audit(
+async def get_audit(
     job_id: str,
     runtime: RuntimeDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    view = audits.job_view(job_id, runtime)  # the job's current version, rendered once (job_views)
+    view = await audits.job_view(job_id, runtime)  # the current version, rendered once (job_views)
     headers = _job_headers(view, runtime)
     if if_none_match is not None and headers["ETag"] in _etags(if_none_match):
         return Response(status_code=304, headers=headers)

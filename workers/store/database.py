@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
@@ -24,6 +25,35 @@ def make_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+class PollConnection:
+    """The one-row read a status poll repeats, on PostgreSQL: one asyncio psycopg connection (the API
+    answers polls on its event loop, without a thread hop or an ORM; psycopg serializes concurrent
+    queries on it), in autocommit (no BEGIN and ROLLBACK round trips). Connected on first use, on the
+    event loop that uses it; a dropped connection is replaced and the read tried once more."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._connection: psycopg.AsyncConnection | None = None
+
+    async def scalar(self, query: str, parameters: tuple[Any, ...]) -> Any:
+        for attempt in (1, 2):
+            try:
+                if self._connection is None or self._connection.closed:
+                    self._connection = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                row = await (await self._connection.execute(query, parameters)).fetchone()
+                return None if row is None else row[0]
+            except psycopg.OperationalError:
+                await self.close()
+                if attempt == 2:
+                    raise
+        return None
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
 
 
 def alembic_config(url: str) -> Config:

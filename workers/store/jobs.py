@@ -9,6 +9,7 @@ The worker's writes are conditional on its attempt, so an attempt presumed lost 
 job; a job whose lease lapsed is settled by ``recover_lost_attempts`` (requeued, failed or cancelled).
 """
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from workers.store.database import PollConnection
 from workers.store.tables import ArtifactRow, JobRow
 
 
@@ -128,10 +130,24 @@ def _artifact(row: ArtifactRow) -> Artifact:
     return Artifact(row.sha256, row.kind, row.format, row.size_bytes, json.loads(row.details), row.created_at)
 
 
+POLL_QUERY = f"SELECT version FROM {JobRow.__tablename__} WHERE id = %s"
+
+
 class JobStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
+        # polls read the version on the API's event loop; SQLite (local, no server) in a thread
+        self._polls = PollConnection(engine) if engine.dialect.name == "postgresql" else None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    async def aclose(self) -> None:
+        """Also the asyncio pool of the polls, on the event loop that used it."""
+        if self._polls is not None:
+            await self._polls.close()
+        self.close()
 
     # --- artifacts -------------------------------------------------------------------------------------
 
@@ -213,8 +229,13 @@ class JobStore:
             row = session.scalar(select(JobRow).where(JobRow.id == job_id))
             return None if row is None else _job(row)
 
-    def job_version(self, job_id: str) -> int | None:
+    async def poll_version(self, job_id: str) -> int | None:
         """The job's version (its ETag) alone: what a poll needs to tell whether anything changed."""
+        if self._polls is None:
+            return await asyncio.to_thread(self._version, job_id)
+        return await self._polls.scalar(POLL_QUERY, (job_id,))
+
+    def _version(self, job_id: str) -> int | None:
         with self.engine.connect() as connection:
             return connection.scalar(select(JobRow.version).where(JobRow.id == job_id))
 
