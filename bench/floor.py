@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from bench.matched import best_floor, engine_audit, machine, timed
+from bench.tables import markdown_table
 
 HERE = Path(__file__).parent
 
@@ -32,11 +33,17 @@ def main() -> None:
         engine = timed(lambda: engine_audit(args.data, out))
         rounds.append({"floor": floor, "floor_batch": batch, "engine": engine})
     print(f"machine: {machine()}\n")
-    print("| round | floor (s) | best batch | engine (s) | engine / floor |")
-    print("|---|---|---|---|---|")
-    for index, row in enumerate(rounds, start=1):
-        ratio = row["engine"] / row["floor"]
-        print(f"| {index} | {row['floor']:.2f} | {row['floor_batch']} | {row['engine']:.2f} | {ratio:.2f}x |")
+    rows = [
+        [
+            index,
+            f"{r['floor']:.2f}",
+            r["floor_batch"],
+            f"{r['engine']:.2f}",
+            f"{r['engine'] / r['floor']:.2f}x",
+        ]
+        for index, r in enumerate(rounds, start=1)
+    ]
+    print(markdown_table(["round", "floor (s)", "best batch", "engine (s)", "engine / floor"], rows))
     (HERE / "floor.json").write_text(json.dumps({"machine": machine(), "rounds": rounds}, indent=2) + "\n")
 
 

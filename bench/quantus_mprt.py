@@ -19,6 +19,7 @@ import venv
 from pathlib import Path
 
 from bench.matched import engine_audit, machine, timed
+from bench.tables import markdown_table
 from workers.engine.settings import Metric
 
 HERE = Path(__file__).parent
@@ -58,18 +59,17 @@ def main() -> None:
         for name, test in cascading.items()
     }
     print(f"machine: {machine()}\n")
-    print("| round | Quantus MPRT (s) | engine (s) | engine speed-up |")
-    print("|---|---|---|---|")
-    for index, row in enumerate(rounds, start=1):
-        speed_up = row["quantus"] / row["engine"]
-        print(f"| {index} | {row['quantus']:.2f} | {row['engine']:.2f} | {speed_up:.2f}x |")
-    print("\nmean |Spearman| of absolute maps per stage (Quantus's draw vs the engine's draw 0):\n")
-    print("| method | " + " | ".join(quantus_round["layers"]["gradient"]) + " |")
-    print("|---" * (1 + len(quantus_round["layers"]["gradient"])) + "|")
-    for name, layers in quantus_round["layers"].items():
-        engine_values = list(ours[name].values())
-        cells = [f"{q:.3f} / {e:.3f}" for q, e in zip(layers.values(), engine_values, strict=True)]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    rows = [
+        [index, f"{r['quantus']:.2f}", f"{r['engine']:.2f}", f"{r['quantus'] / r['engine']:.2f}x"]
+        for index, r in enumerate(rounds, start=1)
+    ]
+    print(markdown_table(["round", "Quantus MPRT (s)", "engine (s)", "engine speed-up"], rows))
+    print("\nmean |Spearman| of absolute maps per stage (Quantus's draw / the engine's draw 0):\n")
+    similarity_rows = [
+        [name, *(f"{q:.3f} / {e:.3f}" for q, e in zip(layers.values(), ours[name].values(), strict=True))]
+        for name, layers in quantus_round["layers"].items()
+    ]
+    print(markdown_table(["method", *quantus_round["layers"]["gradient"]], similarity_rows))
     result = {
         "machine": machine(),
         "rounds": rounds,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.tables import markdown_table
 from tests.e2e import poll, submit, upload
 from tests.services import distributed_deployment, postgres_database, redis_server
 
@@ -61,11 +62,11 @@ def main() -> None:
                 }
                 for _ in range(args.rounds)
             ]
-    print("\n| round | status polls/s | /healthz requests/s | ratio |")
-    print("|---|---|---|---|")
-    for index, row in enumerate(rounds, start=1):
-        ratio = row["status"] / row["healthz"]
-        print(f"| {index} | {row['status']:.0f} | {row['healthz']:.0f} | {ratio:.2f}x |")
+    rows = [
+        [index, f"{r['status']:.0f}", f"{r['healthz']:.0f}", f"{r['status'] / r['healthz']:.2f}x"]
+        for index, r in enumerate(rounds, start=1)
+    ]
+    print("\n" + markdown_table(["round", "status polls/s", "/healthz requests/s", "ratio"], rows))
     result = {
         "audit_seconds": elapsed,
         "connections": args.connections,

@@ -86,7 +86,7 @@ class _Run:
     checks: list[SanityCheck]  # the requested randomization tests, in the order requested
     extend_work: Callable[[int], None]  # more units of work than planned: extra draws of an undecided test
     memory: MemoryPlan
-    record: ForwardRecord | None  # the trained model's forward passes, for stages to start from
+    record: ForwardRecord  # the trained model's forward passes, for stages to start from
     _masks: dict[int, PreparedMaps] = field(default_factory=dict)
 
     def targets(self, model: nn.Module) -> Tensor:
@@ -105,7 +105,7 @@ class _Run:
     def forward_for(self, model: nn.Module, start: int, recording: bool = False) -> nn.Module:
         """The model that methods reusing forward work run on at a stage whose steps before ``start``
         are as trained (0: none are)."""
-        if self.record is None or start == 0 or not isinstance(model, OnnxGraphModule):
+        if start == 0 or not isinstance(model, OnnxGraphModule):
             return model
         return StageForward(model, self.record, start, self.memory.memo_bytes, recording)
 
@@ -343,14 +343,14 @@ def _nondeterminism_noted(device: torch.device) -> Iterator[list[str]]:
         )
 
 
-def _memory_use(plan: MemoryPlan, record: ForwardRecord | None, device: torch.device) -> MemoryUse:
+def _memory_use(plan: MemoryPlan, record: ForwardRecord, device: torch.device) -> MemoryUse:
     peak = torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
     return MemoryUse(
         budget_mib=plan.budget_bytes / MIB,
         image_forward_mib=plan.image_bytes / MIB,
         batch_size=plan.batch_size,
         internal_batch_size=plan.internal_batch_size,
-        recorded_forward_mib=(record.used_bytes if record is not None else 0) / MIB,
+        recorded_forward_mib=record.used_bytes / MIB,
         device_peak_mib=peak,
     )
 
@@ -455,7 +455,7 @@ def _check_methods(methods: list[SaliencyMethod], model: nn.Module, x: Tensor) -
 
 def _audit_methods(run: _Run, methods: list[SaliencyMethod]) -> list[MethodResult]:
     """Stage-major: each stage's model is built once and every method runs on it before the next."""
-    trained_forward = run.forward_for(run.model, len(getattr(run.model, "steps", ())), recording=True)
+    trained_forward = run.forward_for(run.model, len(run.record.trained.steps), recording=True)
     states = [_trained_state(run, method, trained_forward) for method in methods]
     tests: dict[str, list[TestResult]] = {state.name: [] for state in states}
     for check in run.checks:
