@@ -1,13 +1,21 @@
 """The engine called in-process, as the workers will call it: progress, cancellation, atomic outputs."""
 
+import warnings
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import TrainedDigits
-from workers.engine.audit import AuditCancelled, Progress, cross_image_partners, run_audit
+from workers.engine.audit import (
+    AuditCancelled,
+    Progress,
+    cross_image_partners,
+    nondeterminism_noted,
+    run_audit,
+)
 from workers.engine.errors import AuditInputError, MethodUnsupportedError
 from workers.engine.settings import AuditSettings
 
@@ -106,3 +114,18 @@ def test_cross_image_partners_are_other_images_of_other_classes() -> None:
     assert np.array_equal(partners, cross_image_partners(classes, seed=0))
     single_class = cross_image_partners(np.zeros(6, dtype=np.int64), seed=1)
     assert (single_class != np.arange(6)).all()
+
+
+def test_gpu_ops_without_a_deterministic_kernel_are_named_and_other_warnings_pass() -> None:
+    with pytest.warns(UserWarning, match="unrelated"), nondeterminism_noted(torch.device("cuda")) as notes:
+        warnings.warn(
+            "upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation, but you "
+            "set 'torch.use_deterministic_algorithms(True, warn_only=True)'.",
+            UserWarning,
+            stacklevel=1,
+        )
+        warnings.warn("unrelated", UserWarning, stacklevel=1)
+    assert len(notes) == 1 and "upsample_bilinear2d_backward_out_cuda" in notes[0]
+    with nondeterminism_noted(torch.device("cpu")) as notes:
+        pass
+    assert notes == []

@@ -234,7 +234,7 @@ def run_audit(
             memory,
             ForwardRecord.for_layers(model, layers, memory.record_bytes),
         )
-        with _nondeterminism_noted(device) as nondeterministic:
+        with nondeterminism_noted(device) as nondeterministic:
             results = _audit_methods(run, methods)
         report = AuditReport(
             created_at=datetime.now(UTC),
@@ -318,10 +318,14 @@ def _use_exact_kernels(device: torch.device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+NONDETERMINISTIC = " does not have a deterministic implementation"  # torch's alert, after the op's name
+
+
 @contextmanager
-def _nondeterminism_noted(device: torch.device) -> Iterator[list[str]]:
-    """On a GPU, collect the ops that have no deterministic kernel (torch warns of each once): the report
-    names them, since results through them may differ in the last bits from run to run."""
+def nondeterminism_noted(device: torch.device) -> Iterator[list[str]]:
+    """On a GPU, collect the ops that ran without a deterministic kernel (torch warns of each, with
+    ``warn_only``): the report names them, since results through them may differ in the last bits from
+    run to run. Every other warning is passed on."""
     notes: list[str] = []
     if device.type != "cuda":
         yield notes
@@ -330,12 +334,10 @@ def _nondeterminism_noted(device: torch.device) -> Iterator[list[str]]:
         warnings.simplefilter("always")
         yield notes
     ops = sorted(
-        {
-            str(w.message).split(" does not have a deterministic")[0]
-            for w in caught
-            if "does not have a deterministic implementation" in str(w.message)
-        }
+        {str(w.message).split(NONDETERMINISTIC)[0] for w in caught if NONDETERMINISTIC in str(w.message)}
     )
+    for other in (w for w in caught if NONDETERMINISTIC not in str(w.message)):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
     if ops:
         notes.append(
             f"Not bit-reproducible on this GPU: {', '.join(ops)} ran without a deterministic CUDA kernel; "
