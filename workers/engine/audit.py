@@ -119,6 +119,7 @@ class _MethodState:
     trained: PreparedMaps
     trained_stage: Stage
     channels: int  # of the maps (GradCAM's have one)
+    fixed_maps: Tensor | None  # a baseline's maps, which need no model: the same at every stage
     seconds: float  # time spent on this method's maps and comparisons so far
 
     @property
@@ -486,8 +487,15 @@ def _trained_state(run: _Run, method: SaliencyMethod, trained_forward: nn.Module
         degenerate_maps=int(trained.constant.sum()),
         non_finite_maps=int(trained.non_finite.sum()),
     )
-    channels = trained_maps.shape[1]
-    return _MethodState(method, noise_seed, trained, trained_stage, channels, time.perf_counter() - started)
+    return _MethodState(
+        method,
+        noise_seed,
+        trained,
+        trained_stage,
+        trained_maps.shape[1],
+        None if method.uses_model else trained_maps,
+        time.perf_counter() - started,
+    )
 
 
 def _method_result(run: _Run, state: _MethodState, tests: list[TestResult]) -> MethodResult:
@@ -522,16 +530,13 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
         """``about``: what the manifest says of the array beyond method, test and draw (the stage)."""
         if run.should_cancel():
             raise AuditCancelled
-        method = state.method
-        archived = draw == 0 or run.settings.archive_all_draws
-        if not method.uses_model and not archived:
-            return state.trained
-        maps = _maps(run, method, model, state.noise_seed)
-        if archived:
+        method, fixed = state.method, state.fixed_maps
+        maps = fixed if fixed is not None else _maps(run, method, model, state.noise_seed)
+        if draw == 0 or run.settings.archive_all_draws:
             folder = f"maps/{method.name}/{test}" + (f"/draw-{draw}" if draw else "")
             path = f"{folder}/{name}.npy"
             run.archive.add_array(path, _array(maps), method=method.name, test=test, draw=draw, **about)
-        return prepare(maps) if method.uses_model else state.trained
+        return prepare(maps) if fixed is None else state.trained
 
     stages: dict[str, dict[int, StageValues]] = {state.name: {} for state in states}
 

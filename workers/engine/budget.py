@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from workers.engine.onnx_import import OnnxGraphModule
+from workers.engine.reuse import recorded_forward
 from workers.engine.settings import AuditSettings
 
 MIB = 2**20
@@ -75,8 +76,4 @@ def default_budget(device: torch.device) -> int:
 
 def forward_bytes(model: OnnxGraphModule, example: Tensor) -> int:
     """Bytes of every value one forward pass on ``example`` computes (constants excluded)."""
-    leaf = example.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        env = model.evaluate_from({model.input_name: leaf}, 0, None)
-    computed = [value for name, value in env.items() if name not in model.constant_buffers]
-    return max(1, sum(value.numel() * value.element_size() for value in computed))
+    return max(1, recorded_forward(model, example)[2])

@@ -32,10 +32,18 @@ def _nbytes(values: Iterable[Tensor]) -> int:
     return sum(value.numel() * value.element_size() for value in values)
 
 
+def recorded_forward(model: OnnxGraphModule, inputs: Tensor) -> tuple[Tensor, dict[str, Tensor], int]:
+    """A forward pass on a copy of ``inputs`` that keeps its autograd graph: the copy (the graph's leaf),
+    every value the graph computed, and their bytes (constants excluded)."""
+    leaf = inputs.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        env = model.evaluate_from({model.input_name: leaf}, 0, None)
+    return leaf, env, _nbytes(value for name, value in env.items() if name not in model.constant_buffers)
+
+
 @dataclass
 class _Recorded:
-    inputs: Tensor  # a copy of the batch, to recognize it
-    leaf: Tensor  # the input the recorded graph starts from
+    leaf: Tensor  # the input the recorded graph starts from: a copy of the batch, to recognize it
     values: dict[str, Tensor]  # the values stages start from, with their graph
 
 
@@ -80,11 +88,12 @@ class ForwardRecord:
         return cls(trained, {first_step(trained, [layer]) for layer in layers}, budget_bytes)
 
     def forward(self, model: OnnxGraphModule, inputs: Tensor, start: int, record: bool) -> Tensor:
-        """``model``'s output on ``inputs``, computed from step ``start`` on where the batch is recorded."""
+        """``model``'s output on ``inputs``, computed from step ``start`` (> 0) on where the batch is
+        recorded."""
         recorded = self._find(inputs)
         if recorded is None and record and self.used_bytes < self.budget_bytes:
             recorded = self._record(inputs)
-        if recorded is None or start == 0:
+        if recorded is None:
             return model(inputs)
         names = self._crossing[start]
         known = dict(zip(names, _FromRecord.apply(inputs, recorded, names), strict=True))
@@ -93,15 +102,12 @@ class ForwardRecord:
 
     def _find(self, inputs: Tensor) -> _Recorded | None:
         candidates = self._entries.get(_key(inputs), [])
-        return next((entry for entry in candidates if torch.equal(entry.inputs, inputs)), None)
+        return next((entry for entry in candidates if torch.equal(entry.leaf, inputs)), None)
 
     def _record(self, inputs: Tensor) -> _Recorded:
-        leaf = inputs.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            env = self.trained.evaluate_from({self.trained.input_name: leaf}, 0, None)
-        computed = [value for name, value in env.items() if name not in self.trained.constant_buffers]
-        self.used_bytes += _nbytes(computed) + 2 * _nbytes([inputs])
-        recorded = _Recorded(inputs.detach().clone(), leaf, {name: env[name] for name in self._kept})
+        leaf, env, computed_bytes = recorded_forward(self.trained, inputs)
+        self.used_bytes += computed_bytes  # the leaf among them
+        recorded = _Recorded(leaf, {name: env[name] for name in self._kept})
         self._entries.setdefault(_key(inputs), []).append(recorded)
         return recorded
 

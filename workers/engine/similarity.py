@@ -57,8 +57,17 @@ MapBatch = np.ndarray | Tensor
 
 def normalize_absolute(maps: MapBatch) -> Tensor:
     """[N, C, H, W] -> [N, H, W] in [0, 1]: sum |.| over channels, clip at the 99th percentile, scale."""
-    summed = _as_nchw(maps).abs().sum(dim=1)
-    return _clipped(summed, _clip_values(_flat(summed).sort(dim=1).values), signed=False)
+    return _absolute(_as_nchw(maps))[0]
+
+
+def _absolute(maps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The normalized absolute maps, and what one sort gave on the way: the magnitudes [N, P] in ascending
+    order, that order, and each image's clip. Clipping and scaling keep the order (ties get the same
+    average rank in any order, so the sort need not be stable)."""
+    magnitude = maps.abs().sum(dim=1)
+    ordered, order = _flat(magnitude).sort(dim=1)
+    clip = _clip_values(ordered)
+    return _clipped(magnitude, clip, signed=False), ordered, order, clip
 
 
 def normalize_signed(maps: MapBatch) -> Tensor:
@@ -122,19 +131,14 @@ def prepare(maps: MapBatch) -> PreparedMaps:
     maps = _checked(_tensor(maps))
     non_finite, invalid = _degenerate(maps)
     maps = torch.where(invalid.view(-1, 1, 1, 1), 0, maps.double())
-    # one sort serves the 99th percentile and the ranks: clipping and scaling keep the order (ties get
-    # the same average rank in any order, so the sort need not be stable)
-    magnitude = maps.abs().sum(dim=1)
-    magnitude_sorted, magnitude_order = _flat(magnitude).sort(dim=1)
-    clip = _clip_values(magnitude_sorted)
-    absolute_maps = _clipped(magnitude, clip, signed=False)
+    absolute_maps, magnitude_sorted, magnitude_order, clip = _absolute(maps)
     abs_ranks, abs_constant = _standardized(
         average_ranks(_clipped(magnitude_sorted, clip, signed=False), magnitude_order)
     )
-    summed = maps.sum(dim=1)
     if bool((maps >= 0).all()):  # GradCAM, VarGrad, edges: the signed map is the absolute one
         signed_ranks, signed_constant = abs_ranks, abs_constant
     else:
+        summed = maps.sum(dim=1)
         if maps.shape[1] == 1:  # |sum| is the magnitude: its percentile is known, and so is its order
             signed_order = _signed_order(_flat(summed), magnitude_order)
         else:

@@ -1,5 +1,6 @@
 """Connecting to the job store and bringing its schema up to date with Alembic."""
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +37,25 @@ class PollConnection:
     def __init__(self, engine: Engine) -> None:
         self._url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._connection: psycopg.AsyncConnection | None = None
+        self._connecting = asyncio.Lock()  # concurrent first polls open one connection, not one each
 
     async def scalar(self, query: str, parameters: tuple[Any, ...]) -> Any:
         for attempt in (1, 2):
             try:
-                if self._connection is None or self._connection.closed:
-                    self._connection = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-                row = await (await self._connection.execute(query, parameters)).fetchone()
+                connection = await self._connected()
+                row = await (await connection.execute(query, parameters)).fetchone()
                 return None if row is None else row[0]
             except psycopg.OperationalError:
                 await self.close()
                 if attempt == 2:
                     raise
         return None
+
+    async def _connected(self) -> psycopg.AsyncConnection:
+        async with self._connecting:
+            if self._connection is None or self._connection.closed:
+                self._connection = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            return self._connection
 
     async def close(self) -> None:
         if self._connection is not None:
