@@ -153,4 +153,7 @@ def result_file(job_id: str, name: str, runtime: Runtime) -> tuple[Job, Path]:
             f"audit {job_id} is {job.state}; poll it until it has succeeded",
             {"Retry-After": str(runtime.settings.retry_after_s)},
         )
-    return job, runtime.storage.results_dir(job_id, job.attempts) / name
+    path = runtime.storage.results_dir(job_id, job.attempts) / name
+    if not path.is_file():  # results published before the service wrote this file
+        raise Problem(404, "Result not available", f"audit {job_id} has no {name}")
+    return job, path

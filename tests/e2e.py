@@ -64,8 +64,14 @@ def check_results(client: httpx.Client, location: str, job: dict, out: Path) -> 
         assert archive.testzip() is None
         names = set(archive.namelist())
         assert json.loads(archive.read("report.json")) == json.loads(report_response.content)
+        archive_html = archive.read("report.html") if "report.html" in names else None
     assert {"report.json", "manifest.json", "inputs.npy"} <= names and any(
         n.startswith("maps/gradient/") for n in names
     ), names
+    html = client.get(f"{location}/report.html")
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert html.headers["content-disposition"].startswith("inline")
+    assert html.headers["x-checksum-sha256"] == hashlib.sha256(html.content).hexdigest()
+    assert {"report.html", "figures/verdicts.png"} <= names and archive_html == html.content
     (out / "maps.zip").write_bytes(archive_response.content)
     return report

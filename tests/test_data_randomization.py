@@ -21,6 +21,7 @@ from workers.engine.data_randomization import (
     load_training_set,
 )
 from workers.engine.errors import AuditInputError, ProbeError
+from workers.engine.figures import MapReader
 from workers.engine.report import AuditReport
 from workers.engine.report import TestResult as ReportedTest
 from workers.engine.settings import AuditSettings, Outcome, Preprocessing
@@ -248,3 +249,17 @@ def test_settings_file_with_training_data_adds_the_data_test(
     args = [str(trained_digits.onnx_dynamo), str(trained_digits.probes), "--train-data", str(training_data)]
     assert main(["run", *args, "--settings", str(settings), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "random label twin reached" in capsys.readouterr().err  # the data test ran and trained
+
+
+def test_the_html_report_shows_the_data_test_beside_a_twin_and_a_control(trained_twin_audit: Path) -> None:
+    figures = {path.name for path in (trained_twin_audit / "figures").iterdir()}
+    assert {"verdicts.png", "data-absolute.png", "data-diverging.png", "data-similarity.png"} <= figures
+    reader = MapReader(trained_twin_audit / "maps.zip")
+    try:
+        # columns: trained, the first twin, the first control (the archive keeps the first draw's maps)
+        assert len(reader.controls("gradient", 3)) == 1
+        assert reader.maps("gradient", "data", 1, 3) is not None
+    finally:
+        reader.close()
+    page = (trained_twin_audit / "report.html").read_text()
+    assert 'data-test="data"' in page and "Data randomization: maps, absolute" in page

@@ -283,6 +283,7 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
 def _run(args: argparse.Namespace) -> int:
     from workers.engine.audit import ARCHIVE_FILE, REPORT_FILE, run_audit
     from workers.engine.data_randomization import DataTestInputs
+    from workers.engine.html_report import write_html_report
     from workers.engine.summary import format_summary
 
     settings = _settings(args)
@@ -303,8 +304,10 @@ def _run(args: argparse.Namespace) -> int:
         report = run_audit(
             args.model, args.probes, settings, args.out, on_progress=on_progress, data_inputs=data_inputs
         )
+        bar.set_postfix_str("figures and HTML report")
+        html = write_html_report(args.out)
     print(format_summary(report))
-    print(f"\nreport: {args.out / REPORT_FILE}\nmaps:   {args.out / ARCHIVE_FILE}")
+    print(f"\nreport: {html}\njson:   {args.out / REPORT_FILE}\nmaps:   {args.out / ARCHIVE_FILE}")
     fail_on = args.fail_on | ({Outcome.failed} if args.fail_on_verdict else set())
     outcomes = {t.verdict.outcome for m in report.methods for t in m.tests if t.verdict is not None}
     return EXIT_FAILED_CHECK if outcomes & fail_on else 0

@@ -16,6 +16,7 @@ from workers.config import Settings
 from workers.engine.audit import Progress, run_audit
 from workers.engine.data_randomization import DataTestInputs
 from workers.engine.errors import AuditCancelled, AuditInputError
+from workers.engine.html_report import write_html_report
 from workers.requests import AuditRequest
 from workers.storage import Storage
 from workers.store.jobs import JobState, JobStore
@@ -47,6 +48,7 @@ def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settin
                 should_cancel=throttle.cancel_requested,
                 data_inputs=_data_inputs(request, inputs),
             )
+            write_html_report(work / "out")
             result = storage.publish_results(job_id, attempt, work / "out")
             store.finish(job_id, JobState.succeeded, attempt=attempt, result=result)
     except AuditCancelled:

@@ -111,14 +111,16 @@ class Storage:
     def publish_results(self, job_id: str, attempt: int, out_dir: Path) -> JobResult:
         """Move a finished attempt's outputs into place in one rename; returns their sizes and hashes."""
         report, archive = out_dir / REPORT_FILE, out_dir / ARCHIVE_FILE
-        result = JobResult(_sha256(report), report.stat().st_size, _sha256(archive), archive.stat().st_size)
+        result = JobResult(
+            file_sha256(report), report.stat().st_size, file_sha256(archive), archive.stat().st_size
+        )
         target = self.results_dir(job_id, attempt)
         target.parent.mkdir(exist_ok=True)
         os.replace(out_dir, target)  # attempt numbers are never reused: the target does not exist yet
         return result
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):

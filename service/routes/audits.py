@@ -11,8 +11,9 @@ from service.job_views import JobView
 from service.routes import problems
 from service.runtime import Runtime, RuntimeDep
 from service.schemas import JobOut, JobPage
-from workers.engine.report import ARCHIVE_FILE, REPORT_FILE
+from workers.engine.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE
 from workers.requests import AuditRequest
+from workers.storage import file_sha256
 from workers.store.jobs import TERMINAL_STATES, Job, JobState
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
@@ -100,29 +101,46 @@ def cancel(job_id: str, response: Response, runtime: RuntimeDep) -> JobOut:
 def _result_response(job_id: str, name: str, media_type: str, runtime: Runtime) -> FileResponse:
     job, path = audits.result_file(job_id, name, runtime)
     assert job.result is not None
-    digest = job.result.report_sha256 if name == REPORT_FILE else job.result.archive_sha256
+    recorded = {REPORT_FILE: job.result.report_sha256, ARCHIVE_FILE: job.result.archive_sha256}
+    digest = recorded.get(name) or file_sha256(path)
     headers = {
         "ETag": f'"{digest}"',
         "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:",
         "X-Checksum-SHA256": digest,
     }
     filename = f"audit-{job_id}-{name}"
-    return FileResponse(path, media_type=media_type, headers=headers, filename=filename)
+    disposition = "inline" if media_type == "text/html" else "attachment"  # a page opens in the browser
+    return FileResponse(
+        path, media_type=media_type, headers=headers, filename=filename, content_disposition_type=disposition
+    )
 
 
-def _add_result_route(name: str, file: str, media_type: str, description: str) -> None:
+def _add_result_route(name: str, file: str, media_type: str, description: str, operation: str) -> None:
     @router.get(
         f"/{{job_id}}/{name}",
         response_class=FileResponse,
         responses={200: {"content": {media_type: {}}, "description": description}} | problems(404, 409),
         summary=f"Download the {description.lower()} of a succeeded audit",
-        operation_id=f"get_audit_{name}",
+        operation_id=f"get_audit_{operation}",
     )
     def download(job_id: str, runtime: RuntimeDep) -> FileResponse:
         return _result_response(job_id, file, media_type, runtime)
 
 
-_add_result_route("report", REPORT_FILE, "application/json", "JSON report (openapi/report.schema.json)")
 _add_result_route(
-    "archive", ARCHIVE_FILE, "application/zip", "Map archive: every map, the manifest, the report"
+    "report", REPORT_FILE, "application/json", "JSON report (openapi/report.schema.json)", "report"
+)
+_add_result_route(
+    "archive",
+    ARCHIVE_FILE,
+    "application/zip",
+    "Map archive: every map, the manifest, the report, the figures and the HTML report",
+    "archive",
+)
+_add_result_route(
+    "report.html",
+    HTML_FILE,
+    "text/html",
+    "HTML report: verdicts, figures, settings and provenance in one self-contained page",
+    "report_html",
 )

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from workers.engine.settings import AuditSettings, LayerOrder, Metric, Outcome, RandomizationTest
 
 SCHEMA_VERSION = "2.1"
-REPORT_FILE = "report.json"  # names of the two outputs of an audit
+REPORT_FILE = "report.json"  # names of the outputs of an audit
 ARCHIVE_FILE = "maps.zip"
+HTML_FILE = "report.html"  # written after the audit from the other two (workers.engine.html_report)
 
 
 class _Frozen(BaseModel):
