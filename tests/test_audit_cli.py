@@ -278,7 +278,9 @@ def test_label_target_without_labels_is_refused(
     )
 
 
-@pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["methods"], ["schema"]])
+@pytest.mark.parametrize(
+    "command", [["--help"], ["run", "--help"], ["demo", "--help"], ["methods"], ["schema"]]
+)
 def test_commands_that_need_no_model_start_without_torch(command: list[str]) -> None:
     code = (
         "import sys\nfrom workers.cli import main\n"
@@ -286,3 +288,18 @@ def test_commands_that_need_no_model_start_without_torch(command: list[str]) -> 
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code, *command], check=True, capture_output=True)
+
+
+def test_demo_needs_no_file_and_writes_the_html_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--methods", "gradient,edge_detector", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.html'}" in printed
+    report = _report(out)
+    assert [t.test.value for t in report.methods[0].tests] == ["cascading", "independent", "data"]
+    assert report.data_randomization is not None and report.data_randomization.source == "trained"
+    assert {"report.html", "report.json", "maps.zip"} <= {p.name for p in out.iterdir()}
+    assert "data-absolute.png" in {p.name for p in (out / "figures").iterdir()}
+    assert 'data-method="gradient" data-test="data"' in (out / "report.html").read_text()

@@ -152,12 +152,12 @@ def _grid_figure(
             else:
                 axes[row, 0].axis("off")
             axes[row, 1].set_ylabel(method.name.replace("_", " "), fontsize=7)
-            for column, stage in enumerate(stages, start=1):
-                _draw_map(
-                    axes[row, column], reader.maps(method.name, test, stage.index, images), image, signed
-                )
+            method_maps = maps[method.name]
+            for column, label in enumerate(labels, start=1):
+                shown = method_maps[column - 1] if column <= len(method_maps) else None
+                _draw_map(axes[row, column], shown, image, signed)
                 if row == 0:
-                    axes[row, column].set_title(_short_label(stage), fontsize=7)
+                    axes[row, column].set_title(label, fontsize=7)
     figure.subplots_adjust(wspace=0.05, hspace=0.15)
     return figure
 
