@@ -116,3 +116,14 @@ def test_chromium_renders_the_page_with_every_figure_and_the_reports_verdicts(
         assert 0 < image["shown"] <= width, image  # scaled to the viewport
     assert rows == _outcomes(report) and rows
     assert overflow <= 0, "the page scrolls sideways"
+
+
+def test_drawing_an_audit_again_replaces_its_figures_and_page(audited: tuple[AuditReport, Path]) -> None:
+    _, html = audited
+    with zipfile.ZipFile(html.parent / "maps.zip") as archive:
+        before = archive.namelist()
+    write_html_report(html.parent)
+    with zipfile.ZipFile(html.parent / "maps.zip") as archive:
+        after = archive.namelist()
+        assert archive.testzip() is None
+    assert sorted(after) == sorted(before) and len(set(after)) == len(after)

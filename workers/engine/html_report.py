@@ -41,8 +41,8 @@ def render_html(report: AuditReport, figures: list[FigureImage]) -> str:
 def write_html_report(out_dir: Path) -> Path:
     """Figures into ``out_dir/figures`` and into maps.zip, then ``out_dir/report.html``; its path.
 
-    The archive gains ``figures/*.png`` and ``report.html`` after its manifest (which lists the arrays):
-    a copy is extended and moved into place, so a crash leaves the archive as it was.
+    The archive gains ``figures/*.png`` and ``report.html`` after its manifest (which lists the arrays).
+    Drawing a folder again replaces them.
     """
     report = AuditReport.model_validate_json((out_dir / REPORT_FILE).read_text())
     archive = out_dir / ARCHIVE_FILE
@@ -53,13 +53,31 @@ def write_html_report(out_dir: Path) -> Path:
     folder.mkdir()
     for figure in figures:
         (folder / figure.name).write_bytes(figure.png)
-    partial = archive.with_name(archive.name + ".partial")
-    shutil.copyfile(archive, partial)
-    with zipfile.ZipFile(partial, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as extended:
-        for figure in figures:
-            extended.writestr(f"{FIGURES_FOLDER}/{figure.name}", figure.png)
-        extended.writestr(HTML_FILE, page)
-    os.replace(partial, archive)
+    files = {f"{FIGURES_FOLDER}/{figure.name}": figure.png for figure in figures} | {HTML_FILE: page.encode()}
+    _extend_archive(archive, files)
     html = out_dir / HTML_FILE
     html.write_text(page, encoding="utf-8")
     return html
+
+
+def _is_drawn(name: str) -> bool:
+    return name == HTML_FILE or name.startswith(f"{FIGURES_FOLDER}/")
+
+
+def _extend_archive(archive: Path, files: dict[str, bytes]) -> None:
+    """Add ``files`` to a copy of the archive, without what an earlier drawing added, and move it into
+    place: a crash leaves the archive as it was."""
+    partial = archive.with_name(archive.name + ".partial")
+    with zipfile.ZipFile(archive) as source:
+        drawn_before = any(_is_drawn(name) for name in source.namelist())
+        if drawn_before:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as target:
+                for member in source.infolist():
+                    if not _is_drawn(member.filename):
+                        target.writestr(member, source.read(member))
+    if not drawn_before:
+        shutil.copyfile(archive, partial)
+    with zipfile.ZipFile(partial, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as extended:
+        for name, data in files.items():
+            extended.writestr(name, data)
+    os.replace(partial, archive)
