@@ -254,11 +254,12 @@ def test_settings_file_with_training_data_adds_the_data_test(
 def test_the_html_report_shows_the_data_test_beside_a_twin_and_a_control(trained_twin_audit: Path) -> None:
     figures = {path.name for path in (trained_twin_audit / "figures").iterdir()}
     assert {"verdicts.png", "data-absolute.png", "data-diverging.png", "data-similarity.png"} <= figures
-    reader = MapReader(trained_twin_audit / "maps.zip")
+    reader = MapReader(trained_twin_audit / "maps.zip", 3)
     try:
         # columns: trained, the first twin, the first control (the archive keeps the first draw's maps)
-        assert len(reader.controls("gradient", 3)) == 1
-        assert reader.maps("gradient", "data", 1, 3) is not None
+        assert [len(maps) for maps in reader.controls("gradient")] == [3]
+        twin = reader.maps("gradient", "data", 1)
+        assert twin is not None and len(twin) == 3
     finally:
         reader.close()
     page = (trained_twin_audit / "report.html").read_text()

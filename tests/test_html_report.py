@@ -14,6 +14,7 @@ from PIL import Image
 from tests.browser import chromium_page, chromium_path
 from tests.conftest import TrainedDigits
 from workers.engine.audit import run_audit
+from workers.engine.figures import MapReader
 from workers.engine.html_report import write_html_report
 from workers.engine.report import AuditReport
 from workers.engine.settings import AuditSettings
@@ -41,7 +42,7 @@ def audited(
 ) -> tuple[AuditReport, Path]:
     out = tmp_path_factory.mktemp("html-report")
     report = run_audit(trained_digits.onnx_legacy, trained_digits.probes, SETTINGS, out)
-    return report, write_html_report(out)
+    return report, write_html_report(report, out)
 
 
 def _outcomes(report: AuditReport) -> list[list[str]]:
@@ -68,6 +69,25 @@ def test_the_page_embeds_every_figure_and_makes_no_request(audited: tuple[AuditR
     assert all(_not_blank(base64.b64decode(data)) for data, _ in images)
 
 
+def test_figures_read_the_first_images_of_each_archived_array_exactly(
+    audited: tuple[AuditReport, Path],
+) -> None:
+    _, html = audited
+    reader = MapReader(html.parent / "maps.zip", 2)
+    try:
+        with zipfile.ZipFile(html.parent / "maps.zip") as archive:
+            for path, read in [
+                ("inputs.npy", reader.inputs()),
+                ("maps/gradient/trained.npy", reader.maps("gradient", "cascading", 0)),
+                ("maps/gradcam/independent/03.npy", reader.maps("gradcam", "independent", 3)),
+            ]:
+                full = np.load(io.BytesIO(archive.read(path)))
+                assert read is not None and read.dtype == full.dtype
+                np.testing.assert_array_equal(read, full[:2])
+    finally:
+        reader.close()
+
+
 def test_figures_and_the_page_are_written_beside_the_report_and_into_the_archive(
     audited: tuple[AuditReport, Path],
 ) -> None:
@@ -81,7 +101,10 @@ def test_figures_and_the_page_are_written_beside_the_report_and_into_the_archive
     assert {f"figures/{name}" for name in FIGURES} | {"report.html", "manifest.json", "report.json"} <= names
 
 
-@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (.ci/run installs it)")
+@pytest.mark.skipif(
+    chromium_path() is None,
+    reason="chromium is not installed (scripts/test installs it where apt-get can run)",
+)
 @pytest.mark.parametrize(("width", "mobile"), [(1280, False), (390, True)], ids=["desktop", "phone"])
 def test_chromium_renders_the_page_with_every_figure_and_the_reports_verdicts(
     audited: tuple[AuditReport, Path], width: int, mobile: bool
@@ -119,10 +142,10 @@ def test_chromium_renders_the_page_with_every_figure_and_the_reports_verdicts(
 
 
 def test_drawing_an_audit_again_replaces_its_figures_and_page(audited: tuple[AuditReport, Path]) -> None:
-    _, html = audited
+    report, html = audited
     with zipfile.ZipFile(html.parent / "maps.zip") as archive:
         before = archive.namelist()
-    write_html_report(html.parent)
+    write_html_report(report, html.parent)
     with zipfile.ZipFile(html.parent / "maps.zip") as archive:
         after = archive.namelist()
         assert archive.testzip() is None

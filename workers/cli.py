@@ -353,7 +353,7 @@ def _audit(
 
         report = run_audit(model, probes, settings, out, on_progress=on_progress, data_inputs=data_inputs)
         bar.set_postfix_str("figures and HTML report")
-        html = write_html_report(out)
+        html = write_html_report(report, out)
     print(format_summary(report))
     print(f"\nreport: {html}\njson:   {out / REPORT_FILE}\nmaps:   {out / ARCHIVE_FILE}")
     return report

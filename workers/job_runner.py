@@ -39,7 +39,7 @@ def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settin
             request = AuditRequest.model_validate(job.request)
             inputs = _link_inputs(request, store, storage, work)
             throttle = _Throttle(store, job_id, attempt, lease)
-            run_audit(
+            report = run_audit(
                 inputs["model"],
                 inputs["probes"],
                 request.settings,
@@ -48,7 +48,7 @@ def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settin
                 should_cancel=throttle.cancel_requested,
                 data_inputs=_data_inputs(request, inputs),
             )
-            write_html_report(work / "out")
+            write_html_report(report, work / "out")
             result = storage.publish_results(job_id, attempt, work / "out")
             store.finish(job_id, JobState.succeeded, attempt=attempt, result=result)
     except AuditCancelled:

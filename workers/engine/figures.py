@@ -8,6 +8,7 @@ absolute-value visualization in gray, its diverging one in blue (negative) to re
 
 import io
 import json
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from workers.engine.similarity import normalize_absolute, normalize_signed
 
 GRID_IMAGES = 3  # probe images per grid: a few, as in the paper's figures
 DPI = 96
-OUTCOME_COLOURS = {Outcome.passed: "#2e7d32", Outcome.failed: "#c62828", Outcome.inconclusive: "#f9a825"}
+OUTCOME_COLOURS = {Outcome.passed: "#2e7d32", Outcome.failed: "#c62828", Outcome.inconclusive: "#b26a00"}
 METRIC_TITLES = {
     Metric.spearman_abs: "Spearman rank correlation (absolute)",
     Metric.spearman_signed: "Spearman rank correlation (signed)",
@@ -44,10 +45,16 @@ class FigureImage:
 
 
 class MapReader:
-    """Arrays of ``maps.zip`` by method, test and stage (draw 0), through its manifest."""
+    """The first images of ``maps.zip``'s arrays by method, test and stage (draw 0), through its manifest.
 
-    def __init__(self, archive: Path) -> None:
+    A figure shows a few probe images: only the leading rows of each array are decompressed (the archive
+    stores C-order .npy), each array once for all the figures that show it.
+    """
+
+    def __init__(self, archive: Path, images: int) -> None:
         self._zip = zipfile.ZipFile(archive)
+        self._images = images
+        self._loaded: dict[str, np.ndarray] = {}
         manifest = json.loads(self._zip.read("manifest.json"))
         self._paths: dict[tuple[str, str | None, int], str] = {}
         self._controls: dict[str, list[str]] = {}
@@ -60,20 +67,33 @@ class MapReader:
                 key = (entry["method"], entry.get("test"), entry.get("stage", 0))
                 self._paths.setdefault(key, entry["path"])
 
-    def inputs(self, images: int) -> np.ndarray:
-        return self._load("inputs.npy")[:images]
+    def inputs(self) -> np.ndarray:
+        return self._load("inputs.npy")
 
-    def maps(self, method: str, test: str, stage: int, images: int) -> np.ndarray | None:
+    def maps(self, method: str, test: str, stage: int) -> np.ndarray | None:
         """Stage 0 is the trained model's maps, shared by every test."""
         path = self._paths.get((method, None, 0) if stage == 0 else (method, test, stage))
-        return None if path is None else self._load(path)[:images]
+        return None if path is None else self._load(path)
 
-    def controls(self, method: str, images: int) -> list[np.ndarray]:
-        return [self._load(path)[:images] for path in self._controls.get(method, [])]
+    def controls(self, method: str) -> list[np.ndarray]:
+        return [self._load(path) for path in self._controls.get(method, [])]
 
     def _load(self, path: str) -> np.ndarray:
-        with self._zip.open(path) as member:
-            return np.load(io.BytesIO(member.read()), allow_pickle=False)
+        if path not in self._loaded:
+            with self._zip.open(path) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran_order, dtype = read_header(member)
+                if fortran_order or dtype.hasobject:
+                    raise ValueError(f"{path}: not a C-order numeric array")
+                shape = (min(shape[0], self._images), *shape[1:])
+                data = member.read(math.prod(shape) * dtype.itemsize)
+            self._loaded[path] = np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+        return self._loaded[path]
 
     def close(self) -> None:
         self._zip.close()
@@ -82,13 +102,13 @@ class MapReader:
 def render_figures(report: AuditReport, archive: Path, images: int = GRID_IMAGES) -> list[FigureImage]:
     """Every figure the report's results allow, in reading order: verdicts, then each test's maps and
     curves."""
-    reader = MapReader(archive)
+    reader = MapReader(archive, images)
     try:
         figures = [_figure("verdicts.png", "Verdicts", _verdict_figure(report))]
         for test in _tests(report):
             for signed in (False, True):
                 kind = "diverging" if signed else "absolute"
-                grid = _grid_figure(report, reader, test, signed, images)
+                grid = _grid_figure(report, reader, test, signed)
                 if grid is not None:
                     figures.append(_figure(f"{test}-{kind}.png", f"{_test_title(test)}: maps, {kind}", grid))
             figures.append(
@@ -120,21 +140,19 @@ def _test_of(method: MethodResult, test: str) -> TestResult | None:
     return next((t for t in method.tests if t.test.value == test), None)
 
 
-def _grid_figure(
-    report: AuditReport, reader: MapReader, test: str, signed: bool, images: int
-) -> Figure | None:
+def _grid_figure(report: AuditReport, reader: MapReader, test: str, signed: bool) -> Figure | None:
     """Rows: each of the first probe images, then its maps by method; columns: the input, the trained
     model, then each stage (the data test: the first random-label twin, then each archived true-label
     control; the archive keeps the first draw's maps unless ``archive_all_draws``)."""
     methods = [m for m in report.methods if _test_of(m, test) is not None]
-    inputs = reader.inputs(images)
+    inputs = reader.inputs()
     if not methods or len(inputs) == 0:
         return None
     stages = _test_of(methods[0], test).stages  # type: ignore[union-attr]
     labels = [_short_label(stage) for stage in stages]
     maps = {
-        method.name: [reader.maps(method.name, test, stage.index, images) for stage in stages]
-        + (reader.controls(method.name, images) if test == "data" else [])
+        method.name: [reader.maps(method.name, test, stage.index) for stage in stages]
+        + (reader.controls(method.name) if test == "data" else [])
         for method in methods
     }
     labels += [f"control {k + 1}" for k in range(max(len(m) for m in maps.values()) - len(labels))]
@@ -243,7 +261,7 @@ def _verdict_figure(report: AuditReport) -> Figure:
         for column, test in enumerate(tests):
             result = _test_of(method, test)
             outcome = result.verdict.outcome if result is not None and result.verdict else None
-            colour = OUTCOME_COLOURS.get(outcome, "#e0e0e0") if outcome else "#e0e0e0"
+            colour = OUTCOME_COLOURS.get(outcome, "#e0e0e0")  # type: ignore[arg-type]
             axis.add_patch(plt.Rectangle((column, row), 0.96, 0.9, color=colour))
             text = outcome.value if outcome else "not run"
             axis.text(column + 0.48, row + 0.45, text, ha="center", va="center", color="white", fontsize=9)

@@ -14,7 +14,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from workers.engine.figures import FigureImage, render_figures
-from workers.engine.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE, AuditReport
+from workers.engine.report import ARCHIVE_FILE, HTML_FILE, AuditReport
 
 FIGURES_FOLDER = "figures"
 
@@ -38,13 +38,13 @@ def render_html(report: AuditReport, figures: list[FigureImage]) -> str:
     )
 
 
-def write_html_report(out_dir: Path) -> Path:
-    """Figures into ``out_dir/figures`` and into maps.zip, then ``out_dir/report.html``; its path.
+def write_html_report(report: AuditReport, out_dir: Path) -> Path:
+    """Figures of ``report`` (the audit in ``out_dir``) into ``out_dir/figures`` and into maps.zip, then
+    ``out_dir/report.html``; its path.
 
     The archive gains ``figures/*.png`` and ``report.html`` after its manifest (which lists the arrays).
     Drawing a folder again replaces them.
     """
-    report = AuditReport.model_validate_json((out_dir / REPORT_FILE).read_text())
     archive = out_dir / ARCHIVE_FILE
     figures = render_figures(report, archive)
     page = render_html(report, figures)
