@@ -1,35 +1,49 @@
 """The FastAPI application. ``create_app`` wires settings, store, storage and dispatcher together.
 
 Run it with ``saliency-audit serve`` (embedded worker unless SALIENCY_BROKER_URL is set), or with
-``uvicorn --factory service.app:create_app``.
+``uvicorn --factory service.app:create_app`` (API keys required unless SALIENCY_AUTH=local).
 """
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
+from service.body_limit import BodyLimitMiddleware
 from service.job_views import JobViews
-from service.problems import install_problem_handlers
-from service.routes import artifacts, audits, health
+from service.key_cache import KeyCache
+from service.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from service.request_ids import RequestIdMiddleware
+from service.routes import artifacts, audits, health, keys, problem_types
 from service.runtime import Runtime
-from workers.config import Settings
+from workers.config import AuthMode, Settings
 from workers.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
+from workers.problems import server_roots
 from workers.storage import Storage
 from workers.store.database import make_engine, migrate
 from workers.store.jobs import JobStore
+from workers.store.keys import KeyStore
 from workers.sweeper import Sweeper
 
 DESCRIPTION = """Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018) on your image classifier.
 
 Upload a model and probe images, submit an audit, poll it, download the report and the map archive.
-Errors are RFC 9457 problem details (application/problem+json)."""
+Requests carry an API key (`Authorization: Bearer sa_...`); every job and artifact belongs to the key's
+tenant. Errors are RFC 9457 problem details (application/problem+json) whose `type` is listed at
+`/problems`; the `X-Request-ID` response header names the request in the service's log."""
+
+UPLOAD_PATHS = frozenset({"/v1/models", "/v1/probe-sets", "/v1/training-sets"})
 
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
     settings = settings or Settings()
-    store = JobStore(make_engine(settings.resolved_database_url))
+    if settings.auth is None:  # only `serve` on a loopback address may default to the local tenant
+        settings = settings.model_copy(update={"auth": AuthMode.keys})
+    engine = make_engine(settings.resolved_database_url)
+    store = JobStore(engine)
     storage = Storage(settings.data_dir)
     if dispatcher is None:
         dispatcher = (
@@ -37,10 +51,17 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             if settings.broker_url
             else EmbeddedDispatcher(store, storage, settings)
         )
+    key_store = KeyStore(engine)
     runtime = Runtime(
-        settings=settings, store=store, storage=storage, dispatcher=dispatcher, job_views=JobViews(store)
+        settings=settings,
+        store=store,
+        storage=storage,
+        dispatcher=dispatcher,
+        job_views=JobViews(store),
+        keys=key_store,
+        key_cache=KeyCache(key_store),
     )
-    sweeper = Sweeper(store, dispatcher, settings)
+    sweeper = Sweeper(store, storage, dispatcher, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +81,28 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.server_roots = server_roots(settings.data_dir)
     install_problem_handlers(app)
-    for module in (artifacts, audits, health):
+    for module in (artifacts, audits, keys, health, problem_types):
         app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, upload_paths=UPLOAD_PATHS)
+    app.add_middleware(RequestIdMiddleware)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with problem responses described under application/problem+json only (FastAPI
+    puts a response model under application/json)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for path in schema["paths"].values():
+            for operation in path.values():
+                for response in operation.get("responses", {}).values():
+                    content = response.get("content", {})
+                    if PROBLEM_MEDIA_TYPE in content and "application/json" in content:
+                        content[PROBLEM_MEDIA_TYPE]["schema"] = content.pop("application/json")["schema"]
+        app.openapi_schema = schema
+    return app.openapi_schema

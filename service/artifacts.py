@@ -1,13 +1,16 @@
-"""Receiving uploads: streamed with a size cap, validated, stored once per sha256."""
+"""Receiving uploads: streamed with a size cap and the tenant's storage quota, validated from headers,
+stored once per sha256 (the blob is shared; each tenant records its own artifact)."""
 
 import re
 from collections.abc import AsyncIterator
 
 from starlette.concurrency import run_in_threadpool
 
+from service.auth import Caller
 from service.problems import Problem
 from service.runtime import Runtime
 from service.validation import validate_artifact
+from workers import problems
 from workers.engine.errors import AuditInputError
 from workers.requests import ArtifactKind
 from workers.storage import UploadTooLarge
@@ -21,12 +24,14 @@ async def receive_artifact(
     content_length: int | None,
     kind: ArtifactKind,
     filename: str | None,
+    caller: Caller,
     runtime: Runtime,
 ) -> tuple[Artifact, bool]:
-    """Store and record the upload; ``False`` when the same bytes were uploaded as this kind before."""
-    limit = runtime.settings.max_upload_bytes
+    """Store and record the upload; ``False`` when the tenant uploaded the same bytes as this kind before."""
+    room = runtime.settings.max_stored_bytes - runtime.store.stored_bytes(caller.tenant)
+    limit = min(runtime.settings.max_upload_bytes, max(room, 0))
     if content_length is not None and content_length > limit:
-        raise _too_large(limit)
+        raise _too_large(runtime, room)
     name = _SAFE_NAME.sub("_", filename or "").lstrip(".")[:100] or kind.value
     upload = runtime.storage.new_upload(limit, name)
     try:
@@ -35,32 +40,43 @@ async def receive_artifact(
         sha256 = upload.close()
     except UploadTooLarge:
         upload.discard()
-        raise _too_large(limit) from None
+        raise _too_large(runtime, room) from None
     except BaseException:
         upload.discard()
         raise
     if upload.size == 0:
         upload.discard()
-        raise Problem(422, "Empty upload", "the request body is empty; send the file's bytes as the body")
-    known = runtime.store.get_artifact(sha256, kind)
+        raise Problem(problems.EMPTY_UPLOAD, "the request body is empty; send the file's bytes as the body")
+    known = runtime.store.get_artifact(caller.tenant, sha256, kind)
     if known is not None:
         upload.discard()
         return known, False
     try:
         format, details = await run_in_threadpool(
-            validate_artifact, upload.path, kind, runtime.settings.max_probe_images
+            validate_artifact,
+            upload.path,
+            kind,
+            runtime.settings.max_probe_images,
+            runtime.settings.max_probe_set_pixels,
         )
     except AuditInputError as error:
         upload.discard()
-        raise Problem(422, "Invalid artifact", str(error)) from None
+        raise Problem(problems.INVALID_ARTIFACT, str(error)) from None
     except BaseException:
         upload.discard()
         raise
     runtime.storage.keep(upload, sha256)
-    return runtime.store.add_artifact(sha256, kind.value, format, upload.size, details)
+    return runtime.store.add_artifact(caller.tenant, sha256, kind.value, format, upload.size, details)
 
 
-def _too_large(limit: int) -> Problem:
+def _too_large(runtime: Runtime, room: int) -> Problem:
+    limit = runtime.settings.max_upload_bytes
+    if room < limit:
+        return Problem(
+            problems.STORAGE_QUOTA,
+            f"this upload would take the tenant past its limit of {runtime.settings.max_stored_bytes} stored "
+            f"bytes ({max(room, 0)} left); delete finished audits (DELETE /v1/audits/{{id}}) to make room",
+        )
     return Problem(
-        413, "Upload too large", f"uploads are limited to {limit} bytes (SALIENCY_MAX_UPLOAD_BYTES)"
+        problems.UPLOAD_TOO_LARGE, f"uploads are limited to {limit} bytes (SALIENCY_MAX_UPLOAD_BYTES)"
     )

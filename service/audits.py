@@ -1,20 +1,21 @@
-"""Job service functions: submit (idempotent), read, list, cancel, and locate results."""
+"""Job service functions: submit (idempotent, within the tenant's limits), read, list, cancel, delete, and
+locate results. Every function acts for one tenant: another tenant's jobs are not found."""
 
 import base64
 import binascii
 import hashlib
 import json
-import tempfile
+import math
 from pathlib import Path
 
+from service.auth import Caller
 from service.job_views import JobView
 from service.problems import Problem, not_found
 from service.runtime import Runtime
+from workers import problems
 from workers.dispatch import DispatchError
-from workers.engine.errors import AuditInputError
-from workers.engine.probes import load_probes
 from workers.requests import ArtifactKind, AuditRequest
-from workers.store.jobs import TERMINAL_STATES, Job, JobState, WrongState
+from workers.store.jobs import TERMINAL_STATES, Artifact, Job, JobState, WrongState
 from workers.sweeper import dispatch_job
 
 _UPLOAD_ROUTES = {
@@ -22,6 +23,7 @@ _UPLOAD_ROUTES = {
     ArtifactKind.probes: "/v1/probe-sets",
     ArtifactKind.training_data: "/v1/training-sets",
 }
+_ARRAY_FORMATS = ("npy", "npz")
 
 
 def request_hash(request: AuditRequest) -> str:
@@ -30,25 +32,30 @@ def request_hash(request: AuditRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def submit_audit(request: AuditRequest, idempotency_key: str | None, runtime: Runtime) -> tuple[Job, bool]:
+def submit_audit(
+    request: AuditRequest, idempotency_key: str | None, caller: Caller, runtime: Runtime
+) -> tuple[Job, bool]:
     """The queued job, and whether this call created it (``False``: an idempotent replay)."""
     digest = request_hash(request)
     if idempotency_key is not None:
-        earlier = runtime.store.get_job_by_key(idempotency_key)
+        earlier = runtime.store.get_job_by_key(caller.tenant, idempotency_key)
         if earlier is not None:
             return _replay(earlier, digest), False
-    _check_inputs(request, runtime)
+    _check_inputs(request, caller, runtime)
+    _check_active_jobs(caller, runtime)
     job, created = runtime.store.create_job(
-        request.model_dump(mode="json"), digest, idempotency_key, request.queue
+        caller.tenant, request.model_dump(mode="json"), digest, idempotency_key, request.queue
     )
     if not created:
         return _replay(job, digest), False
     try:
         dispatch_job(runtime.store, runtime.dispatcher, job.id, request.queue, job.attempts)
-    except DispatchError as error:
+    except DispatchError:
         runtime.store.delete_job(job.id)
         raise Problem(
-            503, "Workers unreachable", f"{error}; nothing was queued, retry later", {"Retry-After": "10"}
+            problems.WORKERS_UNREACHABLE,
+            "the broker is unreachable; nothing was queued, retry later",
+            {"Retry-After": "10"},
         ) from None
     return job, True
 
@@ -56,57 +63,84 @@ def submit_audit(request: AuditRequest, idempotency_key: str | None, runtime: Ru
 def _replay(job: Job, digest: str) -> Job:
     if job.request_hash != digest:
         raise Problem(
-            422,
-            "Idempotency key reused",
+            problems.IDEMPOTENCY_KEY_REUSED,
             f"this Idempotency-Key was used for job {job.id} with a different request body; use a new key "
             "for a new request",
         )
     return job
 
 
-def _check_inputs(request: AuditRequest, runtime: Runtime) -> None:
-    """Every artifact uploaded as the right kind, and the probes readable with the requested preprocessing."""
-    stored = {}
+def _check_active_jobs(caller: Caller, runtime: Runtime) -> None:
+    limit = runtime.settings.max_active_jobs
+    if runtime.store.count_active_jobs(caller.tenant) >= limit:
+        raise Problem(
+            problems.TOO_MANY_ACTIVE_JOBS,
+            f"this tenant has {limit} queued or running audits, as many as it may; submit again once one "
+            "has finished",
+            {"Retry-After": str(max(runtime.settings.retry_after_s, 30))},
+        )
+
+
+def _check_inputs(request: AuditRequest, caller: Caller, runtime: Runtime) -> None:
+    """Every artifact uploaded by this tenant as the right kind, and the settings within what the probe
+    set's headers allow. Nothing is decoded here: the worker reads the files."""
+    stored: dict[str, Artifact] = {}
     for role, (sha256, kind) in request.artifacts().items():
-        artifact = runtime.store.get_artifact(sha256, kind)
+        artifact = runtime.store.get_artifact(caller.tenant, sha256, kind)
         if artifact is None:
             raise Problem(
-                422,
-                "Unknown artifact",
+                problems.UNKNOWN_ARTIFACT,
                 f"{role}: no {kind.value} artifact has sha256 {sha256}; upload it to "
                 f"{_UPLOAD_ROUTES[kind]} first",
             )
         stored[role] = artifact
-    if request.settings.max_images > runtime.settings.max_probe_images:
+    settings = request.settings
+    if settings.max_images > runtime.settings.max_probe_images:
         raise Problem(
-            422, "Invalid settings", f"settings.max_images may be at most {runtime.settings.max_probe_images}"
+            problems.INVALID_REQUEST,
+            f"settings.max_images may be at most {runtime.settings.max_probe_images}",
         )
-    with tempfile.TemporaryDirectory() as folder:
-        probes = runtime.storage.link_artifact(stored["probes"], Path(folder), "probes")
-        try:
-            load_probes(probes, request.settings.preprocessing, None, request.settings.max_images)
-        except AuditInputError as error:
-            raise Problem(422, "Probes do not fit the settings", str(error)) from None
+    probes = stored["probes"]
+    preprocessing = settings.preprocessing
+    if probes.format in _ARRAY_FORMATS:
+        declared = [name for name in ("size", "channels") if getattr(preprocessing, name) is not None]
+        if declared:
+            raise Problem(
+                problems.SETTINGS_MISMATCH,
+                f"preprocessing {' and '.join(declared)}: for image files only; arrays are never resized or "
+                "re-channelled",
+            )
+    elif preprocessing.size is not None:
+        images = min(int(probes.details.get("images", 0)), settings.max_images)
+        channels = preprocessing.channels or 3
+        pixels = images * math.prod(preprocessing.size) * channels
+        if pixels > runtime.settings.max_probe_set_pixels:
+            raise Problem(
+                problems.SETTINGS_MISMATCH,
+                f"{images} images resized to {preprocessing.size[0]} x {preprocessing.size[1]} make {pixels} "
+                f"pixel values; a probe set may hold at most {runtime.settings.max_probe_set_pixels}",
+            )
 
 
-def get_job(job_id: str, runtime: Runtime) -> Job:
-    job = runtime.store.get_job(job_id)
-    if job is None:
-        raise not_found(f"audit {job_id}")
-    return job
-
-
-async def job_view(job_id: str, runtime: Runtime) -> JobView:
-    view = await runtime.job_views.get(job_id)
+async def job_view(job_id: str, caller: Caller, runtime: Runtime) -> JobView:
+    view = await runtime.job_views.get(job_id, caller.tenant)
     if view is None:
         raise not_found(f"audit {job_id}")
     return view
 
 
+def get_job(job_id: str, caller: Caller, runtime: Runtime) -> Job:
+    job = runtime.store.get_job(job_id, caller.tenant)
+    if job is None:
+        raise not_found(f"audit {job_id}")
+    return job
+
+
 def list_jobs(
-    states: list[JobState], limit: int, cursor: str | None, runtime: Runtime
+    states: list[JobState], limit: int, cursor: str | None, caller: Caller, runtime: Runtime
 ) -> tuple[list[Job], str | None]:
-    jobs = runtime.store.list_jobs(states, limit + 1, None if cursor is None else _decode_cursor(cursor))
+    before = None if cursor is None else _decode_cursor(cursor)
+    jobs = runtime.store.list_jobs(caller.tenant, states, limit + 1, before)
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return jobs, _encode_cursor(jobs[-1].seq) if more else None
@@ -124,16 +158,15 @@ def _decode_cursor(cursor: str) -> int:
             return int(seq)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
-    raise Problem(400, "Invalid cursor", "the cursor is not one this API returned; start again without it")
+    raise Problem(problems.INVALID_CURSOR, "the cursor is not one this API returned; start again without it")
 
 
-def cancel_job(job_id: str, runtime: Runtime) -> Job:
+def cancel_job(job_id: str, caller: Caller, runtime: Runtime) -> Job:
     try:
-        job = runtime.store.request_cancel(job_id)
+        job = runtime.store.request_cancel(caller.tenant, job_id)
     except WrongState as error:
         raise Problem(
-            409,
-            "Job already finished",
+            problems.JOB_FINISHED,
             f"audit {job_id} is {error.job.state}; only queued or running audits can be cancelled",
         ) from None
     if job is None:
@@ -141,19 +174,32 @@ def cancel_job(job_id: str, runtime: Runtime) -> Job:
     return job
 
 
-def result_file(job_id: str, name: str, runtime: Runtime) -> tuple[Job, Path]:
+def delete_job(job_id: str, caller: Caller, runtime: Runtime) -> None:
+    """Forget a finished job and remove its results."""
+    try:
+        job = runtime.store.delete_finished_job(job_id, caller.tenant)
+    except WrongState as error:
+        raise Problem(
+            problems.JOB_ACTIVE,
+            f"audit {job_id} is {error.job.state}; cancel it, and delete it once it has stopped",
+        ) from None
+    if job is None:
+        raise not_found(f"audit {job_id}")
+    runtime.storage.remove_results(job_id)
+
+
+def result_file(job_id: str, name: str, caller: Caller, runtime: Runtime) -> tuple[Job, Path]:
     """A succeeded job's result file; 409 while the job has not succeeded."""
-    job = get_job(job_id, runtime)
+    job = get_job(job_id, caller, runtime)
     if job.state is not JobState.succeeded or job.result is None:
         if job.state in TERMINAL_STATES:
-            raise Problem(409, "Results not available", f"audit {job_id} is {job.state}; it has no results")
+            raise Problem(problems.RESULTS_NOT_AVAILABLE, f"audit {job_id} is {job.state}; it has no results")
         raise Problem(
-            409,
-            "Results not available",
+            problems.RESULTS_NOT_AVAILABLE,
             f"audit {job_id} is {job.state}; poll it until it has succeeded",
             {"Retry-After": str(runtime.settings.retry_after_s)},
         )
     path = runtime.storage.results_dir(job_id, job.attempts) / name
     if not path.is_file():  # results published before the service wrote this file
-        raise Problem(404, "Result not available", f"audit {job_id} has no {name}")
+        raise Problem(problems.RESULT_FILE_MISSING, f"audit {job_id} has no {name}")
     return job, path

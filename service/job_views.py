@@ -32,13 +32,14 @@ class JobViews:
         self._capacity = capacity
         self._views: OrderedDict[str, JobView] = OrderedDict()
 
-    async def get(self, job_id: str) -> JobView | None:
-        version = await self._store.poll_version(job_id)
+    async def get(self, job_id: str, tenant: str) -> JobView | None:
+        """The tenant's job as it is now; ``None`` when the tenant has no such job."""
+        version = await self._store.poll_version(job_id, tenant)
         if version is None:
             return None
         view = self._views.get(job_id)
         if view is None or view.version < version:
-            view = await run_in_threadpool(self._render, job_id)
+            view = await run_in_threadpool(self._render, job_id, tenant)
             if view is None:
                 return None
             self._views[job_id] = view
@@ -47,9 +48,9 @@ class JobViews:
             self._views.popitem(last=False)
         return view
 
-    def _render(self, job_id: str) -> JobView | None:
+    def _render(self, job_id: str, tenant: str) -> JobView | None:
         """The job as it is now, at its current version."""
-        job = self._store.get_job(job_id)
+        job = self._store.get_job(job_id, tenant)
         if job is None:
             return None
         return JobView(job.id, job.version, job.state, JobOut.of(job).model_dump_json().encode())

@@ -1,4 +1,9 @@
-"""RFC 9457 problem details: every error the API returns, a client's mistake or its own."""
+"""RFC 9457 problem details: every error the API returns, a client's mistake or its own.
+
+Each answer carries a stable ``type`` from ``workers.problems.CATALOG``; its detail never holds a server
+path (scrubbed here as a last line of defence), an exception's text or a traceback: unexpected errors are
+logged under the request id the client gets in ``X-Request-ID``.
+"""
 
 import logging
 from typing import Any
@@ -6,16 +11,31 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+
+from service.request_ids import current_request_id
+from workers import problems
+from workers.problems import ProblemKind, redact_paths
 
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+_BY_STATUS = {
+    400: problems.MALFORMED_BODY,
+    401: problems.UNAUTHORIZED,
+    403: problems.FORBIDDEN,
+    404: problems.NOT_FOUND,
+    405: problems.METHOD_NOT_ALLOWED,
+    413: problems.BODY_TOO_LARGE,
+    415: problems.UNSUPPORTED_MEDIA_TYPE,
+}
 
 
 class ProblemDetail(BaseModel):
-    type: str = "about:blank"
+    type: str = Field(
+        "about:blank", description="A URI reference naming the kind of problem: /problems/<kind>"
+    )
     title: str
     status: int
     detail: str
@@ -26,46 +46,64 @@ class ProblemDetail(BaseModel):
 class Problem(Exception):
     """Raised by service functions; the handler turns it into a problem+json response."""
 
-    def __init__(self, status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, kind: ProblemKind, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
-        self.status, self.title, self.detail, self.headers = status, title, detail, headers
+        self.kind, self.detail, self.headers = kind, detail, headers
 
 
 def not_found(what: str) -> Problem:
-    return Problem(404, "Not found", f"{what} does not exist")
+    return Problem(problems.NOT_FOUND, f"{what} does not exist")
 
 
 def problem_response(
     request: Request,
-    status: int,
-    title: str,
+    kind: ProblemKind,
     detail: str,
     headers: dict[str, str] | None = None,
     errors: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
-    body = ProblemDetail(title=title, status=status, detail=detail, instance=request.url.path, errors=errors)
+    roots = request.app.state.server_roots
+    body = ProblemDetail(
+        type=kind.type,
+        title=kind.title,
+        status=kind.status,
+        detail=redact_paths(detail, roots),
+        instance=request.url.path,
+        errors=errors,
+    )
     return JSONResponse(
-        body.model_dump(exclude_none=True), status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
+        body.model_dump(exclude_none=True),
+        status_code=kind.status,
+        headers=headers,
+        media_type=PROBLEM_MEDIA_TYPE,
     )
 
 
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, error: Problem) -> JSONResponse:
-        return problem_response(request, error.status, error.title, error.detail, error.headers)
+        return problem_response(request, error.kind, error.detail, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
-        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-        return problem_response(request, 422, "Invalid request", detail, errors=errors)
+        errors = [
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in error.errors()
+        ]
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        return problem_response(request, problems.INVALID_REQUEST, detail, errors=errors)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, error: HTTPException) -> JSONResponse:
-        title = {404: "Not found", 405: "Method not allowed"}.get(error.status_code, "HTTP error")
-        return problem_response(request, error.status_code, title, str(error.detail), error.headers)
+        kind = _BY_STATUS.get(error.status_code)
+        if kind is None:  # a status no route raises on purpose
+            kind = ProblemKind("http-error", error.status_code, "HTTP error", "", "")
+        detail = str(error.detail)
+        if error.status_code == 404 and detail == "Not Found":  # the path matches no route
+            detail = "no such resource; the API's paths are listed at /docs"
+        return problem_response(request, kind, detail, error.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
-        return problem_response(request, 500, "Internal error", "the server failed; the error was logged")
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        detail = f"the server failed; quote request id {current_request_id()} when reporting it"
+        return problem_response(request, problems.INTERNAL_ERROR, detail)

@@ -6,10 +6,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.job_views import JobViews
+from service.key_cache import KeyCache
 from workers.config import Settings
 from workers.dispatch import Dispatcher
 from workers.storage import Storage
 from workers.store.jobs import JobStore
+from workers.store.keys import KeyStore
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,8 @@ class Runtime:
     storage: Storage
     dispatcher: Dispatcher
     job_views: JobViews
+    keys: KeyStore
+    key_cache: KeyCache
 
 
 async def _runtime(request: Request) -> Runtime:

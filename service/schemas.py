@@ -3,11 +3,12 @@
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.problems import ProblemDetail
 from workers.requests import ArtifactKind, AuditRequest, WorkQueue
 from workers.store.jobs import Artifact, Job, JobState
+from workers.store.keys import ApiKey, Scope
 
 
 class ArtifactOut(BaseModel):
@@ -95,3 +96,34 @@ class JobPage(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="What the key is for, e.g. 'ci pipeline'")
+    scopes: list[Scope] = Field(min_length=1, max_length=3, description="read, submit and/or admin")
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    scopes: list[Scope]
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> "KeyOut":
+        return cls(
+            id=key.id,
+            tenant=key.tenant,
+            name=key.name,
+            scopes=sorted(key.scopes),
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class CreatedKeyOut(KeyOut):
+    token: str = Field(description="The API key itself: shown this once, stored only as a hash")

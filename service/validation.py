@@ -1,8 +1,10 @@
 """Cheap checks of an upload, so a client learns of a bad file at once rather than after queueing.
 
-Models: the format is sniffed from the bytes (pickles refused) and ONNX graphs go through onnx's checker.
-Image sets: arrays are read without pickles, images are decoded within the pixel cap. Settings-dependent
-checks (preprocessing, shapes) happen when a job names the artifact; the full ones when it runs.
+Models: the format is sniffed from the bytes (pickles, external data and foreign zip members refused) and
+ONNX graphs go through onnx's checker. Image sets: only headers are read (array headers, image headers),
+never pixels or array data, and held to the image, pixel and zip caps; the details record what they say
+(``images``, ``labelled``, ``shape`` [C, H, W] when shared, ``channels``) so settings can be checked
+against them without decoding. The full decode happens when a job runs, in the worker.
 """
 
 from pathlib import Path
@@ -16,14 +18,19 @@ from workers.engine.probes import MAX_TRAINING_IMAGES, inspect_probe_file
 from workers.requests import ArtifactKind
 
 
-def validate_artifact(path: Path, kind: ArtifactKind, max_probe_images: int) -> tuple[str, dict[str, Any]]:
+def validate_artifact(
+    path: Path, kind: ArtifactKind, max_probe_images: int, max_probe_set_pixels: int
+) -> tuple[str, dict[str, Any]]:
     """The artifact's format and what validation learned; raises ``AuditInputError`` for a bad file."""
     if kind is ArtifactKind.model:
         return _validate_model(path)
-    info = inspect_probe_file(path, max_probe_images if kind is ArtifactKind.probes else MAX_TRAINING_IMAGES)
+    max_images = max_probe_images if kind is ArtifactKind.probes else MAX_TRAINING_IMAGES
+    info = inspect_probe_file(path, max_images, max_probe_set_pixels)
     if kind is ArtifactKind.training_data and not info.labelled:
         raise ProbeError(f"{path.name}: training data needs labels (a 'y' array, or images in class folders)")
-    return info.format, {"images": info.images, "labelled": info.labelled}
+    shape = None if info.shape is None else list(info.shape)
+    details = {"images": info.images, "labelled": info.labelled, "shape": shape, "channels": info.channels}
+    return info.format, details
 
 
 def _validate_model(path: Path) -> tuple[str, dict[str, Any]]:

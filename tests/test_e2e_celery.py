@@ -129,7 +129,9 @@ def test_a_job_recorded_but_never_dispatched_is_dispatched_by_the_sweeper(
     body = {"model": deployment.model, "probes": deployment.probes, "settings": FAST_SETTINGS | {"seed": 5}}
     request = AuditRequest.model_validate(body)
     engine = make_engine(postgres_url)
-    job, _ = JobStore(engine).create_job(request.model_dump(mode="json"), request_hash(request), None, "cpu")
+    job, _ = JobStore(engine).create_job(
+        "local", request.model_dump(mode="json"), request_hash(request), None, "cpu"
+    )
     engine.dispose()
     location = f"/v1/audits/{job.id}"
     finished = poll(deployment.client, location, {"succeeded", "failed", "cancelled"})

@@ -13,7 +13,7 @@ from workers.store.tables import UtcDateTime
 
 
 def _job(store: JobStore, key: str | None = None, body: dict | None = None):  # type: ignore[no-untyped-def]
-    return store.create_job(body or {"model": "m"}, "hash", key, "cpu")
+    return store.create_job("local", body or {"model": "m"}, "hash", key, "cpu")
 
 
 def test_a_new_job_is_queued_with_its_timestamp(store: JobStore) -> None:
@@ -49,18 +49,18 @@ def _assert_worker_lost(store: JobStore, job_id: str, attempts: int, detail_part
 
 def test_cancelling_a_queued_job_cancels_it_and_its_delivery_is_skipped(store: JobStore) -> None:
     job, _ = _job(store)
-    cancelled = store.request_cancel(job.id)
+    cancelled = store.request_cancel("local", job.id)
     assert cancelled is not None and cancelled.state is JobState.cancelled
     assert store.claim(job.id) is None
     with pytest.raises(WrongState):
-        store.request_cancel(job.id)
+        store.request_cancel("local", job.id)
 
 
 def test_cancelling_a_running_job_waits_for_the_worker(store: JobStore) -> None:
     job, _ = _job(store)
     running = _claim(store, job.id)
     assert running.attempts == 1
-    assert store.request_cancel(job.id).state is JobState.cancelling  # type: ignore[union-attr]
+    assert store.request_cancel("local", job.id).state is JobState.cancelling  # type: ignore[union-attr]
     assert store.cancel_requested(job.id)
     assert store.finish(job.id, JobState.cancelled, attempt=1)
     final = store.get_job(job.id)
@@ -118,7 +118,7 @@ def test_a_lost_attempt_past_the_hard_time_limit_fails(store: JobStore) -> None:
 def test_a_lost_attempt_of_a_job_being_cancelled_ends_cancelled(store: JobStore) -> None:
     job, _ = _job(store)
     _claim(store, job.id)
-    store.request_cancel(job.id)
+    store.request_cancel("local", job.id)
     assert _recover(store) == []
     assert store.get_job(job.id).state is JobState.cancelled  # type: ignore[union-attr]
 
@@ -185,28 +185,28 @@ def test_a_finished_job_stays_finished(store: JobStore) -> None:
 
 def test_listing_pages_newest_first_and_filters_by_state(store: JobStore) -> None:
     ids = [_job(store)[0].id for _ in range(5)]
-    store.request_cancel(ids[1])
-    first = store.list_jobs([], limit=2, before_seq=None)
-    second = store.list_jobs([], limit=2, before_seq=first[-1].seq)
+    store.request_cancel("local", ids[1])
+    first = store.list_jobs("local", [], limit=2, before_seq=None)
+    second = store.list_jobs("local", [], limit=2, before_seq=first[-1].seq)
     assert [j.id for j in first + second] == ids[::-1][:4]
-    queued = store.list_jobs([JobState.queued], limit=10, before_seq=None)
+    queued = store.list_jobs("local", [JobState.queued], limit=10, before_seq=None)
     assert [j.id for j in queued] == [i for i in ids[::-1] if i != ids[1]]
 
 
 def test_an_artifact_is_recorded_once_per_kind(store: JobStore) -> None:
     sha = "c" * 64
-    first, created = store.add_artifact(sha, "probes", "npz", 100, {"images": 3})
-    again, created_again = store.add_artifact(sha, "probes", "npz", 100, {"images": 3})
+    first, created = store.add_artifact("local", sha, "probes", "npz", 100, {"images": 3})
+    again, created_again = store.add_artifact("local", sha, "probes", "npz", 100, {"images": 3})
     assert created and not created_again and again == first
-    assert store.add_artifact(sha, "training_data", "npz", 100, {})[1]
+    assert store.add_artifact("local", sha, "training_data", "npz", 100, {})[1]
     assert first.details == {"images": 3} and first.created_at.tzinfo is not None
 
 
 def test_a_poll_survives_the_database_dropping_its_connection(store: JobStore) -> None:
-    job, _ = store.create_job({"a": 1}, "hash", None, "cpu")
+    job, _ = store.create_job("local", {"a": 1}, "hash", None, "cpu")
 
     async def polls() -> list[int | None]:
-        versions = [await store.poll_version(job.id)]
+        versions = [await store.poll_version(job.id, "local")]
         if store.engine.dialect.name == "postgresql":  # as a restarted server would: every session ends
             with store.engine.connect() as connection:
                 connection.execute(
@@ -215,7 +215,7 @@ def test_a_poll_survives_the_database_dropping_its_connection(store: JobStore) -
                         "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                     )
                 )
-        versions += [await store.poll_version(job.id), await store.poll_version("unknown")]
+        versions += [await store.poll_version(job.id, "local"), await store.poll_version("unknown", "local")]
         await store.aclose()
         return versions
 

@@ -1,11 +1,17 @@
 """The sweeper hands again to workers the jobs nobody holds, on SQLite and PostgreSQL."""
 
+import os
+import tempfile
+import time
+from pathlib import Path
+
 import pytest
 
 from workers.config import Settings
 from workers.dispatch import DispatchError
 from workers.requests import WorkQueue
-from workers.store.jobs import JobState, JobStore
+from workers.storage import Storage
+from workers.store.jobs import JobResult, JobState, JobStore
 from workers.sweeper import Sweeper
 
 
@@ -38,12 +44,14 @@ def dispatcher() -> RecordingDispatcher:
     return RecordingDispatcher()
 
 
-def _sweeper(store: JobStore, dispatcher: RecordingDispatcher, lease_s: float) -> Sweeper:
-    return Sweeper(store, dispatcher, Settings(lease_s=lease_s, max_attempts=3))
+def _sweeper(store: JobStore, dispatcher: RecordingDispatcher, lease_s: float, **settings: float) -> Sweeper:
+    storage = Storage(Path(tempfile.mkdtemp()))
+    storage.prepare()
+    return Sweeper(store, storage, dispatcher, Settings(lease_s=lease_s, max_attempts=3, **settings))
 
 
 def test_a_job_never_dispatched_is_dispatched_once(store: JobStore, dispatcher: RecordingDispatcher) -> None:
-    job, _ = store.create_job({"model": "m"}, "hash", None, "gpu")
+    job, _ = store.create_job("local", {"model": "m"}, "hash", None, "gpu")
     assert _sweeper(store, dispatcher, lease_s=3600).sweep() == 0  # its own request may still dispatch it
     sweeper = _sweeper(store, dispatcher, lease_s=1e-6)
     assert sweeper.sweep() == 1 and sweeper.sweep() == 0
@@ -53,7 +61,7 @@ def test_a_job_never_dispatched_is_dispatched_once(store: JobStore, dispatcher: 
 def test_a_job_whose_worker_died_is_requeued_and_dispatched(
     store: JobStore, dispatcher: RecordingDispatcher
 ) -> None:
-    job, _ = store.create_job({"model": "m"}, "hash", None, "cpu")
+    job, _ = store.create_job("local", {"model": "m"}, "hash", None, "cpu")
     store.mark_dispatched(job.id, attempts=0)
     store.claim(job.id)
     assert _sweeper(store, dispatcher, lease_s=3600).sweep() == 0  # the attempt's lease holds
@@ -66,9 +74,68 @@ def test_a_job_whose_worker_died_is_requeued_and_dispatched(
 def test_jobs_the_broker_refused_are_dispatched_by_a_later_sweep(
     store: JobStore, dispatcher: RecordingDispatcher
 ) -> None:
-    jobs = [store.create_job({"model": "m"}, "hash", None, "cpu")[0] for _ in range(2)]
+    jobs = [store.create_job("local", {"model": "m"}, "hash", None, "cpu")[0] for _ in range(2)]
     sweeper = _sweeper(store, dispatcher, lease_s=1e-6)
     dispatcher.down = True
     assert sweeper.sweep() == 0
     dispatcher.down = False
     assert sweeper.sweep() == 2 and dispatcher.handed == [(job.id, WorkQueue.cpu) for job in jobs]
+
+
+# --- retention -----------------------------------------------------------------------------------------
+
+
+def test_finished_jobs_expire_with_their_results_and_active_ones_stay(
+    store: JobStore, dispatcher: RecordingDispatcher
+) -> None:
+    sweeper = _sweeper(store, dispatcher, lease_s=3600, retention_s=0.05)
+    finished, _ = store.create_job("local", {"model": "m"}, "hash", None, "cpu")
+    running, _ = store.create_job("local", {"model": "m"}, "hash", None, "cpu")
+    for job in (finished, running):
+        store.claim(job.id)
+    results = sweeper.storage.results_dir(finished.id, 1)
+    results.mkdir(parents=True)
+    (results / "report.json").write_text("{}")
+    store.finish(finished.id, JobState.succeeded, attempt=1, result=JobResult("a" * 64, 2, "b" * 64, 3))
+    time.sleep(0.1)
+    assert sweeper.expire() == 1
+    assert store.get_job(finished.id) is None and not results.parent.exists()
+    assert store.get_job(running.id) is not None
+
+
+def test_artifacts_no_job_names_expire_and_a_blob_goes_with_its_last_owner(
+    store: JobStore, dispatcher: RecordingDispatcher
+) -> None:
+    sweeper = _sweeper(store, dispatcher, lease_s=3600, retention_s=0.05)
+    used, unused = "1" * 64, "2" * 64
+    for sha in (used, unused):
+        store.add_artifact("local", sha, "model", "onnx", 10, {})
+        blob = sweeper.storage.blob_path(sha)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(b"x")
+    store.add_artifact("other", used, "model", "onnx", 10, {})
+    store.create_job("local", {"model": used, "probes": "3" * 64}, "hash", None, "cpu")
+    time.sleep(0.1)
+    sweeper.expire()
+    assert store.get_artifact("local", used, "model") is not None
+    assert store.get_artifact("other", used, "model") is None  # no job of that tenant names it
+    assert store.get_artifact("local", unused, "model") is None
+    assert sweeper.storage.blob_path(used).exists() and not sweeper.storage.blob_path(unused).exists()
+
+
+def test_abandoned_uploads_and_stale_work_folders_are_removed_but_not_a_running_attempts(
+    store: JobStore, dispatcher: RecordingDispatcher
+) -> None:
+    sweeper = _sweeper(store, dispatcher, lease_s=3600, abandoned_upload_s=60)
+    job, _ = store.create_job("local", {"model": "m"}, "hash", None, "cpu")
+    store.claim(job.id)
+    storage = sweeper.storage
+    old = time.time() - 120
+    abandoned = storage.new_upload(100, "model.onnx")
+    stale, held = storage.new_work_dir("gone", 1), storage.new_work_dir(job.id, 1)
+    fresh = storage.new_upload(100, "probes.npz")
+    for folder in (abandoned.path.parent, stale, held):
+        os.utime(folder, (old, old))
+    sweeper.expire()
+    assert not abandoned.path.parent.exists() and not stale.exists()
+    assert held.exists() and fresh.path.parent.exists()

@@ -28,6 +28,7 @@ from workers.engine.settings import (
     TrainingRecipe,
     VerdictRule,
 )
+from workers.key_commands import add_key_commands, run_key_command
 
 if TYPE_CHECKING:  # the engine imports torch: commands that need it import it when they run
     from workers.engine.data_randomization import DataTestInputs
@@ -236,6 +237,14 @@ def _build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="uploads, results and the SQLite store (default: $SALIENCY_DATA_DIR or ./saliency-data)",
     )
+    serve.add_argument(
+        "--auth",
+        choices=["keys", "local"],
+        help="'keys': every request needs an API key (saliency-audit keys create); 'local': requests without "
+        "a key act as the local tenant, allowed on a loopback address only (default: $SALIENCY_AUTH, else "
+        "local on a loopback address and keys on any other)",
+    )
+    add_key_commands(commands)
     commands.add_parser("openapi", help="print the OpenAPI document of the REST API")
     return parser
 
@@ -365,15 +374,48 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
-    from workers.config import Settings
+    from service.request_ids import RequestIdLogFilter
+    from workers.config import AuthMode, Settings
 
-    settings = Settings() if args.data_dir is None else Settings(data_dir=args.data_dir)
+    overrides = {"data_dir": args.data_dir, "auth": args.auth}
+    settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
+    loopback = _is_loopback(args.host)
+    if settings.auth is None:
+        settings = settings.model_copy(update={"auth": AuthMode.local if loopback else AuthMode.keys})
+    if settings.auth is AuthMode.local and not loopback:
+        print(
+            f"saliency-audit: error: --auth local serves anyone who reaches {args.host} without a key; "
+            "bind a loopback address (127.0.0.1) or use API keys (saliency-audit keys create)",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
     mode = f"Celery broker {settings.broker_url}" if settings.broker_url else "embedded worker"
-    print(f"saliency-audit: serving http://{args.host}:{args.port} ({mode}, data in {settings.data_dir})")
-    # the service's own messages (jobs failed, lost workers requeued); uvicorn's access log stays off
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    access = "API keys required" if settings.auth is AuthMode.keys else "local tenant without a key"
+    print(
+        f"saliency-audit: serving http://{args.host}:{args.port} ({mode}, {access}, "
+        f"data in {settings.data_dir})"
+    )
+    # the service's own messages (jobs failed, lost workers requeued), each with its request id; uvicorn's
+    # access log stays off
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdLogFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [request %(request_id)s]: %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "keys":
+        return run_key_command(args)
     if args.command == "openapi":
         import json
 

@@ -4,11 +4,20 @@ Without ``SALIENCY_BROKER_URL`` the service runs embedded: jobs run on a thread 
 ``SALIENCY_DATABASE_URL`` the job store is a SQLite file in the data directory.
 """
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AuthMode(StrEnum):
+    keys = "keys"  # every request carries an API key; its tenant owns what it touches
+    local = "local"  # requests without a key act as the one local tenant (loopback only)
+
+
+LOCAL_TENANT = "local"
 
 
 class Settings(BaseSettings):
@@ -35,6 +44,33 @@ class Settings(BaseSettings):
     soft_time_limit_s: Annotated[int, Field(ge=1)] = 4 * 3600
     hard_time_limit_s: Annotated[int, Field(ge=1)] = 4 * 3600 + 300
     retry_after_s: Annotated[int, Field(ge=1)] = Field(2, description="Poll interval suggested to clients.")
+    auth: AuthMode | None = Field(
+        None,
+        description="'keys' (API keys required) or 'local' (requests without a key are the local tenant). "
+        "Default: 'local' when `saliency-audit serve` binds a loopback address, 'keys' otherwise.",
+    )
+    max_request_bytes: Annotated[int, Field(ge=1024)] = Field(
+        64 * 1024, description="Largest JSON request body (uploads have max_upload_bytes)."
+    )
+    max_probe_set_pixels: Annotated[int, Field(ge=1)] = Field(
+        256 * 1024**2,
+        description="Pixel values (height x width x channels, summed over images) one image set may hold.",
+    )
+    max_active_jobs: Annotated[int, Field(ge=1)] = Field(
+        4, description="Queued and running audits one tenant may have at a time; more answer 429."
+    )
+    max_stored_bytes: Annotated[int, Field(ge=1)] = Field(
+        20 * 1024**3, description="Uploads and results one tenant may keep; more answer 413."
+    )
+    retention_s: Annotated[float, Field(gt=0)] = Field(
+        30 * 86400, description="Finished audits and their results are deleted this long after they end."
+    )
+    abandoned_upload_s: Annotated[float, Field(gt=0)] = Field(
+        3600, description="Partial uploads and work folders untouched this long are removed."
+    )
+    audit_memory_limit_mib: Annotated[int, Field(ge=256)] = Field(
+        8192, description="Address space an audit's process may use (embedded worker child, Celery task)."
+    )
 
     @field_validator("data_dir")
     @classmethod

@@ -10,8 +10,8 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
+from workers import problems
 from workers.config import Settings
 from workers.engine.audit import Progress, run_audit
 from workers.engine.data_randomization import DataTestInputs
@@ -37,7 +37,7 @@ def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settin
     try:
         with _Lease(store, job_id, attempt, settings.lease_s) as lease:
             request = AuditRequest.model_validate(job.request)
-            inputs = _link_inputs(request, store, storage, work)
+            inputs = _link_inputs(request, job.tenant, store, storage, work)
             throttle = _Throttle(store, job_id, attempt, lease)
             report = run_audit(
                 inputs["model"],
@@ -54,29 +54,35 @@ def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settin
     except AuditCancelled:
         store.finish(job_id, JobState.cancelled, attempt=attempt)
     except AuditInputError as error:
-        refused = _problem("Audit refused", 422, str(error))
+        refused = problems.AUDIT_REFUSED.body(
+            problems.redact_paths(str(error), problems.server_roots(storage.root))
+        )
         store.finish(job_id, JobState.failed, attempt=attempt, error=refused)
-    except Exception as error:  # the engine's own fault, or the soft time limit: recorded, never lost
-        log.exception("job %s failed", job_id)
-        detail = f"{type(error).__name__}: {error}"
-        store.finish(job_id, JobState.failed, attempt=attempt, error=_problem("Audit failed", 500, detail))
+    except (
+        Exception
+    ):  # the engine's own fault, or the soft time limit: recorded, never lost; logged, not shown
+        log.exception("job %s attempt %d failed", job_id, attempt)
+        detail = (
+            f"the audit failed inside the service (job {job_id}, attempt {attempt}); the service's log has "
+            "the details under this job id"
+        )
+        store.finish(job_id, JobState.failed, attempt=attempt, error=problems.AUDIT_FAILED.body(detail))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     final = store.get_job(job_id)
     return None if final is None else final.state
 
 
-def _problem(title: str, status: int, detail: str) -> dict[str, Any]:
-    return {"type": "about:blank", "title": title, "status": status, "detail": detail}
-
-
-def _link_inputs(request: AuditRequest, store: JobStore, storage: Storage, work: Path) -> dict[str, Path]:
-    """Each artifact under its role's name and its format's suffix (the engine reads probes by suffix)."""
+def _link_inputs(
+    request: AuditRequest, tenant: str, store: JobStore, storage: Storage, work: Path
+) -> dict[str, Path]:
+    """Each of the tenant's artifacts under its role's name and its format's suffix (the engine reads
+    probes by suffix)."""
     folder = work / "inputs"
     folder.mkdir()
     links = {}
     for role, (sha256, kind) in request.artifacts().items():
-        artifact = store.get_artifact(sha256, kind)
+        artifact = store.get_artifact(tenant, sha256, kind)
         if artifact is None:
             raise AuditInputError(f"{role}: artifact {sha256} is no longer stored; upload it again")
         links[role] = storage.link_artifact(artifact, folder, role)

@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,11 @@ class Storage:
             upload.discard()
         return target
 
+    def work_dir(self, job_id: str, attempt: int) -> Path:
+        return self.root / "work" / f"{job_id}-{attempt}"
+
     def new_work_dir(self, job_id: str, attempt: int) -> Path:
-        folder = self.root / "work" / f"{job_id}-{attempt}"
+        folder = self.work_dir(job_id, attempt)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         return folder
@@ -107,6 +111,25 @@ class Storage:
         """Each attempt publishes into a folder of its own: an attempt presumed lost that still finishes
         cannot replace the files of the attempt the job store recorded."""
         return self.root / "results" / job_id / str(attempt)
+
+    def remove_results(self, job_id: str) -> None:
+        """Every attempt's results of a deleted or expired job."""
+        shutil.rmtree(self.root / "results" / job_id, ignore_errors=True)
+
+    def remove_blob(self, sha256: str) -> None:
+        self.blob_path(sha256).unlink(missing_ok=True)
+
+    def remove_abandoned(self, older_than_s: float, attempts_in_use: set[str]) -> int:
+        """Partial uploads, and work folders of attempts that no longer hold their job, untouched for
+        ``older_than_s``; how many folders were removed."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for folder in (*(self.root / "uploads").glob("upload-*"), *(self.root / "work").iterdir()):
+            in_use = folder.parent.name == "work" and folder.name in attempts_in_use
+            if folder.is_dir() and not in_use and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def publish_results(self, job_id: str, attempt: int, out_dir: Path) -> JobResult:
         """Move a finished attempt's outputs into place in one rename; returns their sizes and hashes."""

@@ -5,14 +5,20 @@ dispatching it, or the worker running it died (killed, out of memory, past the h
 lease lapsed. The sweeper, a thread of the API process, finds both in the job store and dispatches them
 again, so an accepted job is never lost. Several API processes may sweep one store: each lapsed attempt
 is settled by one conditional update, and a job delivered twice is claimed once.
+
+It also applies retention: finished jobs and their results expire ``retention_s`` after they ended,
+artifacts no remaining job names expire as long after their upload, and partial uploads and stale work
+folders are removed.
 """
 
 import logging
 import threading
+from datetime import UTC, datetime, timedelta
 
 from workers.config import Settings
 from workers.dispatch import Dispatcher, DispatchError
 from workers.requests import WorkQueue
+from workers.storage import Storage
 from workers.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -27,8 +33,8 @@ def dispatch_job(
 
 
 class Sweeper:
-    def __init__(self, store: JobStore, dispatcher: Dispatcher, settings: Settings) -> None:
-        self.store, self.dispatcher, self.settings = store, dispatcher, settings
+    def __init__(self, store: JobStore, storage: Storage, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.store, self.storage, self.dispatcher, self.settings = store, storage, dispatcher, settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-sweeper", daemon=True)
 
@@ -62,10 +68,24 @@ class Sweeper:
             dispatched += 1
         return dispatched
 
+    def expire(self) -> int:
+        """Delete what the retention period has passed for; how many jobs were deleted."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.retention_s)
+        deleted = 0
+        for job_id in self.store.expired_jobs(cutoff):
+            if self.store.delete_finished_job(job_id) is not None:
+                self.storage.remove_results(job_id)
+                deleted += 1
+        for sha256 in self.store.delete_unused_artifacts(cutoff):
+            self.storage.remove_blob(sha256)
+        self.storage.remove_abandoned(self.settings.abandoned_upload_s, self.store.held_attempts())
+        return deleted
+
     def _run(self) -> None:
         while True:
             try:
                 self.sweep()
+                self.expire()
             except Exception:  # the store is unreachable for now: the next sweep tries again
                 log.exception("sweep failed")
             if self._stop.wait(self.settings.sweep_interval_s):

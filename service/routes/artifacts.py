@@ -2,13 +2,15 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from service.artifacts import receive_artifact
+from service.auth import Reader, Submitter
 from service.problems import Problem, not_found
-from service.routes import problems
+from service.routes import AUTHENTICATED, problem_responses
 from service.runtime import RuntimeDep
 from service.schemas import ArtifactOut
+from workers import problems
 from workers.requests import ArtifactKind
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
@@ -32,6 +34,8 @@ _KINDS = (
         "training data: .npz with x and y, or a zip of class folders",
     ),
 )
+_NOT_RAW = ("multipart/", "application/json", "application/x-www-form-urlencoded", "text/")
+Sha256Path = Annotated[str, Path(max_length=64, description="sha256 of the artifact")]
 
 
 def _add_routes(path: str, kind: ArtifactKind, what: str) -> None:
@@ -40,30 +44,40 @@ def _add_routes(path: str, kind: ArtifactKind, what: str) -> None:
         status_code=201,
         response_model=ArtifactOut,
         responses={200: {"description": "The same bytes were uploaded before", "model": ArtifactOut}}
-        | problems(413, 415, 422),
+        | problem_responses(
+            *AUTHENTICATED,
+            problems.UPLOAD_TOO_LARGE,
+            problems.STORAGE_QUOTA,
+            problems.UNSUPPORTED_MEDIA_TYPE,
+            problems.INVALID_ARTIFACT,
+            problems.EMPTY_UPLOAD,
+        ),
         openapi_extra=_RAW_BODY,
         summary=f"Upload {what}",
         description="Send the file's bytes as the body (Content-Type: application/octet-stream). Stored by "
-        "sha256: uploading the same file again answers 200 with the stored artifact.",
+        "sha256: uploading the same file again answers 200 with the stored artifact. Checked from its "
+        "headers here; the worker reads it in full.",
         operation_id=f"upload_{kind.value}",
     )
     async def upload(
         request: Request,
         response: Response,
         runtime: RuntimeDep,
-        filename: Annotated[str | None, Query(description="Name used in messages about the file")] = None,
+        caller: Submitter,
+        filename: Annotated[
+            str | None, Query(max_length=255, description="Name used in messages about the file")
+        ] = None,
         content_type: Annotated[str | None, Header()] = None,
     ) -> ArtifactOut:
-        if content_type is not None and content_type.startswith("multipart/"):
+        if content_type is not None and content_type.lower().startswith(_NOT_RAW):
             raise Problem(
-                415,
-                "Unsupported media type",
-                "send the file's raw bytes as the body, not a multipart form: curl --data-binary @FILE "
-                "-H 'Content-Type: application/octet-stream'",
+                problems.UNSUPPORTED_MEDIA_TYPE,
+                "send the file's raw bytes as the body with Content-Type: application/octet-stream, not a "
+                "form or text: curl --data-binary @FILE -H 'Content-Type: application/octet-stream'",
             )
         length = request.headers.get("content-length")
         size = int(length) if length is not None and length.isdigit() else None
-        artifact, created = await receive_artifact(request.stream(), size, kind, filename, runtime)
+        artifact, created = await receive_artifact(request.stream(), size, kind, filename, caller, runtime)
         href = f"/v1{path}/{artifact.sha256}"
         response.headers["Location"] = href
         if not created:
@@ -73,12 +87,12 @@ def _add_routes(path: str, kind: ArtifactKind, what: str) -> None:
     @router.get(
         f"{path}/{{sha256}}",
         response_model=ArtifactOut,
-        responses=problems(404),
+        responses=problem_responses(*AUTHENTICATED, problems.NOT_FOUND),
         summary=f"Describe an uploaded {kind.value.replace('_', ' ')} artifact",
         operation_id=f"get_{kind.value}",
     )
-    def describe(sha256: str, runtime: RuntimeDep) -> ArtifactOut:
-        artifact = runtime.store.get_artifact(sha256, kind)
+    def describe(sha256: Sha256Path, runtime: RuntimeDep, caller: Reader) -> ArtifactOut:
+        artifact = runtime.store.get_artifact(caller.tenant, sha256, kind)
         if artifact is None:
             raise not_found(f"{kind.value} artifact {sha256}")
         return ArtifactOut.of(artifact, f"/v1{path}/{sha256}")

@@ -1,22 +1,42 @@
-"""Audit jobs: submit, poll, list, cancel, download."""
+"""Audit jobs: submit, poll, list, cancel, delete, download."""
 
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from fastapi.responses import FileResponse
 
 from service import audits
+from service.auth import Caller, Reader, Submitter
 from service.job_views import JobView
-from service.routes import problems
+from service.problems import Problem
+from service.routes import AUTHENTICATED, problem_responses
 from service.runtime import Runtime, RuntimeDep
 from service.schemas import JobOut, JobPage
+from workers import problems
 from workers.engine.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE
 from workers.requests import AuditRequest
 from workers.storage import file_sha256
 from workers.store.jobs import TERMINAL_STATES, Job, JobState
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
+
+JobId = Annotated[str, Path(max_length=64, description="The audit's id")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Printable ASCII without spaces; a retry with the same key and body returns the same job",
+    ),
+]
+
+
+def _require_json(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+    """A dependency, so a form or text body is refused before the body is validated as a request."""
+    if content_type is None or not content_type.lower().startswith("application/json"):
+        raise Problem(problems.UNSUPPORTED_MEDIA_TYPE, "send the audit request as JSON (application/json)")
 
 
 def _job_headers(job: Job | JobView, runtime: Runtime) -> dict[str, str]:
@@ -30,49 +50,72 @@ def _job_headers(job: Job | JobView, runtime: Runtime) -> dict[str, str]:
     "",
     status_code=202,
     response_model=JobOut,
-    responses=problems(422, 503),
+    responses=problem_responses(
+        *AUTHENTICATED,
+        problems.MALFORMED_BODY,
+        problems.UNKNOWN_ARTIFACT,
+        problems.SETTINGS_MISMATCH,
+        problems.IDEMPOTENCY_KEY_REUSED,
+        problems.BODY_TOO_LARGE,
+        problems.UNSUPPORTED_MEDIA_TYPE,
+        problems.TOO_MANY_ACTIVE_JOBS,
+        problems.WORKERS_UNREACHABLE,
+    ),
+    dependencies=[Depends(_require_json)],
     summary="Submit an audit",
     description="Answers at once with the queued job; poll its Location. With an Idempotency-Key, a retry "
-    "of the same request returns the same job, and the same key with another body is refused (422).",
+    "of the same request returns the same job, and the same key with another body is refused (422). A "
+    "tenant with as many queued and running audits as it may gets 429 with Retry-After.",
 )
 def submit(
     request: Annotated[AuditRequest, Body()],
     response: Response,
     runtime: RuntimeDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    caller: Submitter,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
-    job, created = audits.submit_audit(request, idempotency_key, runtime)
+    job, created = audits.submit_audit(request, idempotency_key, caller, runtime)
     response.headers.update(_job_headers(job, runtime))
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return JobOut.of(job)
 
 
-@router.get("", response_model=JobPage, responses=problems(400, 422), summary="List audits, newest first")
+@router.get(
+    "",
+    response_model=JobPage,
+    responses=problem_responses(*AUTHENTICATED, problems.INVALID_CURSOR),
+    summary="List the tenant's audits, newest first",
+)
 def list_audits(
     runtime: RuntimeDep,
+    caller: Reader,
     state: Annotated[list[JobState], Query(description="Only audits in these states")] = [],  # noqa: B006
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=64, description="next_cursor of the previous page")
+    ] = None,
 ) -> JobPage:
-    jobs, next_cursor = audits.list_jobs(state, limit, cursor, runtime)
+    jobs, next_cursor = audits.list_jobs(state, limit, cursor, caller, runtime)
     return JobPage(items=[JobOut.of(job) for job in jobs], next_cursor=next_cursor)
 
 
 @router.get(
     "/{job_id}",
     response_model=JobOut,
-    responses={304: {"description": "Not modified since the ETag in If-None-Match"}} | problems(404),
+    responses={304: {"description": "Not modified since the ETag in If-None-Match"}}
+    | problem_responses(*AUTHENTICATED, problems.NOT_FOUND),
     summary="Poll an audit",
     description="State, progress and a timestamp per state. With If-None-Match holding the last ETag, an "
     "unchanged job answers 304.",
 )
 async def get_audit(
-    job_id: str,
+    job_id: JobId,
     runtime: RuntimeDep,
+    caller: Reader,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    view = await audits.job_view(job_id, runtime)  # the current version, rendered once (job_views)
+    view = await audits.job_view(job_id, caller, runtime)  # the current version, rendered once (job_views)
     headers = _job_headers(view, runtime)
     if if_none_match is not None and headers["ETag"] in _etags(if_none_match):
         return Response(status_code=304, headers=headers)
@@ -87,19 +130,35 @@ def _etags(header: str) -> set[str]:
     "/{job_id}/cancel",
     status_code=202,
     response_model=JobOut,
-    responses=problems(404, 409),
+    responses=problem_responses(*AUTHENTICATED, problems.NOT_FOUND, problems.JOB_FINISHED),
     summary="Cancel an audit",
     description="A queued audit is cancelled at once; a running one becomes 'cancelling' and stops at the "
     "worker's next stage boundary.",
 )
-def cancel(job_id: str, response: Response, runtime: RuntimeDep) -> JobOut:
-    job = audits.cancel_job(job_id, runtime)
+def cancel(job_id: JobId, response: Response, runtime: RuntimeDep, caller: Submitter) -> JobOut:
+    job = audits.cancel_job(job_id, caller, runtime)
     response.headers.update(_job_headers(job, runtime))
     return JobOut.of(job)
 
 
-def _result_response(job_id: str, name: str, media_type: str, runtime: Runtime) -> FileResponse:
-    job, path = audits.result_file(job_id, name, runtime)
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problem_responses(*AUTHENTICATED, problems.NOT_FOUND, problems.JOB_ACTIVE),
+    summary="Delete a finished audit and its results",
+    description="Removes the job, its report, HTML report and archive. Queued or running audits answer 409: "
+    "cancel them first. Finished audits are also deleted on their own after the retention period.",
+)
+def delete(job_id: JobId, runtime: RuntimeDep, caller: Submitter) -> Response:
+    audits.delete_job(job_id, caller, runtime)
+    return Response(status_code=204)
+
+
+def _result_response(
+    job_id: str, name: str, media_type: str, caller: Caller, runtime: Runtime
+) -> FileResponse:
+    job, path = audits.result_file(job_id, name, caller, runtime)
     assert job.result is not None
     recorded = {REPORT_FILE: job.result.report_sha256, ARCHIVE_FILE: job.result.archive_sha256}
     digest = recorded.get(name) or file_sha256(path)
@@ -119,12 +178,15 @@ def _add_result_route(name: str, file: str, media_type: str, description: str, o
     @router.get(
         f"/{{job_id}}/{name}",
         response_class=FileResponse,
-        responses={200: {"content": {media_type: {}}, "description": description}} | problems(404, 409),
+        responses={200: {"content": {media_type: {}}, "description": description}}
+        | problem_responses(
+            *AUTHENTICATED, problems.NOT_FOUND, problems.RESULT_FILE_MISSING, problems.RESULTS_NOT_AVAILABLE
+        ),
         summary=f"Download the {description.lower()} of a succeeded audit",
         operation_id=f"get_audit_{operation}",
     )
-    def download(job_id: str, runtime: RuntimeDep) -> FileResponse:
-        return _result_response(job_id, file, media_type, runtime)
+    def download(job_id: JobId, runtime: RuntimeDep, caller: Reader) -> FileResponse:
+        return _result_response(job_id, file, media_type, caller, runtime)
 
 
 _add_result_route(

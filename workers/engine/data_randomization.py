@@ -81,18 +81,20 @@ def load_training_set(
     if path.suffix.lower() in (".zip", ".npz"):
         data = load_probes(path, preprocessing, expected_shape, MAX_TRAINING_IMAGES)
     else:
-        raise ProbeError(f"{path}: training data must be an .npz with x and y, or a zip of class folders")
+        raise ProbeError(
+            f"{path.name}: training data must be an .npz with x and y, or a zip of class folders"
+        )
     if data.labels is None:
-        raise ProbeError(f"{path}: training data needs labels (a 'y' array, or images in class folders)")
+        raise ProbeError(f"{path.name}: training data needs labels (a 'y' array, or images in class folders)")
     if len(data.labels) < MIN_TRAINING_IMAGES:
         raise ProbeError(
-            f"{path}: {len(data.labels)} training images; at least {MIN_TRAINING_IMAGES} are needed"
+            f"{path.name}: {len(data.labels)} training images; at least {MIN_TRAINING_IMAGES} are needed"
         )
-    check_label_range(data.labels, classes, str(path))
+    check_label_range(data.labels, classes, path.name)
     present = np.unique(data.labels)
     if len(present) < 2:
         raise ProbeError(
-            f"{path}: every training image has label {present[0]}; at least two classes are needed"
+            f"{path.name}: every training image has label {present[0]}; at least two classes are needed"
         )
     return data
 

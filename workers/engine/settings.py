@@ -10,6 +10,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Every setting is bounded (docs/decisions/0013): no request can ask for unbounded work or turn a check off.
+_BOUNDED = ConfigDict(extra="forbid", allow_inf_nan=False)
+MAX_SIDE = 4096  # pixels, for resizing images
+MAX_CHANNEL_VALUES = 4  # mean/std entries: one per channel, at most RGBA
+Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
+ChannelValue = Annotated[float, Field(ge=-1e6, le=1e6)]
+
 # The saliency methods' registry names, known here without torch so the service can refuse a typo at once
 # (a test keeps this in step with the registry in workers.engine.methods).
 METHOD_NAMES = (
@@ -81,21 +88,32 @@ class IgBaseline(StrEnum):
 class Preprocessing(BaseModel):
     """How probe files become the model's input tensor."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _BOUNDED
 
-    size: tuple[int, int] | None = Field(
-        None, description="Resize images to (height, width); arrays are never resized."
+    size: tuple[Side, Side] | None = Field(
+        None,
+        description=f"Resize images to (height, width), each at most {MAX_SIDE}; arrays are never resized.",
     )
     channels: Annotated[int, Field(ge=1, le=4)] | None = Field(
         None, description="1 (grey) or 3 (RGB) for images; defaults to what the model's input expects."
     )
-    value_scale: Annotated[float, Field(gt=0)] | None = Field(
+    value_scale: Annotated[float, Field(gt=0, le=1e6)] | None = Field(
         None,
         description="Raw values are divided by this. Default: 255 for images and integer arrays (8-bit to "
         "[0, 1]), 1 for float arrays, which are taken as they are.",
     )
-    mean: list[float] | None = Field(None, description="Per-channel mean subtracted after scaling.")
-    std: list[float] | None = Field(None, description="Per-channel std divided after subtracting the mean.")
+    mean: list[ChannelValue] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CHANNEL_VALUES,
+        description="Per-channel mean subtracted after scaling.",
+    )
+    std: list[ChannelValue] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CHANNEL_VALUES,
+        description="Per-channel std divided after subtracting the mean.",
+    )
     layout: Layout = Field(Layout.nchw, description="Axis order of .npy/.npz arrays.")
 
     @field_validator("std")
@@ -114,13 +132,13 @@ class Optimizer(StrEnum):
 class TrainingRecipe(BaseModel):
     """How the service trains the random-label twin and the true-label control: one recipe for both."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _BOUNDED
 
     optimizer: Optimizer = Optimizer.adam
     learning_rate: Annotated[float, Field(gt=0, le=10)] = 1e-3
-    batch_size: Annotated[int, Field(ge=1)] = 64
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
     max_epochs: Annotated[int, Field(ge=1, le=100_000)] = 300
-    max_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 3600.0
     memorize_accuracy: Annotated[float, Field(gt=0, le=1)] = Field(
         0.95, description="Training accuracy each model must reach on the labels it is trained on."
     )
@@ -150,7 +168,7 @@ class VerdictRule(BaseModel):
     ``retrain_gap`` below the similarity of honestly retrained models.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _BOUNDED
 
     metric: Metric = Metric.spearman_abs
     threshold: Annotated[float, Field(gt=-1, le=1)] = 0.5
@@ -166,13 +184,14 @@ class VerdictRule(BaseModel):
 
 
 class AuditSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _BOUNDED
 
-    methods: list[str] = Field(default_factory=lambda: list(METHOD_NAMES))
+    methods: list[str] = Field(default_factory=lambda: list(METHOD_NAMES), max_length=len(METHOD_NAMES))
     tests: list[RandomizationTest] = Field(
-        default_factory=lambda: [RandomizationTest.cascading, RandomizationTest.independent]
+        default_factory=lambda: [RandomizationTest.cascading, RandomizationTest.independent],
+        max_length=len(RandomizationTest),
     )
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     draws: Annotated[int, Field(ge=1, le=100)] = Field(
         3, description="Independent re-initializations of the layers per parameter test."
     )
@@ -187,7 +206,7 @@ class AuditSettings(BaseModel):
     )
     target: TargetPolicy = TargetPolicy.predicted
     reinit: ReinitScheme = ReinitScheme.default
-    reinit_std: Annotated[float, Field(gt=0)] = 0.01
+    reinit_std: Annotated[float, Field(gt=0, le=10)] = 0.01
     ig_steps: Annotated[int, Field(ge=2, le=1000)] = 50
     ig_baseline: IgBaseline = Field(
         IgBaseline.black,
@@ -198,37 +217,46 @@ class AuditSettings(BaseModel):
     noise_level: Annotated[float, Field(gt=0, le=2)] = 0.15
     gradcam_layer: str | None = Field(
         None,
+        max_length=500,
         description="What GradCAM reads: a module of the source model (e.g. 'layer4.1'), a layer, an ONNX "
         "node or value name. Default: the last feature map (a ViT's last residual stream as a patch grid).",
     )
     output: str | None = Field(
         None,
+        max_length=500,
         description="The model output to audit, by name or 0-based position, for models with several "
         "(auxiliary heads). Default: the first.",
     )
-    batch_size: Annotated[int, Field(ge=1)] | None = Field(
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | None = Field(
         None,
         description="Probe images per method call. Default: 64, or fewer where memory_budget_mib needs; "
         "an explicit value is an upper limit.",
     )
-    internal_batch_size: Annotated[int, Field(ge=1)] | None = Field(
+    internal_batch_size: Annotated[int, Field(ge=1, le=65_536)] | None = Field(
         None,
         description="Images per forward/backward pass of Integrated Gradients' steps and noise samples. "
         "Default: as many as memory_budget_mib allows; an explicit value is an upper limit.",
     )
-    memory_budget_mib: Annotated[int, Field(ge=64)] | None = Field(
+    memory_budget_mib: Annotated[int, Field(ge=64, le=1_048_576)] | None = Field(
         None,
         description="Memory the audit may use on its device, in MiB; batch sizes and the trained model's "
         "recorded forward passes follow from it. Default: a quarter of the machine's memory (at most "
         "8 GiB) on the CPU, half of the GPU's memory on a GPU.",
     )
     max_images: Annotated[int, Field(ge=2, le=10_000)] = 1000
-    conversion_atol: Annotated[float, Field(gt=0)] = 1e-4
-    conversion_rtol: Annotated[float, Field(ge=0)] = 1e-3
+    conversion_atol: Annotated[float, Field(gt=0, le=0.1)] = Field(
+        1e-4,
+        description="Largest |logit difference| allowed between the converted model and its own runtime.",
+    )
+    conversion_rtol: Annotated[float, Field(ge=0, le=0.1)] = 1e-3
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     training: TrainingRecipe = Field(default_factory=TrainingRecipe)
     verdict: VerdictRule = Field(default_factory=VerdictRule)
-    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', or a torch device string.")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda|cuda:[0-9]{1,2})$",
+        description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:<index>'.",
+    )
 
     @field_validator("methods", "tests")
     @classmethod

@@ -4,12 +4,16 @@ A rebuilt model that disagrees with the uploaded one would give maps of some oth
 refuses rather than report them. Predicted classes must agree too, since maps explain the predicted class.
 """
 
+import logging
+
 import numpy as np
 import torch
 
 from workers.engine.artifacts import LoadedModel
 from workers.engine.errors import AuditInputError, ModelConversionError, ProbeError
 from workers.engine.report import ConversionCheck
+
+log = logging.getLogger(__name__)
 
 
 def verify_conversion(
@@ -20,14 +24,21 @@ def verify_conversion(
     x = np.ascontiguousarray(x, dtype=np.float32)
     _check_probe_shape(loaded, x)
     output = loaded.reference_output or loaded.module.output_name
-    worst, outside, agree = 0.0, 0, 0
+    worst, outside, agree, non_finite = 0.0, 0, 0, 0
     for start in range(0, len(x), batch_size):
         ours, reference = _outputs(loaded, x[start : start + batch_size], output)
+        non_finite += int((~np.isfinite(reference)).any(axis=1).sum())
         difference = np.abs(ours - reference)
         within = difference <= atol + rtol * np.abs(reference)  # False for NaN
         worst = max(worst, float(np.where(np.isnan(difference), np.inf, difference).max(initial=0.0)))
         outside += int((~within).sum())
         agree += int((ours.argmax(axis=1) == reference.argmax(axis=1)).sum())
+    if non_finite:
+        raise AuditInputError(
+            f"{loaded.artifact.filename} outputs NaN or infinite values on {non_finite} of {len(x)} probe "
+            f"images in its own runtime ({loaded.reference_runtime}); gradients of such outputs are "
+            "undefined, so the audit stops. Check the model and the probes' preprocessing"
+        )
     if outside or agree < len(x):
         what = "logit" if output == loaded.module.output_name else f"output {output!r}"
         raise ModelConversionError(
@@ -71,11 +82,11 @@ def _outputs(loaded: LoadedModel, batch: np.ndarray, output: str) -> tuple[np.nd
         reference = np.asarray(loaded.reference(batch), dtype=np.float32)
     except AuditInputError:
         raise
-    except Exception as error:  # torch, onnxruntime and exported programs each raise their own types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except Exception:  # torch, onnxruntime and exported programs each raise their own types, logged here
+        log.warning("%s cannot run on the probes", loaded.artifact.filename, exc_info=True)
         raise ProbeError(
             f"{loaded.artifact.filename} cannot run on the probes (shape {tuple(batch.shape)[1:]} per image; "
-            f"the model expects {_shape_text(loaded.module.input_shape)}): {first}"
+            f"the model expects {_shape_text(loaded.module.input_shape)})"
         ) from None
     if ours.shape != reference.shape or ours.ndim != 2:
         raise ModelConversionError(

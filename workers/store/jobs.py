@@ -18,10 +18,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from workers.problems import WORKER_LOST
 from workers.store.database import PollConnection
 from workers.store.tables import ArtifactRow, JobRow
 
@@ -43,6 +44,7 @@ ACTIVE_STATES = frozenset({JobState.queued, JobState.running, JobState.cancellin
 
 @dataclass(frozen=True)
 class Artifact:
+    tenant: str
     sha256: str
     kind: str
     format: str
@@ -63,6 +65,7 @@ class JobResult:
 class Job:
     seq: int
     id: str
+    tenant: str
     state: JobState
     queue: str
     request: dict[str, Any]
@@ -90,10 +93,6 @@ class WrongState(Exception):
         self.job = job
 
 
-def _worker_lost(detail: str) -> dict[str, Any]:
-    return {"type": "about:blank", "title": "Worker lost", "status": 500, "detail": detail}
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -106,6 +105,7 @@ def _job(row: JobRow) -> Job:
     return Job(
         seq=row.seq,
         id=row.id,
+        tenant=row.tenant,
         state=JobState(row.state),
         queue=row.queue,
         request=json.loads(row.request),
@@ -127,10 +127,12 @@ def _job(row: JobRow) -> Job:
 
 
 def _artifact(row: ArtifactRow) -> Artifact:
-    return Artifact(row.sha256, row.kind, row.format, row.size_bytes, json.loads(row.details), row.created_at)
+    return Artifact(
+        row.tenant, row.sha256, row.kind, row.format, row.size_bytes, json.loads(row.details), row.created_at
+    )
 
 
-POLL_QUERY = f"SELECT version FROM {JobRow.__tablename__} WHERE id = %s"
+POLL_QUERY = f"SELECT version FROM {JobRow.__tablename__} WHERE id = %s AND tenant = %s"
 
 
 class JobStore:
@@ -152,13 +154,14 @@ class JobStore:
     # --- artifacts -------------------------------------------------------------------------------------
 
     def add_artifact(
-        self, sha256: str, kind: str, format: str, size_bytes: int, details: dict[str, Any]
+        self, tenant: str, sha256: str, kind: str, format: str, size_bytes: int, details: dict[str, Any]
     ) -> tuple[Artifact, bool]:
-        """Record an artifact; ``False`` when the same bytes were already recorded as this kind."""
-        existing = self.get_artifact(sha256, kind)
+        """Record a tenant's artifact; ``False`` when the tenant recorded these bytes as this kind before."""
+        existing = self.get_artifact(tenant, sha256, kind)
         if existing is not None:
             return existing, False
         row = ArtifactRow(
+            tenant=tenant,
             sha256=sha256,
             kind=kind,
             format=format,
@@ -170,29 +173,72 @@ class JobStore:
             with self._session.begin() as session:
                 session.add(row)
         except IntegrityError:  # the same file, uploaded concurrently
-            raced = self.get_artifact(sha256, kind)
+            raced = self.get_artifact(tenant, sha256, kind)
             assert raced is not None
             return raced, False
         return _artifact(row), True
 
-    def get_artifact(self, sha256: str, kind: str) -> Artifact | None:
+    def get_artifact(self, tenant: str, sha256: str, kind: str) -> Artifact | None:
         with self._session() as session:
-            row = session.get(ArtifactRow, (sha256, kind))
+            row = session.get(ArtifactRow, (tenant, sha256, kind))
             return None if row is None else _artifact(row)
+
+    def stored_bytes(self, tenant: str) -> int:
+        """What the tenant keeps: its uploads (each counted once per kind) and its audits' results."""
+        uploads = select(func.coalesce(func.sum(ArtifactRow.size_bytes), 0)).where(
+            ArtifactRow.tenant == tenant
+        )
+        results = select(
+            func.coalesce(
+                func.sum(func.coalesce(JobRow.report_size, 0) + func.coalesce(JobRow.archive_size, 0)), 0
+            )
+        ).where(JobRow.tenant == tenant)
+        with self._session() as session:
+            return int(session.scalar(uploads) or 0) + int(session.scalar(results) or 0)
+
+    def delete_unused_artifacts(self, created_before: datetime) -> list[str]:
+        """Forget artifacts recorded before ``created_before`` that no remaining job of their tenant names;
+        the sha256 of each blob no artifact row refers to any more (the caller deletes those files)."""
+        with self._session() as session:
+            requests = [
+                (tenant, request)
+                for tenant, request in session.execute(select(JobRow.tenant, JobRow.request))
+            ]
+            old = list(session.scalars(select(ArtifactRow).where(ArtifactRow.created_at < created_before)))
+        named = {
+            (tenant, sha) for tenant, request in requests for sha in _named_artifacts(json.loads(request))
+        }
+        unused = [row for row in old if (row.tenant, row.sha256) not in named]
+        with self._session.begin() as session:
+            for row in unused:
+                session.execute(
+                    delete(ArtifactRow).where(
+                        ArtifactRow.tenant == row.tenant,
+                        ArtifactRow.sha256 == row.sha256,
+                        ArtifactRow.kind == row.kind,
+                    )
+                )
+            candidates = {row.sha256 for row in unused}
+            still_used = set(
+                session.scalars(select(ArtifactRow.sha256).where(ArtifactRow.sha256.in_(candidates)))
+            )
+        return sorted(candidates - still_used)
 
     # --- jobs, API side ------------------------------------------------------------------------------
 
     def create_job(
-        self, request: dict[str, Any], request_hash: str, idempotency_key: str | None, queue: str
+        self, tenant: str, request: dict[str, Any], request_hash: str, idempotency_key: str | None, queue: str
     ) -> tuple[Job, bool]:
-        """A new queued job, or (``False``) the job an earlier request with this idempotency key made."""
+        """A new queued job, or (``False``) the job an earlier request of the tenant with this idempotency
+        key made."""
         if idempotency_key is not None:
-            earlier = self.get_job_by_key(idempotency_key)
+            earlier = self.get_job_by_key(tenant, idempotency_key)
             if earlier is not None:
                 return earlier, False
         now = _now()
         row = JobRow(
             id=uuid.uuid4().hex,
+            tenant=tenant,
             state=JobState.queued.value,
             queue=queue,
             request=json.dumps(request, sort_keys=True),
@@ -212,7 +258,7 @@ class JobStore:
         except IntegrityError:
             if idempotency_key is None:
                 raise
-            raced = self.get_job_by_key(idempotency_key)
+            raced = self.get_job_by_key(tenant, idempotency_key)
             assert raced is not None
             return raced, False
         return _job(row), True
@@ -224,29 +270,76 @@ class JobStore:
             if row is not None:
                 session.delete(row)
 
-    def get_job(self, job_id: str) -> Job | None:
+    def delete_finished_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """Forget a finished job (the caller removes its files); ``None`` when there is no such job,
+        ``WrongState`` while it is queued or running. ``tenant`` as in ``get_job``."""
+        job = self.get_job(job_id, tenant)
+        if job is None:
+            return None
+        if job.state not in TERMINAL_STATES:
+            raise WrongState(job)
+        finished = [state.value for state in TERMINAL_STATES]
+        with self._session.begin() as session:
+            statement = delete(JobRow).where(JobRow.id == job_id, JobRow.state.in_(finished))
+            if _rowcount(session, statement) != 1:
+                raise WrongState(job)
+        return job
+
+    def expired_jobs(self, finished_before: datetime) -> list[str]:
+        """Finished jobs whose last change lies before ``finished_before``: their results have expired."""
+        query = select(JobRow.id).where(
+            JobRow.state.in_([state.value for state in TERMINAL_STATES]), JobRow.updated_at < finished_before
+        )
         with self._session() as session:
-            row = session.scalar(select(JobRow).where(JobRow.id == job_id))
+            return list(session.scalars(query))
+
+    def held_attempts(self) -> set[str]:
+        """``<job id>-<attempt>`` of every attempt that holds its job now (their work folders are in use)."""
+        query = select(JobRow.id, JobRow.attempts).where(JobRow.state.in_(_HELD_STATES))
+        with self._session() as session:
+            return {f"{job_id}-{attempts}" for job_id, attempts in session.execute(query)}
+
+    def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
+        """The job; with ``tenant``, only if it belongs to that tenant (the API never passes ``None``)."""
+        query = select(JobRow).where(JobRow.id == job_id)
+        if tenant is not None:
+            query = query.where(JobRow.tenant == tenant)
+        with self._session() as session:
+            row = session.scalar(query)
             return None if row is None else _job(row)
 
-    async def poll_version(self, job_id: str) -> int | None:
-        """The job's version (its ETag) alone: what a poll needs to tell whether anything changed."""
+    async def poll_version(self, job_id: str, tenant: str) -> int | None:
+        """The version (its ETag) alone of the tenant's job: what a poll needs to tell whether anything
+        changed."""
         if self._polls is None:
-            return await asyncio.to_thread(self._version, job_id)
-        return await self._polls.scalar(POLL_QUERY, (job_id,))
+            return await asyncio.to_thread(self._version, job_id, tenant)
+        return await self._polls.scalar(POLL_QUERY, (job_id, tenant))
 
-    def _version(self, job_id: str) -> int | None:
+    def _version(self, job_id: str, tenant: str) -> int | None:
         with self.engine.connect() as connection:
-            return connection.scalar(select(JobRow.version).where(JobRow.id == job_id))
+            return connection.scalar(
+                select(JobRow.version).where(JobRow.id == job_id, JobRow.tenant == tenant)
+            )
 
-    def get_job_by_key(self, idempotency_key: str) -> Job | None:
+    def get_job_by_key(self, tenant: str, idempotency_key: str) -> Job | None:
+        query = select(JobRow).where(JobRow.tenant == tenant, JobRow.idempotency_key == idempotency_key)
         with self._session() as session:
-            row = session.scalar(select(JobRow).where(JobRow.idempotency_key == idempotency_key))
+            row = session.scalar(query)
             return None if row is None else _job(row)
 
-    def list_jobs(self, states: Iterable[JobState], limit: int, before_seq: int | None) -> list[Job]:
-        """Newest first; ``before_seq`` continues after the last job of the previous page."""
-        query = select(JobRow).order_by(JobRow.seq.desc()).limit(limit)
+    def count_active_jobs(self, tenant: str) -> int:
+        query = select(func.count()).where(
+            JobRow.tenant == tenant, JobRow.state.in_([state.value for state in ACTIVE_STATES])
+        )
+        with self._session() as session:
+            return int(session.scalar(query) or 0)
+
+    def list_jobs(
+        self, tenant: str, states: Iterable[JobState], limit: int, before_seq: int | None
+    ) -> list[Job]:
+        """The tenant's jobs, newest first; ``before_seq`` continues after the last job of the previous
+        page."""
+        query = select(JobRow).where(JobRow.tenant == tenant).order_by(JobRow.seq.desc()).limit(limit)
         wanted = [state.value for state in states]
         if wanted:
             query = query.where(JobRow.state.in_(wanted))
@@ -255,11 +348,13 @@ class JobStore:
         with self._session() as session:
             return [_job(row) for row in session.scalars(query)]
 
-    def request_cancel(self, job_id: str) -> Job | None:
+    def request_cancel(self, tenant: str, job_id: str) -> Job | None:
         """Queued jobs are cancelled at once; running ones become ``cancelling`` until the worker stops.
 
-        ``None`` for an unknown job; ``WrongState`` for a finished one.
+        ``None`` for a job the tenant does not have; ``WrongState`` for a finished one.
         """
+        if self.get_job(job_id, tenant) is None:
+            return None
         now = _now()
         moves = (
             (JobState.queued, {"state": JobState.cancelled.value, "cancelled_at": now}),
@@ -432,15 +527,23 @@ def _settlement(job: Job, max_attempts: int, ran_out_after_s: float) -> tuple[Jo
     started, last_seen = job.attempt_started_at, job.heartbeat_at
     if started and last_seen and (last_seen - started).total_seconds() >= ran_out_after_s:
         detail = "the audit was still running at the hard time limit when its worker stopped"
-        return JobState.failed, _terminal_values(JobState.failed, _worker_lost(detail))
+        return JobState.failed, _terminal_values(JobState.failed, WORKER_LOST.body(detail))
     if job.attempts >= max_attempts:
         detail = (
             f"the job was started {job.attempts} times and its worker was lost each time (killed or out "
             "of memory); it is not retried again"
         )
-        return JobState.failed, _terminal_values(JobState.failed, _worker_lost(detail))
+        return JobState.failed, _terminal_values(JobState.failed, WORKER_LOST.body(detail))
     return JobState.queued, {"state": JobState.queued.value, "dispatched_at": None}
 
 
 def _rowcount(session: Session, statement: Any) -> int:
     return session.execute(statement).rowcount  # type: ignore[attr-defined]
+
+
+def _named_artifacts(request: dict[str, Any]) -> set[str]:
+    """The sha256 of every artifact a stored request names (see ``workers.requests.AuditRequest``)."""
+    named = {request.get("model"), request.get("probes"), request.get("training_data")}
+    named |= set(request.get("twins") or []) | set(request.get("controls") or [])
+    named |= {request.get("twin"), request.get("control")}  # requests stored before lists were accepted
+    return {sha for sha in named if isinstance(sha, str)}

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -31,6 +31,7 @@ class ArtifactRow(Base):
 
     __tablename__ = "artifacts"
 
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)  # who uploaded it: only they see it
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), primary_key=True)
     format: Mapped[str] = mapped_column(String(32))
@@ -41,14 +42,16 @@ class ArtifactRow(Base):
 
 class JobRow(Base):
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),)
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # list order, cursor
     id: Mapped[str] = mapped_column(String(32), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     queue: Mapped[str] = mapped_column(String(32))
     request: Mapped[str] = mapped_column(Text)  # JSON of the accepted request
     request_hash: Mapped[str] = mapped_column(String(64))
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     attempt_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # the running attempt's lease
@@ -70,3 +73,18 @@ class JobRow(Base):
     succeeded_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     failed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class ApiKeyRow(Base):
+    """An API key: the secret is kept only as its sha256 (keys are long random tokens, so a fast hash is
+    enough; docs/decisions/0013)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # public part of the key, shown in lists
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    scopes: Mapped[str] = mapped_column(String(100))  # comma-separated: read, submit, admin
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
