@@ -11,7 +11,7 @@ from tests.services import api_server
 from tests.test_api import png_zip
 
 
-def test_the_embedded_service_runs_an_audit_of_png_probes(
+def test_the_embedded_service_runs_an_audit_of_png_probes_and_deletes_it(
     trained_digits: TrainedDigits, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
@@ -27,6 +27,11 @@ def test_the_embedded_service_runs_an_audit_of_png_probes(
         job = poll(client, location, {"succeeded", "failed", "cancelled"})
         assert job["state"] == "succeeded", job["error"]
         report = check_results(client, location, job, tmp_path)
+        results = data_dir / "results" / job["id"]
+        assert results.is_dir()
+        assert client.delete(location).status_code == 204  # the client removes its results
+        assert client.get(location).status_code == 404 and client.get(f"{location}/report").status_code == 404
+        assert not results.exists()
     assert report.probes.count == 12
     assert (data_dir / "jobs.sqlite3").exists()
 

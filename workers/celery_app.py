@@ -6,7 +6,9 @@ Only job ids travel through the broker; the job store holds everything else and 
 """
 
 from celery import Celery
+from celery.signals import worker_process_init
 
+from workers.audit_process import limit_memory
 from workers.config import Settings
 from workers.requests import WorkQueue
 
@@ -39,3 +41,10 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(Settings())
+
+
+@worker_process_init.connect
+def _limit_pool_child_memory(**_: object) -> None:
+    """A pool child runs models as the embedded worker's audit processes do: under the same address-space
+    limit, set once per child (torch is already loaded, forked from the worker)."""
+    limit_memory(Settings().audit_memory_limit_mib)

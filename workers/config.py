@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.engine.settings import MAX_PROBE_SET_PIXELS
+
 
 class AuthMode(StrEnum):
     keys = "keys"  # every request carries an API key; its tenant owns what it touches
@@ -52,9 +54,10 @@ class Settings(BaseSettings):
     max_request_bytes: Annotated[int, Field(ge=1024)] = Field(
         64 * 1024, description="Largest JSON request body (uploads have max_upload_bytes)."
     )
-    max_probe_set_pixels: Annotated[int, Field(ge=1)] = Field(
-        256 * 1024**2,
-        description="Pixel values (height x width x channels, summed over images) one image set may hold.",
+    max_probe_set_pixels: Annotated[int, Field(ge=1, le=MAX_PROBE_SET_PIXELS)] = Field(
+        MAX_PROBE_SET_PIXELS,
+        description="Pixel values (height x width x channels, summed over images) one image set may hold; "
+        "at most what the engine reads.",
     )
     max_active_jobs: Annotated[int, Field(ge=1)] = Field(
         4, description="Queued and running audits one tenant may have at a time; more answer 429."
@@ -68,9 +71,18 @@ class Settings(BaseSettings):
     abandoned_upload_s: Annotated[float, Field(gt=0)] = Field(
         3600, description="Partial uploads and work folders untouched this long are removed."
     )
-    audit_memory_limit_mib: Annotated[int, Field(ge=256)] = Field(
-        8192, description="Address space an audit's process may use (embedded worker child, Celery task)."
+    audit_memory_limit_mib: Annotated[int, Field(ge=0)] = Field(
+        8192,
+        description="Address space an audit's process may use (embedded worker child, Celery task); 0: "
+        "no limit (GPU hosts, where the CUDA driver reserves large address ranges: limit the container).",
     )
+
+    @field_validator("audit_memory_limit_mib")
+    @classmethod
+    def _enough_to_start(cls, value: int) -> int:
+        if 0 < value < 1024:
+            raise ValueError("an audit process needs at least 1024 MiB to import torch (or 0: no limit)")
+        return value
 
     @field_validator("data_dir")
     @classmethod

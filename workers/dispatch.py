@@ -1,7 +1,8 @@
 """How the API hands a job to a worker: through Celery, or to a thread of its own process (embedded).
 
-Both take job ids only; the job store holds the rest. Both are torch-free to import: the embedded worker
-imports the engine on its own thread when it runs its first job.
+Both take job ids only; the job store holds the rest. Neither imports torch: the embedded worker's thread
+runs each job in an audit process of its own (``workers.audit_supervisor``), so a model never runs in the
+API process.
 """
 
 import logging
@@ -9,6 +10,7 @@ import queue
 import threading
 from typing import Protocol
 
+from workers.audit_supervisor import AuditSupervisor
 from workers.celery_app import QUEUES, TASK_NAME, make_celery
 from workers.config import Settings
 from workers.requests import WorkQueue
@@ -66,13 +68,15 @@ class CeleryDispatcher:
 
 
 class EmbeddedDispatcher:
-    """One worker thread in the API process; on start it takes up the jobs the store holds queued (the
-    sweeper requeues those a stopped process was running, once their lease lapses)."""
+    """One worker thread in the API process, running each job in an audit process of its own, one at a
+    time; on start it takes up the jobs the store holds queued (the sweeper requeues those a stopped
+    process was running, once their lease lapses)."""
 
     name = "embedded"
 
     def __init__(self, store: JobStore, storage: Storage, settings: Settings) -> None:
-        self.store, self.storage, self.settings = store, storage, settings
+        self.store = store
+        self._supervisor = AuditSupervisor(store, storage, settings)
         self._jobs: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="embedded-worker", daemon=True)
 
@@ -89,15 +93,15 @@ class EmbeddedDispatcher:
             raise DispatchError("the embedded worker thread is not running")
 
     def stop(self) -> None:
+        """Kills a running audit (its job is requeued through its lease) rather than wait for it."""
+        self._supervisor.stop()
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join(timeout=5)
 
     def _work(self) -> None:
-        from workers.job_runner import execute_job  # imports torch: on this thread, at first use
-
         while (job_id := self._jobs.get()) is not None:
             try:
-                execute_job(job_id, self.store, self.storage, self.settings)
-            except Exception:  # the store is unreachable: the sweeper requeues the job once its lease lapses
+                self._supervisor.run(job_id)
+            except Exception:  # the store is unreachable: the sweeper settles the job once its lease lapses
                 log.exception("embedded worker: job %s", job_id)

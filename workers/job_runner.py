@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from workers import problems
 from workers.config import Settings
@@ -58,19 +59,31 @@ def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settin
             problems.redact_paths(str(error), problems.server_roots(storage.root))
         )
         store.finish(job_id, JobState.failed, attempt=attempt, error=refused)
-    except (
-        Exception
-    ):  # the engine's own fault, or the soft time limit: recorded, never lost; logged, not shown
+    except Exception as error:  # the engine's own fault or the soft time limit: recorded; logged, not shown
         log.exception("job %s attempt %d failed", job_id, attempt)
-        detail = (
-            f"the audit failed inside the service (job {job_id}, attempt {attempt}); the service's log has "
-            "the details under this job id"
+        store.finish(
+            job_id, JobState.failed, attempt=attempt, error=_internal_error(error, job_id, attempt, settings)
         )
-        store.finish(job_id, JobState.failed, attempt=attempt, error=problems.AUDIT_FAILED.body(detail))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     final = store.get_job(job_id)
     return None if final is None else final.state
+
+
+def _internal_error(error: Exception, job_id: str, attempt: int, settings: Settings) -> dict[str, Any]:
+    """What the client reads of a failure inside the service: never the exception's text, but whether
+    memory ran out (NumPy's MemoryError, torch's allocator on a CPU or a GPU), which the client can act on."""
+    text = str(error)
+    if isinstance(error, MemoryError) or "can't allocate memory" in text or "out of memory" in text:
+        return problems.AUDIT_PROCESS_STOPPED.body(
+            f"the audit needed more memory than its process may use ({settings.audit_memory_limit_mib} MiB; "
+            "0 means the machine's): audit fewer or smaller probe images, or set a smaller "
+            "settings.batch_size or settings.memory_budget_mib"
+        )
+    return problems.AUDIT_FAILED.body(
+        f"the audit failed inside the service (job {job_id}, attempt {attempt}); the service's log has the "
+        "details under this job id"
+    )
 
 
 def _link_inputs(

@@ -7,6 +7,7 @@ every stage starts from them; a small share keeps gradients asked for twice in a
 """
 
 import os
+import resource
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,9 @@ MIB = 2**20
 DEFAULT_BATCH_SIZE = 256  # probe images per method call, when the budget allows: fewer, fuller passes
 CPU_SHARE, CPU_CAP = 0.25, 8192 * MIB  # default budget: a quarter of the machine's memory, at most 8 GiB
 GPU_SHARE = 0.5  # default budget: half of the GPU's memory
+# and on a CPU, under an address-space limit (the service's audit processes), at most half the address space
+# left: the rest holds the temporaries, the allocator's slack and the report's figures
+ADDRESS_SPACE_SHARE = 0.5
 PASS_SHARE = 0.3
 RECORD_SHARE = 0.5
 MEMO_SHARE = 0.05
@@ -71,8 +75,14 @@ def plan_memory(
 def default_budget(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory * GPU_SHARE)
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return min(int(physical * CPU_SHARE), CPU_CAP)
+    page = os.sysconf("SC_PAGE_SIZE")
+    budget = min(int(page * os.sysconf("SC_PHYS_PAGES") * CPU_SHARE), CPU_CAP)
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit == resource.RLIM_INFINITY:
+        return budget
+    with open("/proc/self/statm") as statm:  # Linux, where the service sets the limit
+        mapped = int(statm.read().split()[0]) * page
+    return max(0, min(budget, int((limit - mapped) * ADDRESS_SPACE_SHARE)))
 
 
 def forward_bytes(model: OnnxGraphModule, example: Tensor) -> int:

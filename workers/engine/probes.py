@@ -38,13 +38,12 @@ from PIL import Image, UnidentifiedImageError
 
 from workers.engine.errors import ProbeError
 from workers.engine.formats import open_zip, shown_name
-from workers.engine.settings import Layout, Preprocessing
+from workers.engine.settings import MAX_PROBE_SET_PIXELS, Layout, Preprocessing
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 OTHER_IMAGE_SUFFIXES = frozenset({".gif", ".bmp", ".tif", ".tiff", ".webp"})
 IMAGE_FORMATS = ("PNG", "JPEG")
 MAX_IMAGE_PIXELS = 4096 * 4096
-MAX_PROBE_SET_PIXELS = 256 * 1024**2  # the default of the service's max_probe_set_pixels
 DECODED_CHANNELS = 3  # images are decoded with 1 or 3 channels: the pixel budget counts 3
 MIN_IMAGES = 2
 MAX_TRAINING_IMAGES = 200_000

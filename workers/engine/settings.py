@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # Every setting is bounded (docs/decisions/0013): no request can ask for unbounded work or turn a check off.
 _BOUNDED = ConfigDict(extra="forbid", allow_inf_nan=False)
 MAX_SIDE = 4096  # pixels, for resizing images
+MAX_PROBE_SET_PIXELS = 256 * 1024**2  # height x width x channels over one image set; a service may set less
 MAX_CHANNEL_VALUES = 4  # mean/std entries: one per channel, at most RGBA
 Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
 ChannelValue = Annotated[float, Field(ge=-1e6, le=1e6)]
