@@ -77,7 +77,7 @@ def _check_active_jobs(caller: Caller, runtime: Runtime) -> None:
             problems.TOO_MANY_ACTIVE_JOBS,
             f"this tenant has {limit} queued or running audits, as many as it may; submit again once one "
             "has finished",
-            {"Retry-After": str(max(runtime.settings.retry_after_s, 30))},
+            {"Retry-After": str(runtime.settings.retry_after_s * 5)},  # an audit takes longer than a poll
         )
 
 

@@ -29,6 +29,7 @@ from workers.engine.settings import (
     VerdictRule,
 )
 from workers.key_commands import add_key_commands, run_key_command
+from workers.submit_command import EXIT_CODES, add_submit_arguments, run_submit
 
 if TYPE_CHECKING:  # the engine imports torch: commands that need it import it when they run
     from workers.engine.data_randomization import DataTestInputs
@@ -53,22 +54,9 @@ def _outcomes(text: str) -> frozenset[Outcome]:
     return chosen
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="saliency-audit",
-        description="Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018) on an image classifier.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser(
-        "run",
-        help="run the model parameter randomization test and write report.json and maps.zip",
-        description="Randomize the model's layers from the logits down (cascading) and one at a time "
-        "(independent), recompute each method's maps and compare them with the trained model's maps.",
-    )
-    add = run.add_argument
-    add("model", type=Path, help="ONNX (single file), TorchScript (.pt) or torch.export (.pt2) file")
-    add("probes", type=Path, help="folder of PNG/JPEG images, or a .npy/.npz array (x, optional labels y)")
-    add("--out", type=Path, default=Path("audit-out"), help="directory for the results (default: audit-out)")
+def _add_audit_options(parser: argparse.ArgumentParser) -> None:
+    """The audit's settings, data-test inputs and --fail-on: the same for `run` and `submit`."""
+    add = parser.add_argument
     add("--settings", type=Path, help="JSON file of settings; the options below override it")
     add("--methods", help="comma-separated methods, see 'saliency-audit methods' (default: all)")
     add(
@@ -142,7 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
         + _default("min_defined_images", VerdictRule),
     )
     add("--device", help="'auto' (CUDA when present), 'cpu', 'cuda:1', ..." + _default("device"))
-    data = run.add_argument_group(
+    data = parser.add_argument_group(
         "data randomization test",
         "compare with a model of the same architecture trained on permuted labels: give one (--twin), or "
         "labelled training data from which the audit trains it and a true-label control",
@@ -204,6 +192,45 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add("--fail-on-verdict", action="store_true", help="the same as --fail-on fail")
     add("--quiet", action="store_true", help="no progress bar")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saliency-audit",
+        description="Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018) on an image classifier.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run the model parameter randomization test and write report.json and maps.zip",
+        description="Randomize the model's layers from the logits down (cascading) and one at a time "
+        "(independent), recompute each method's maps and compare them with the trained model's maps.",
+    )
+    add = run.add_argument
+    add("model", type=Path, help="ONNX (single file), TorchScript (.pt) or torch.export (.pt2) file")
+    add("probes", type=Path, help="folder of PNG/JPEG images, or a .npy/.npz array (x, optional labels y)")
+    add("--out", type=Path, default=Path("audit-out"), help="directory for the results (default: audit-out)")
+    _add_audit_options(run)
+    submit = commands.add_parser(
+        "submit",
+        help="run the audit on a remote service (a CI gate): upload, submit, wait, download, judge",
+        description="Upload the model and probes to a running service (skipping files it already has), "
+        "submit the audit with the options below and, with --wait, follow it and download report.json, "
+        "report.html and maps.zip into --out. Exit codes: "
+        + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
+    )
+    submit.add_argument(
+        "model", type=Path, help="ONNX (single file), TorchScript (.pt) or torch.export (.pt2)"
+    )
+    submit.add_argument("probes", type=Path, help=".npy/.npz array, a zip of PNG/JPEG, or a folder of them")
+    submit.add_argument(
+        "--out",
+        type=Path,
+        default=Path("audit-out"),
+        help="where --wait downloads the results (default: audit-out)",
+    )
+    add_submit_arguments(submit)
+    _add_audit_options(submit)
     demo = commands.add_parser(
         "demo",
         help="audit a small CNN trained here on scikit-learn's digits, every test, and write the HTML report",
@@ -434,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "keys":
         return run_key_command(args)
+    if args.command == "submit":
+        try:
+            settings = _settings(args)
+        except ValidationError as error:
+            print(f"saliency-audit: error: {error}", file=sys.stderr)
+            return EXIT_REFUSED
+        return run_submit(args, settings)
     if args.command == "openapi":
         import json
 

@@ -207,7 +207,7 @@ class AuditSettings(BaseModel):
     )
     target: TargetPolicy = TargetPolicy.predicted
     reinit: ReinitScheme = ReinitScheme.default
-    reinit_std: Annotated[float, Field(gt=0, le=10)] = 0.01
+    reinit_std: Annotated[float, Field(gt=0, le=1e38)] = 0.01  # huge values are a test of overflow handling
     ig_steps: Annotated[int, Field(ge=2, le=1000)] = 50
     ig_baseline: IgBaseline = Field(
         IgBaseline.black,

@@ -200,11 +200,10 @@ class JobStore:
         """Forget artifacts recorded before ``created_before`` that no remaining job of their tenant names;
         the sha256 of each blob no artifact row refers to any more (the caller deletes those files)."""
         with self._session() as session:
-            requests = [
-                (tenant, request)
-                for tenant, request in session.execute(select(JobRow.tenant, JobRow.request))
-            ]
             old = list(session.scalars(select(ArtifactRow).where(ArtifactRow.created_at < created_before)))
+            if not old:  # the common case, each sweep: no job needs reading
+                return []
+            requests = list(session.execute(select(JobRow.tenant, JobRow.request)))
         named = {
             (tenant, sha) for tenant, request in requests for sha in _named_artifacts(json.loads(request))
         }
