@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from service.body_limit import BodyLimitMiddleware
 from service.job_views import JobViews
 from service.key_cache import KeyCache
+from service.metrics import ServiceMetrics
 from service.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from service.request_ids import RequestIdMiddleware
 from service.routes import artifacts, audits, health, keys, problem_types
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         job_views=JobViews(store),
         keys=key_store,
         key_cache=KeyCache(key_store),
+        metrics=ServiceMetrics(store, dispatcher),
     )
     sweeper = Sweeper(store, storage, dispatcher, settings)
 
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     install_problem_handlers(app)
     for module in (artifacts, audits, keys, health, problem_types):
         app.include_router(module.router)
+    runtime.metrics.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, upload_paths=UPLOAD_PATHS)
     app.add_middleware(RequestIdMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -44,6 +44,8 @@ async def receive_artifact(
     except BaseException:
         upload.discard()
         raise
+    finally:
+        runtime.metrics.upload_bytes.labels(kind.value).inc(upload.size)
     if upload.size == 0:
         upload.discard()
         raise Problem(problems.EMPTY_UPLOAD, "the request body is empty; send the file's bytes as the body")

@@ -5,7 +5,6 @@ path (scrubbed here as a last line of defence), an exception's text or a traceba
 logged under the request id the client gets in ``X-Request-ID``.
 """
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,11 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from service.request_ids import current_request_id
 from workers import problems
 from workers.problems import ProblemKind, redact_paths
-
-log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _BY_STATUS = {
@@ -101,9 +97,3 @@ def install_problem_handlers(app: FastAPI) -> None:
         if error.status_code == 404 and detail == "Not Found":  # the path matches no route
             detail = "no such resource; the API's paths are listed at /docs"
         return problem_response(request, kind, detail, error.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        detail = f"the server failed; quote request id {current_request_id()} when reporting it"
-        return problem_response(request, problems.INTERNAL_ERROR, detail)

@@ -1,20 +1,25 @@
 """A request id per request: taken from the client's ``X-Request-ID`` when it is a sane token, made up
-otherwise, returned in the response header and attached to every log record written while it runs."""
+otherwise, returned in the response header and attached to every log record written while it runs.
+
+Unexpected errors are answered here, inside the request's id, as an internal-error problem naming it
+(Starlette's own last-resort handler sits outside every middleware and would know no id)."""
 
 import logging
 import re
 import uuid
 from contextvars import ContextVar
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.problems import problem_response
+from workers import problems
+
+log = logging.getLogger(__name__)
 
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _request_id: ContextVar[str] = ContextVar("request_id", default="-")
-
-
-def current_request_id() -> str:
-    return _request_id.get()
 
 
 class RequestIdMiddleware:
@@ -37,8 +42,23 @@ class RequestIdMiddleware:
                 ]
             await send(message)
 
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_id(message)
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_tracked)
+        except Exception:
+            # outside FastAPI's handlers, inside the request's id: logged with it, answered without internals
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            detail = f"the server failed; quote request id {request_id} when reporting it"
+            response = problem_response(Request(scope), problems.INTERNAL_ERROR, detail)
+            await response(scope, receive, send_with_id)
         finally:
             _request_id.reset(token)
 

@@ -7,6 +7,7 @@ from fastapi import Depends, Request
 
 from service.job_views import JobViews
 from service.key_cache import KeyCache
+from service.metrics import ServiceMetrics
 from workers.config import Settings
 from workers.dispatch import Dispatcher
 from workers.storage import Storage
@@ -23,6 +24,7 @@ class Runtime:
     job_views: JobViews
     keys: KeyStore
     key_cache: KeyCache
+    metrics: ServiceMetrics
 
 
 async def _runtime(request: Request) -> Runtime:

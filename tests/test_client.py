@@ -37,6 +37,10 @@ class RecordingTransport(httpx.HTTPTransport):
         return response
 
 
+def _sample(metrics: str, name: str) -> float:
+    return float(next(line for line in metrics.splitlines() if line.startswith(name)).rsplit(" ", 1)[1])
+
+
 def _create_key(env: dict[str, str]) -> str:
     return subprocess.run(
         [
@@ -74,7 +78,7 @@ def test_the_client_audits_on_the_distributed_service_and_skips_bytes_the_server
                 on_progress=lambda current: seen.append(current.state),
             )
             assert job.state is JobState.succeeded, job.error
-            assert JobState.running in seen and seen[-1] is JobState.succeeded
+            assert seen[0] in (JobState.queued, JobState.running) and seen[-1] is JobState.succeeded
             report = client.report(job.id)
             assert isinstance(report, AuditReport) and [m.name for m in report.methods] == FAST.methods
             html = client.download(job.id, "report.html", tmp_path / "out")
@@ -84,6 +88,18 @@ def test_the_client_audits_on_the_distributed_service_and_skips_bytes_the_server
             assert not sent and again.sha256 == job.request.model
         uploads = [status for call, status in transport.statuses if call.startswith("POST /v1/models")]
         assert uploads == [201]  # the model's bytes crossed the wire once
+        metrics = httpx.get(f"{url}/metrics").text  # scraped as Prometheus would
+        for line in (
+            'saliency_queue_depth{queue="audit-cpu"} 0.0',
+            'http_requests_total{handler="/v1/audits/{job_id}",method="GET",status="2xx"}',
+            "saliency_audit_duration_seconds_count",
+        ):
+            assert line in metrics, line
+        assert _sample(metrics, 'saliency_jobs{state="succeeded"}') >= 1
+        assert (
+            _sample(metrics, 'saliency_upload_bytes_total{kind="model"}')
+            >= trained_digits.onnx_dynamo.stat().st_size
+        )
         with (
             AuditClient(url, "sa_000000000000_" + "x" * 43) as stranger,
             pytest.raises(ServiceError) as refused,

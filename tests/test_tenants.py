@@ -241,3 +241,16 @@ def test_local_access_without_a_key_is_refused_on_a_public_address(tmp_path: Pat
         timeout=60,
     )
     assert result.returncode == 2 and "loopback" in result.stderr
+
+
+def test_an_unexpected_error_answers_500_with_the_request_id_and_no_internals(
+    app_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("/srv/secret/jobs.sqlite3 is corrupt")
+
+    monkeypatch.setattr(app_client.app.state.runtime.store, "list_jobs", broken)
+    response = app_client.get("/v1/audits", headers=_token(app_client, "alice") | {"X-Request-ID": "ci-7"})
+    body = _problem(response, 500, "quote request id ci-7")
+    assert body["type"] == "/problems/internal-error" and response.headers["x-request-id"] == "ci-7"
+    assert "secret" not in response.text and "corrupt" not in response.text

@@ -34,6 +34,9 @@ class Dispatcher(Protocol):
     def check(self) -> None:
         """Raise unless jobs can be dispatched now (readiness)."""
 
+    def queue_depth(self) -> dict[str, int]:
+        """Jobs waiting in each work queue (metrics)."""
+
     def stop(self) -> None: ...
 
 
@@ -63,6 +66,16 @@ class CeleryDispatcher:
         with self.app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
 
+    def queue_depth(self) -> dict[str, int]:
+        depth = {}
+        with self.app.connection_for_read() as connection:
+            for name in QUEUES.values():
+                try:
+                    depth[name] = connection.default_channel.queue_declare(name, passive=True).message_count
+                except connection.channel_errors:  # Redis keeps no empty queue: nothing waits in it
+                    depth[name] = 0
+        return depth
+
     def stop(self) -> None:
         pass
 
@@ -91,6 +104,9 @@ class EmbeddedDispatcher:
     def check(self) -> None:
         if not self._thread.is_alive():
             raise DispatchError("the embedded worker thread is not running")
+
+    def queue_depth(self) -> dict[str, int]:
+        return {self.name: self._jobs.qsize()}
 
     def stop(self) -> None:
         """Kills a running audit (its job is requeued through its lease) rather than wait for it."""

@@ -93,6 +93,10 @@ class WrongState(Exception):
         self.job = job
 
 
+def _utc(stamp: datetime) -> datetime:
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -325,6 +329,20 @@ class JobStore:
         with self._session() as session:
             row = session.scalar(query)
             return None if row is None else _job(row)
+
+    def count_jobs_by_state(self) -> dict[JobState, int]:
+        query = select(JobRow.state, func.count()).group_by(JobRow.state)
+        with self._session() as session:
+            return {JobState(state): count for state, count in session.execute(query)}
+
+    def audit_durations_s(self) -> list[float]:
+        """From first start to success, of each succeeded job kept."""
+        query = select(JobRow.running_at, JobRow.succeeded_at).where(
+            JobRow.state == JobState.succeeded.value, JobRow.running_at.is_not(None)
+        )
+        with self._session() as session:
+            rows = session.execute(query).all()
+        return [(_utc(done) - _utc(started)).total_seconds() for started, done in rows if done is not None]
 
     def count_active_jobs(self, tenant: str) -> int:
         query = select(func.count()).where(
