@@ -50,7 +50,7 @@ async def receive_artifact(
         upload.discard()
         raise Problem(problems.EMPTY_UPLOAD, "the request body is empty; send the file's bytes as the body")
     known = runtime.store.get_artifact(caller.tenant, sha256, kind)
-    if known is not None:
+    if known is not None and runtime.storage.blob_path(sha256).exists():
         upload.discard()
         return known, False
     try:

@@ -14,6 +14,7 @@ from service.problems import Problem, not_found
 from service.runtime import Runtime
 from workers import problems
 from workers.dispatch import DispatchError
+from workers.engine.settings import AuditSettings
 from workers.requests import ArtifactKind, AuditRequest
 from workers.store.jobs import TERMINAL_STATES, Artifact, Job, JobState, WrongState
 from workers.sweeper import dispatch_job
@@ -100,25 +101,33 @@ def _check_inputs(request: AuditRequest, caller: Caller, runtime: Runtime) -> No
             problems.INVALID_REQUEST,
             f"settings.max_images may be at most {runtime.settings.max_probe_images}",
         )
-    probes = stored["probes"]
+    for role in ("probes", "training_data"):  # the worker decodes both with these settings
+        if role in stored:
+            _check_image_set(role, stored[role], settings, runtime)
+
+
+def _check_image_set(role: str, images: Artifact, settings: AuditSettings, runtime: Runtime) -> None:
+    """From what the upload's headers recorded: nothing is decoded here."""
     preprocessing = settings.preprocessing
-    if probes.format in _ARRAY_FORMATS:
+    if images.format in _ARRAY_FORMATS:
         declared = [name for name in ("size", "channels") if getattr(preprocessing, name) is not None]
         if declared:
             raise Problem(
                 problems.SETTINGS_MISMATCH,
-                f"preprocessing {' and '.join(declared)}: for image files only; arrays are never resized or "
-                "re-channelled",
+                f"{role}: preprocessing {' and '.join(declared)}: for image files only; arrays are never "
+                "resized or re-channelled",
             )
     elif preprocessing.size is not None:
-        images = min(int(probes.details.get("images", 0)), settings.max_images)
-        channels = preprocessing.channels or 3
-        pixels = images * math.prod(preprocessing.size) * channels
+        count = int(images.details.get("images", 0))
+        if role == "probes":
+            count = min(count, settings.max_images)
+        pixels = count * math.prod(preprocessing.size) * (preprocessing.channels or 3)
         if pixels > runtime.settings.max_probe_set_pixels:
             raise Problem(
                 problems.SETTINGS_MISMATCH,
-                f"{images} images resized to {preprocessing.size[0]} x {preprocessing.size[1]} make {pixels} "
-                f"pixel values; a probe set may hold at most {runtime.settings.max_probe_set_pixels}",
+                f"{role}: {count} images resized to {preprocessing.size[0]} x {preprocessing.size[1]} make "
+                f"{pixels} pixel values; an image set may hold at most "
+                f"{runtime.settings.max_probe_set_pixels}",
             )
 
 

@@ -1,10 +1,11 @@
 """Verified API keys, remembered for a few seconds: polls repeat the same key many times a second."""
 
+import hashlib
 import time
 
 from starlette.concurrency import run_in_threadpool
 
-from workers.store.keys import ApiKey, KeyStore
+from workers.store.keys import ApiKey, KeyStore, well_formed
 
 KEY_CACHE_S = 5.0  # a key revoked in another process stops working within this long
 _CAPACITY = 10_000
@@ -18,14 +19,18 @@ class KeyCache:
         self._verified: dict[str, tuple[ApiKey | None, float]] = {}
 
     async def verify(self, token: str) -> ApiKey | None:
-        cached = self._verified.get(token)
+        """Tokens that cannot be keys are refused before the cache: a client cannot fill it with junk."""
+        if not well_formed(token):
+            return None
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        cached = self._verified.get(digest)
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
         key = await run_in_threadpool(self.keys.verify, token)
         if len(self._verified) > _CAPACITY:
             self._verified.clear()
-        self._verified[token] = (key, now + self.ttl_s)
+        self._verified[digest] = (key, now + self.ttl_s)
         return key
 
     def forget(self) -> None:

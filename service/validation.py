@@ -7,6 +7,7 @@ never pixels or array data, and held to the image, pixel and zip caps; the detai
 against them without decoding. The full decode happens when a job runs, in the worker.
 """
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,15 @@ def validate_artifact(
     return info.format, details
 
 
+_MODEL_CHECKS = threading.BoundedSemaphore(2)  # each holds about four copies of a file of up to 512 MiB
+
+
 def _validate_model(path: Path) -> tuple[str, dict[str, Any]]:
+    with _MODEL_CHECKS:
+        return _check_model(path)
+
+
+def _check_model(path: Path) -> tuple[str, dict[str, Any]]:
     data = read_artifact(path)
     format = sniff_format(data, path.name)
     if format != "onnx":

@@ -4,17 +4,21 @@ Every job, artifact and idempotency key belongs to a tenant: another tenant's id
 key is refused, a tenant over its limits is told when to come back.
 """
 
+import io
 import os
 import sqlite3
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from tests.conftest import TrainedDigits
 from tests.services import VENV_BIN
@@ -254,3 +258,38 @@ def test_an_unexpected_error_answers_500_with_the_request_id_and_no_internals(
     body = _problem(response, 500, "quote request id ci-7")
     assert body["type"] == "/problems/internal-error" and response.headers["x-request-id"] == "ci-7"
     assert "secret" not in response.text and "corrupt" not in response.text
+
+
+def test_tokens_that_cannot_be_keys_are_refused_before_the_key_cache(app_client: TestClient) -> None:
+    junk = {"Authorization": "Bearer " + "j" * 200_000}
+    _problem(app_client.get("/v1/audits", headers=junk), 401, "unknown or revoked")
+    assert app_client.app.state.runtime.key_cache._verified == {}
+
+
+def test_a_training_set_resized_past_the_pixel_budget_is_refused_at_submit(
+    tmp_path: Path, redis_url: str, trained_digits: TrainedDigits
+) -> None:
+    """60 labelled 16 x 16 images pass upload; resized to 128 x 128 RGB they would be 2.9 M values."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        for index, (image, label) in enumerate(
+            zip(trained_digits.data.x_train[:60], trained_digits.data.y_train, strict=False)
+        ):
+            png = io.BytesIO()
+            Image.fromarray((image[0] * 255).astype(np.uint8)).save(png, format="PNG")
+            bundle.writestr(f"{label}/{index:03d}.png", png.getvalue())
+    database = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    with make_client(tmp_path, database, redis_url, max_probe_set_pixels=1_000_000) as client:
+        uploads = {
+            role: client.post(route, content=data, headers=OCTET)
+            for role, route, data in (
+                ("model", "/v1/models", trained_digits.onnx_dynamo.read_bytes()),
+                ("probes", "/v1/probe-sets", buffer.getvalue()),
+                ("training_data", "/v1/training-sets", buffer.getvalue()),
+            )
+        }
+        assert {response.status_code for response in uploads.values()} == {201}, uploads
+        body = {role: response.json()["sha256"] for role, response in uploads.items()}
+        settings = {"tests": ["data"], "max_images": 2, "preprocessing": {"size": [128, 128], "channels": 3}}
+        response = client.post("/v1/audits", json=body | {"settings": settings})
+        _problem(response, 422, "training_data: 60 images resized to 128 x 128")

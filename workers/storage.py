@@ -4,6 +4,7 @@ Every file appears under its final name by ``os.replace`` only, so a reader neve
 retried job never leaves a torn archive.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -91,6 +92,7 @@ class Storage:
         """Store a received upload under its hash; a file stored before is kept and the upload dropped."""
         target = self.blob_path(sha256)
         if target.exists():
+            os.utime(target)  # wanted again: expiry keeps it (remove_blob spares fresh blobs)
             upload.discard()
         else:
             target.parent.mkdir(exist_ok=True)
@@ -116,8 +118,12 @@ class Storage:
         """Every attempt's results of a deleted or expired job."""
         shutil.rmtree(self.root / "results" / job_id, ignore_errors=True)
 
-    def remove_blob(self, sha256: str) -> None:
-        self.blob_path(sha256).unlink(missing_ok=True)
+    def remove_blob(self, sha256: str, untouched_since: float) -> None:
+        """Unless an upload kept it again since (a row for it may be on its way)."""
+        path = self.blob_path(sha256)
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mtime < untouched_since:
+                path.unlink()
 
     def remove_abandoned(self, older_than_s: float, attempts_in_use: set[str]) -> int:
         """Partial uploads, and work folders of attempts that no longer hold their job, untouched for

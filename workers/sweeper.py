@@ -77,7 +77,7 @@ class Sweeper:
                 self.storage.remove_results(job_id)
                 deleted += 1
         for sha256 in self.store.delete_unused_artifacts(cutoff):
-            self.storage.remove_blob(sha256)
+            self.storage.remove_blob(sha256, cutoff.timestamp())
         self.storage.remove_abandoned(self.settings.abandoned_upload_s, self.store.held_attempts())
         return deleted
 

@@ -269,9 +269,11 @@ class JobStore:
     def delete_job(self, job_id: str) -> None:
         """Forget a job that could not be handed to a worker (the client is told nothing was queued)."""
         with self._session.begin() as session:
-            row = session.scalar(select(JobRow).where(JobRow.id == job_id))
-            if row is not None:
-                session.delete(row)
+            session.execute(
+                delete(JobRow).where(
+                    JobRow.id == job_id, JobRow.state == JobState.queued.value, JobRow.attempts == 0
+                )
+            )
 
     def delete_finished_job(self, job_id: str, tenant: str | None = None) -> Job | None:
         """Forget a finished job (the caller removes its files); ``None`` when there is no such job,

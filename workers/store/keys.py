@@ -45,6 +45,10 @@ def _key(row: ApiKeyRow) -> ApiKey:
     return ApiKey(row.id, row.tenant, row.name, scopes, row.created_at, row.revoked_at)
 
 
+def well_formed(token: str) -> bool:
+    return _TOKEN.match(token) is not None
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

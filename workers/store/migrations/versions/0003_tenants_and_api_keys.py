@@ -61,11 +61,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    postgresql = op.get_bind().dialect.name == "postgresql"
     with op.batch_alter_table("jobs") as batch:
         batch.drop_index("ix_jobs_tenant")
         batch.drop_constraint(_UNIQUE_KEY, type_="unique")
         batch.drop_column("tenant")
-        batch.create_unique_constraint("jobs_idempotency_key_key", ["idempotency_key"])
+        batch.create_unique_constraint(
+            "jobs_idempotency_key_key" if postgresql else "uq_jobs_idempotency_key", ["idempotency_key"]
+        )
     op.create_table(
         "artifacts_shared",
         sa.Column("sha256", sa.String(64), primary_key=True),
