@@ -17,11 +17,9 @@ from workers import problems
 from workers.audit_process import EXIT_STORE_FAILED, MODULE
 from workers.config import Settings
 from workers.storage import Storage
-from workers.store.jobs import JobState, JobStore
+from workers.store.jobs import HELD_STATES, JobState, JobStore
 
 log = logging.getLogger(__name__)
-
-_HELD = (JobState.running, JobState.cancelling)
 
 
 class AuditSupervisor:
@@ -66,7 +64,7 @@ class AuditSupervisor:
 
     def _report_interrupted(self, job_id: str) -> None:
         job = self.store.get_job(job_id)
-        if job is not None and job.state in _HELD:
+        if job is not None and job.state in HELD_STATES:
             log.warning("job %s: audit killed on shutdown; requeued once its lease lapses", job_id)
 
     def _start(self, job_id: str) -> subprocess.Popen[bytes] | None:
@@ -106,7 +104,7 @@ class AuditSupervisor:
         never_claimed = job is not None and job.state is JobState.queued and job.attempts == attempts_before
         if never_claimed:
             job = self.store.claim(job_id)
-        if job is None or job.state not in _HELD or job.attempts != attempts_before + 1:
+        if job is None or job.state not in HELD_STATES or job.attempts != attempts_before + 1:
             return  # finished by the process itself, or taken over by another attempt
         error = self._error(job_id, returncode, timed_out, started=not never_claimed)
         log.error("job %s: %s", job_id, error["detail"])

@@ -36,8 +36,8 @@ class JobState(StrEnum):
     cancelled = "cancelled"
 
 
-_HELD = (JobState.running, JobState.cancelling)  # an attempt holds the job
-_HELD_STATES = [state.value for state in _HELD]
+HELD_STATES = frozenset({JobState.running, JobState.cancelling})  # an attempt holds the job
+_HELD_VALUES = [state.value for state in HELD_STATES]
 TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 ACTIVE_STATES = frozenset({JobState.queued, JobState.running, JobState.cancelling})
 
@@ -300,7 +300,7 @@ class JobStore:
 
     def held_attempts(self) -> set[str]:
         """``<job id>-<attempt>`` of every attempt that holds its job now (their work folders are in use)."""
-        query = select(JobRow.id, JobRow.attempts).where(JobRow.state.in_(_HELD_STATES))
+        query = select(JobRow.id, JobRow.attempts).where(JobRow.state.in_(_HELD_VALUES))
         with self._session() as session:
             return {f"{job_id}-{attempts}" for job_id, attempts in session.execute(query)}
 
@@ -418,7 +418,7 @@ class JobStore:
         """
         statement = (
             update(JobRow)
-            .where(JobRow.id == job_id, JobRow.attempts == attempt, JobRow.state.in_(_HELD_STATES))
+            .where(JobRow.id == job_id, JobRow.attempts == attempt, JobRow.state.in_(_HELD_VALUES))
             .values(heartbeat_at=_now())
             .execution_options(synchronize_session=False)
         )
@@ -428,7 +428,7 @@ class JobStore:
     def report_progress(self, job_id: str, attempt: int, phase: str, done: int, total: int) -> None:
         self._transition(
             job_id,
-            _HELD,
+            HELD_STATES,
             {"progress_phase": phase[:200], "progress_done": done, "progress_total": total},
             JobRow.attempts == attempt,
         )
@@ -449,7 +449,7 @@ class JobStore:
         """End the attempt's job in a terminal state; ``False`` unless ``attempt`` still holds the job (it
         finished, or was requeued or settled after the attempt's lease lapsed)."""
         values = _terminal_values(state, error, result)
-        return self._transition(job_id, _HELD, values, JobRow.attempts == attempt)
+        return self._transition(job_id, HELD_STATES, values, JobRow.attempts == attempt)
 
     # --- jobs, recovery ---------------------------------------------------------------------------
 
@@ -498,7 +498,7 @@ class JobStore:
         is conditional on the lapsed attempt, so several sweepers settle a job once.
         """
         cutoff = _now() - timedelta(seconds=lease_s)
-        query = select(JobRow).where(JobRow.state.in_(_HELD_STATES), JobRow.heartbeat_at < cutoff)
+        query = select(JobRow).where(JobRow.state.in_(_HELD_VALUES), JobRow.heartbeat_at < cutoff)
         with self._session() as session:
             lapsed = [_job(row) for row in session.scalars(query)]
         requeued = []

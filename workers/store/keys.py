@@ -36,9 +36,6 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None
 
-    def allows(self, scope: Scope) -> bool:
-        return scope in self.scopes or Scope.admin in self.scopes
-
 
 def _key(row: ApiKeyRow) -> ApiKey:
     scopes = frozenset(Scope(name) for name in row.scopes.split(",") if name)
