@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         settings = settings.model_copy(update={"auth": AuthMode.keys})
     engine = make_engine(settings.resolved_database_url)
     store = JobStore(engine)
-    storage = Storage(settings.data_dir)
+    storage = Storage.from_settings(settings)
     if dispatcher is None:
         dispatcher = (
             CeleryDispatcher(settings)

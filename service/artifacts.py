@@ -50,7 +50,7 @@ async def receive_artifact(
         upload.discard()
         raise Problem(problems.EMPTY_UPLOAD, "the request body is empty; send the file's bytes as the body")
     known = runtime.store.get_artifact(caller.tenant, sha256, kind)
-    if known is not None and runtime.storage.blob_path(sha256).exists():
+    if known is not None and await run_in_threadpool(runtime.storage.has_blob, sha256):
         upload.discard()
         return known, False
     try:
@@ -67,7 +67,7 @@ async def receive_artifact(
     except BaseException:
         upload.discard()
         raise
-    runtime.storage.keep(upload, sha256)
+    await run_in_threadpool(runtime.storage.keep, upload, sha256)
     return runtime.store.add_artifact(caller.tenant, sha256, kind.value, format, upload.size, details)
 
 

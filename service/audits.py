@@ -6,7 +6,6 @@ import binascii
 import hashlib
 import json
 import math
-from pathlib import Path
 
 from service.auth import Caller
 from service.job_views import JobView
@@ -15,6 +14,7 @@ from service.runtime import Runtime
 from workers import problems
 from workers.dispatch import DispatchError
 from workers.engine.settings import AuditSettings
+from workers.object_store import StoredObject
 from workers.requests import ArtifactKind, AuditRequest
 from workers.store.jobs import TERMINAL_STATES, Artifact, Job, JobState, WrongState
 from workers.sweeper import dispatch_job
@@ -197,8 +197,25 @@ def delete_job(job_id: str, caller: Caller, runtime: Runtime) -> None:
     runtime.storage.remove_results(job_id)
 
 
-def result_file(job_id: str, name: str, caller: Caller, runtime: Runtime) -> tuple[Job, Path]:
+def result_file(job_id: str, name: str, caller: Caller, runtime: Runtime) -> tuple[Job, StoredObject]:
     """A succeeded job's result file; 409 while the job has not succeeded."""
+    job = _succeeded_job(job_id, caller, runtime)
+    stored = runtime.storage.open_result(job_id, job.attempts, name)
+    if stored is None:  # results published before the service wrote this file
+        raise Problem(problems.RESULT_FILE_MISSING, f"audit {job_id} has no {name}")
+    return job, stored
+
+
+def result_url(job_id: str, name: str, caller: Caller, runtime: Runtime) -> tuple[Job, str | None]:
+    """A signed object-store URL of a succeeded job's result file, where the store signs and the settings
+    allow it; ``None`` otherwise (the API sends the bytes)."""
+    job = _succeeded_job(job_id, caller, runtime)
+    expires_s = runtime.settings.signed_download_s
+    url = runtime.storage.result_url(job_id, job.attempts, name, expires_s) if expires_s else None
+    return job, url
+
+
+def _succeeded_job(job_id: str, caller: Caller, runtime: Runtime) -> Job:
     job = get_job(job_id, caller, runtime)
     if job.state is not JobState.succeeded or job.result is None:
         if job.state in TERMINAL_STATES:
@@ -208,7 +225,4 @@ def result_file(job_id: str, name: str, caller: Caller, runtime: Runtime) -> tup
             f"audit {job_id} is {job.state}; poll it until it has succeeded",
             {"Retry-After": str(runtime.settings.retry_after_s)},
         )
-    path = runtime.storage.results_dir(job_id, job.attempts) / name
-    if not path.is_file():  # results published before the service wrote this file
-        raise Problem(problems.RESULT_FILE_MISSING, f"audit {job_id} has no {name}")
-    return job, path
+    return job

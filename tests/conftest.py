@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.digits import DigitsCNN, DigitsData, digits_data, export_onnx, train_digits_cnn
-from tests.services import empty_tables, postgres_database, redis_server
+from tests.services import S3_CREDENTIALS, empty_tables, postgres_database, redis_server, s3_server
 from workers.store.database import make_engine, migrate
 from workers.store.jobs import JobStore
 
@@ -36,6 +36,15 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> TrainedDigits:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3-compatible server on loopback (moto); the AWS_* variables obstore reads point at it."""
+    with pytest.MonkeyPatch.context() as env, s3_server(tmp_path_factory.mktemp("s3") / "s3.log") as url:
+        for name, value in S3_CREDENTIALS.items():
+            env.setenv(name, value)
         yield url
 
 

@@ -72,6 +72,27 @@ def redis_server(tmp: Path) -> Iterator[str]:
 
 
 @contextmanager
+def s3_server(log: Path) -> Iterator[str]:
+    """moto's standalone S3-compatible server on a free loopback port; yields its endpoint URL."""
+    port = free_port()
+    args = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with process(args, {}, log):
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{endpoint}/moto-api/").is_success, 30, "S3 server")
+        yield endpoint
+
+
+def new_bucket(endpoint: str) -> str:
+    """An empty bucket of its own for one test (moto takes unsigned requests)."""
+    name = f"audit-{uuid.uuid4().hex[:12]}"
+    httpx.put(f"{endpoint}/{name}").raise_for_status()
+    return name
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
+
+
+@contextmanager
 def postgres_database() -> Iterator[str]:
     """A fresh database on the PostgreSQL server, dropped afterwards; skips where none is reachable."""
     from sqlalchemy import create_engine, text
@@ -158,14 +179,23 @@ def celery_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
 
 @contextmanager
 def distributed_deployment(
-    folder: Path, redis_url: str, database_url: str, settings: dict[str, str] | None = None
+    folder: Path,
+    redis_url: str,
+    database_url: str,
+    settings: dict[str, str] | None = None,
+    shared_data_dir: bool = True,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The API and one Celery worker sharing a broker, a job store and a data directory; ``settings``
-    adds ``SALIENCY_*`` variables for both."""
+    """The API and one Celery worker sharing a broker and a job store; ``settings`` adds ``SALIENCY_*``
+    variables for both. Without ``shared_data_dir`` each has a data directory of its own, as on two
+    machines (what they share must then be in the object store)."""
     env = {
         "SALIENCY_DATA_DIR": str(folder / "data"),
         "SALIENCY_DATABASE_URL": database_url,
         "SALIENCY_BROKER_URL": redis_url,
     } | (settings or {})
-    with api_server(env, folder / "api.log") as (url, _), celery_worker(env, folder / "worker.log") as worker:
+    worker_env = env if shared_data_dir else env | {"SALIENCY_DATA_DIR": str(folder / "worker-data")}
+    with (
+        api_server(env, folder / "api.log") as (url, _),
+        celery_worker(worker_env, folder / "worker.log") as worker,
+    ):
         yield url, worker

@@ -14,7 +14,7 @@ import pytest
 
 from service.client import AuditClient, ServiceError
 from tests.conftest import TrainedDigits
-from tests.services import VENV_BIN, api_server, distributed_deployment, free_port
+from tests.services import VENV_BIN, api_server, distributed_deployment, free_port, new_bucket
 from workers.engine.report import AuditReport
 from workers.engine.settings import AuditSettings
 from workers.requests import ArtifactKind, AuditRequest
@@ -60,10 +60,18 @@ def _create_key(env: dict[str, str]) -> str:
 
 
 def test_the_client_audits_on_the_distributed_service_and_skips_bytes_the_server_has(
-    trained_digits: TrainedDigits, tmp_path: Path, redis_url: str, postgres_url: str
+    trained_digits: TrainedDigits, tmp_path: Path, redis_url: str, postgres_url: str, s3_endpoint: str
 ) -> None:
-    settings = {"SALIENCY_AUTH": "keys"}
-    with distributed_deployment(tmp_path, redis_url, postgres_url, settings) as (url, _):
+    """API and worker as on two machines: each its own disk, sharing Redis, PostgreSQL and an S3 bucket."""
+    bucket = new_bucket(s3_endpoint)
+    settings = {
+        "SALIENCY_AUTH": "keys",
+        "SALIENCY_STORAGE_URL": f"s3://{bucket}/audits",
+        "SALIENCY_S3_ENDPOINT": s3_endpoint,
+        "SALIENCY_S3_REGION": "us-east-1",
+    }
+    deployment = distributed_deployment(tmp_path, redis_url, postgres_url, settings, shared_data_dir=False)
+    with deployment as (url, _):
         key = _create_key(
             {"SALIENCY_DATABASE_URL": postgres_url, "SALIENCY_DATA_DIR": str(tmp_path / "data")}
         )
@@ -88,6 +96,14 @@ def test_the_client_audits_on_the_distributed_service_and_skips_bytes_the_server
             assert not sent and again.sha256 == job.request.model
         uploads = [status for call, status in transport.statuses if call.startswith("POST /v1/models")]
         assert uploads == [201]  # the model's bytes crossed the wire once
+        # the report and the archive came from the bucket by signed URLs, checked against the API's digests
+        redirected = {call for call, status in transport.statuses if status == 307}
+        assert redirected == {f"GET /v1/audits/{job.id}/report", f"GET /v1/audits/{job.id}/archive"}
+        listing = httpx.get(f"{s3_endpoint}/{bucket}", params={"list-type": "2"}).text
+        assert f"audits/blobs/{job.request.model[:2]}/{job.request.model}" in listing
+        assert f"audits/results/{job.id}/1/maps.zip" in listing
+        for machine in ("data", "worker-data"):  # neither machine's disk holds what the other reads
+            assert not any((tmp_path / machine / folder).exists() for folder in ("blobs", "results"))
         metrics = httpx.get(f"{url}/metrics").text  # scraped as Prometheus would
         for line in (
             'saliency_queue_depth{queue="audit-cpu"} 0.0',

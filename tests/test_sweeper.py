@@ -9,9 +9,10 @@ import pytest
 
 from workers.config import Settings
 from workers.dispatch import DispatchError
+from workers.engine.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE
 from workers.requests import WorkQueue
 from workers.storage import Storage
-from workers.store.jobs import JobResult, JobState, JobStore
+from workers.store.jobs import JobState, JobStore
 from workers.sweeper import Sweeper
 
 
@@ -42,6 +43,12 @@ class RecordingDispatcher:
 @pytest.fixture
 def dispatcher() -> RecordingDispatcher:
     return RecordingDispatcher()
+
+
+def _file(data: bytes) -> Path:
+    path = Path(tempfile.mkdtemp()) / "file"
+    path.write_bytes(data)
+    return path
 
 
 def _sweeper(store: JobStore, dispatcher: RecordingDispatcher, lease_s: float, **settings: float) -> Sweeper:
@@ -93,13 +100,15 @@ def test_finished_jobs_expire_with_their_results_and_active_ones_stay(
     running, _ = store.create_job("local", {"model": "m"}, "hash", None, "cpu")
     for job in (finished, running):
         store.claim(job.id)
-    results = sweeper.storage.results_dir(finished.id, 1)
-    results.mkdir(parents=True)
-    (results / "report.json").write_text("{}")
-    store.finish(finished.id, JobState.succeeded, attempt=1, result=JobResult("a" * 64, 2, "b" * 64, 3))
+    out = Path(tempfile.mkdtemp())
+    for name in (REPORT_FILE, HTML_FILE, ARCHIVE_FILE):
+        (out / name).write_text("{}")
+    result = sweeper.storage.publish_results(finished.id, 1, out)
+    store.finish(finished.id, JobState.succeeded, attempt=1, result=result)
     time.sleep(0.1)
     assert sweeper.expire() == 1
-    assert store.get_job(finished.id) is None and not results.parent.exists()
+    assert store.get_job(finished.id) is None
+    assert sweeper.storage.open_result(finished.id, 1, REPORT_FILE) is None
     assert store.get_job(running.id) is not None
 
 
@@ -110,9 +119,7 @@ def test_artifacts_no_job_names_expire_and_a_blob_goes_with_its_last_owner(
     used, unused = "1" * 64, "2" * 64
     for sha in (used, unused):
         store.add_artifact("local", sha, "model", "onnx", 10, {})
-        blob = sweeper.storage.blob_path(sha)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(b"x")
+        sweeper.storage.objects.put(f"blobs/{sha[:2]}/{sha}", _file(b"x"))
     store.add_artifact("other", used, "model", "onnx", 10, {})
     store.create_job("local", {"model": used, "probes": "3" * 64}, "hash", None, "cpu")
     time.sleep(0.1)
@@ -120,7 +127,7 @@ def test_artifacts_no_job_names_expire_and_a_blob_goes_with_its_last_owner(
     assert store.get_artifact("local", used, "model") is not None
     assert store.get_artifact("other", used, "model") is None  # no job of that tenant names it
     assert store.get_artifact("local", unused, "model") is None
-    assert sweeper.storage.blob_path(used).exists() and not sweeper.storage.blob_path(unused).exists()
+    assert sweeper.storage.has_blob(used) and not sweeper.storage.has_blob(unused)
 
 
 def test_abandoned_uploads_and_stale_work_folders_are_removed_but_not_a_running_attempts(

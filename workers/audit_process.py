@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
 
     store = JobStore(make_engine(settings.resolved_database_url))
     try:
-        execute_job(job_id, store, Storage(settings.data_dir), settings)
+        execute_job(job_id, store, Storage.from_settings(settings), settings)
     except Exception:  # as in the Celery task: the audit's own failures are recorded by execute_job
         log.exception("job %s: not recorded; its lease lapses and the sweeper settles it", job_id)
         return EXIT_STORE_FAILED

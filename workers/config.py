@@ -71,6 +71,22 @@ class Settings(BaseSettings):
     abandoned_upload_s: Annotated[float, Field(gt=0)] = Field(
         3600, description="Partial uploads and work folders untouched this long are removed."
     )
+    storage_url: str | None = Field(
+        None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+        description="s3://bucket[/prefix]: stored artifacts and results in S3-compatible object storage, "
+        "shared by API processes and workers on several machines (credentials from the standard AWS_* "
+        "variables). Default: the data_dir folder, for one machine.",
+    )
+    s3_endpoint: str | None = Field(
+        None, description="Endpoint of an S3-compatible store other than AWS (MinIO, Ceph, R2...)."
+    )
+    s3_region: str | None = Field(None, description="Region of the bucket (AWS_REGION otherwise).")
+    signed_download_s: Annotated[int, Field(ge=0, le=7 * 86400)] = Field(
+        300,
+        description="Result downloads redirect to a signed object-store URL valid this long, where the "
+        "store can sign; 0: the API sends the bytes itself.",
+    )
     audit_memory_limit_mib: Annotated[int, Field(ge=0)] = Field(
         8192,
         description="Address space an audit's process may use (embedded worker child, Celery task); 0: "

@@ -98,7 +98,7 @@ def _link_inputs(
         artifact = store.get_artifact(tenant, sha256, kind)
         if artifact is None:
             raise AuditInputError(f"{role}: artifact {sha256} is no longer stored; upload it again")
-        links[role] = storage.link_artifact(artifact, folder, role)
+        links[role] = storage.fetch_artifact(artifact, folder, role)
     return links
 
 

@@ -1,20 +1,20 @@
-"""Files on disk: uploads stored content-addressed by sha256, per-attempt work folders, published results.
+"""Where an audit's files are: uploads stored content-addressed by sha256, per-attempt work folders,
+published results.
 
-Every file appears under its final name by ``os.replace`` only, so a reader never sees half a file and a
-retried job never leaves a torn archive.
+Uploads stream to this machine's disk while they are hashed and checked, and work folders stay on the
+worker's disk; what several machines read (stored artifacts, results) goes to the object store.
 """
 
-import contextlib
 import hashlib
-import os
 import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-from workers.engine.report import ARCHIVE_FILE, REPORT_FILE
+from workers.config import Settings
+from workers.engine.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE
+from workers.object_store import FolderStore, ObjectStore, S3Store, StoredObject
 from workers.store.jobs import Artifact, JobResult
 
 # the engine tells formats apart by file suffix
@@ -62,43 +62,59 @@ class Upload:
         shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
-@dataclass(frozen=True)
+RESULT_MEDIA_TYPES = {
+    REPORT_FILE: "application/json",
+    HTML_FILE: "text/html",
+    ARCHIVE_FILE: "application/zip",
+}
+
+
 class Storage:
-    root: Path
+    """Uploads being received and attempts' work folders on this machine's disk (under ``root``);
+    stored artifacts and published results in the object store every machine shares."""
+
+    def __init__(self, root: Path, objects: ObjectStore | None = None) -> None:
+        self.root = root
+        self.objects: ObjectStore = objects or FolderStore(root)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Storage":
+        if settings.storage_url is None:
+            return cls(settings.data_dir)
+        return cls(settings.data_dir, S3Store(settings.storage_url, settings.s3_endpoint, settings.s3_region))
 
     def prepare(self) -> None:
-        for folder in ("blobs", "uploads", "results", "work"):
+        for folder in ("uploads", "work"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
     def check(self) -> None:
-        """Raise ``OSError`` unless the storage can be written (readiness)."""
+        """Raise ``OSError`` unless uploads can be received and kept (readiness)."""
         probe = self.root / "uploads" / f".ready-{uuid.uuid4().hex}"
         probe.write_bytes(b"")
         probe.unlink()
+        self.objects.check()
 
     def new_upload(self, max_bytes: int, name: str) -> Upload:
         return Upload(self.root / "uploads", max_bytes, name)
 
-    def blob_path(self, sha256: str) -> Path:
-        return self.root / "blobs" / sha256[:2] / sha256
-
-    def link_artifact(self, artifact: Artifact, folder: Path, name: str) -> Path:
-        """A link to the artifact's blob, named ``name`` with its format's suffix, for the engine to read."""
-        link = folder / f"{name}{_FORMAT_SUFFIXES[artifact.format]}"
-        link.symlink_to(self.blob_path(artifact.sha256))
-        return link
-
-    def keep(self, upload: Upload, sha256: str) -> Path:
-        """Store a received upload under its hash; a file stored before is kept and the upload dropped."""
-        target = self.blob_path(sha256)
-        if target.exists():
-            os.utime(target)  # wanted again: expiry keeps it (remove_blob spares fresh blobs)
+    def keep(self, upload: Upload, sha256: str) -> None:
+        """Store a received upload under its hash. Bytes stored before are stored again, which marks them
+        wanted now: expiry spares them (``remove_blob``)."""
+        try:
+            self.objects.put(_blob_key(sha256), upload.path)
+        finally:
             upload.discard()
-        else:
-            target.parent.mkdir(exist_ok=True)
-            os.replace(upload.path, target)
-            upload.discard()
-        return target
+
+    def has_blob(self, sha256: str) -> bool:
+        return self.objects.modified_at(_blob_key(sha256)) is not None
+
+    def fetch_artifact(self, artifact: Artifact, folder: Path, name: str) -> Path:
+        """The artifact's bytes under ``name`` with its format's suffix, for the engine to read."""
+        path = folder / f"{name}{_FORMAT_SUFFIXES[artifact.format]}"
+        self.objects.fetch(_blob_key(artifact.sha256), path)
+        if file_sha256(path) != artifact.sha256:  # an audit of other bytes than were uploaded is wrong
+            raise OSError(f"stored artifact {artifact.sha256} does not match its hash")
+        return path
 
     def work_dir(self, job_id: str, attempt: int) -> Path:
         return self.root / "work" / f"{job_id}-{attempt}"
@@ -109,21 +125,24 @@ class Storage:
         folder.mkdir(parents=True)
         return folder
 
-    def results_dir(self, job_id: str, attempt: int) -> Path:
-        """Each attempt publishes into a folder of its own: an attempt presumed lost that still finishes
-        cannot replace the files of the attempt the job store recorded."""
-        return self.root / "results" / job_id / str(attempt)
+    def open_result(self, job_id: str, attempt: int, name: str) -> StoredObject | None:
+        return self.objects.open(_result_key(job_id, attempt, name))
+
+    def result_url(self, job_id: str, attempt: int, name: str, expires_s: int) -> str | None:
+        """A signed URL to download the result from the object store directly; ``None`` where the store
+        has none (the API then sends the bytes itself)."""
+        return self.objects.signed_url(_result_key(job_id, attempt, name), expires_s)
 
     def remove_results(self, job_id: str) -> None:
         """Every attempt's results of a deleted or expired job."""
-        shutil.rmtree(self.root / "results" / job_id, ignore_errors=True)
+        self.objects.delete_prefix(f"results/{job_id}")
 
     def remove_blob(self, sha256: str, untouched_since: float) -> None:
         """Unless an upload kept it again since (a row for it may be on its way)."""
-        path = self.blob_path(sha256)
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_mtime < untouched_since:
-                path.unlink()
+        key = _blob_key(sha256)
+        modified = self.objects.modified_at(key)
+        if modified is not None and modified < untouched_since:
+            self.objects.delete(key)
 
     def remove_abandoned(self, older_than_s: float, attempts_in_use: set[str]) -> int:
         """Partial uploads, and work folders of attempts that no longer hold their job, untouched for
@@ -138,15 +157,24 @@ class Storage:
         return removed
 
     def publish_results(self, job_id: str, attempt: int, out_dir: Path) -> JobResult:
-        """Move a finished attempt's outputs into place in one rename; returns their sizes and hashes."""
+        """Store a finished attempt's report, HTML report and archive; returns their sizes and hashes.
+        Each attempt publishes under keys of its own: an attempt presumed lost that still finishes cannot
+        replace the files of the attempt the job store recorded."""
         report, archive = out_dir / REPORT_FILE, out_dir / ARCHIVE_FILE
         result = JobResult(
             file_sha256(report), report.stat().st_size, file_sha256(archive), archive.stat().st_size
         )
-        target = self.results_dir(job_id, attempt)
-        target.parent.mkdir(exist_ok=True)
-        os.replace(out_dir, target)  # attempt numbers are never reused: the target does not exist yet
+        for name, media_type in RESULT_MEDIA_TYPES.items():
+            self.objects.put(_result_key(job_id, attempt, name), out_dir / name, media_type)
         return result
+
+
+def _blob_key(sha256: str) -> str:
+    return f"blobs/{sha256[:2]}/{sha256}"
+
+
+def _result_key(job_id: str, attempt: int, name: str) -> str:
+    return f"results/{job_id}/{attempt}/{name}"
 
 
 def file_sha256(path: Path) -> str:

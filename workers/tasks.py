@@ -16,7 +16,7 @@ from workers.store.jobs import JobStore
 def _runtime() -> tuple[JobStore, Storage, Settings]:
     """Built on first use in the worker child, after the fork: database connections are not shared."""
     settings = Settings()
-    storage = Storage(settings.data_dir)
+    storage = Storage.from_settings(settings)
     storage.prepare()
     return JobStore(make_engine(settings.resolved_database_url)), storage, settings
 

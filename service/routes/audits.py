@@ -1,10 +1,11 @@
 """Audit jobs: submit, poll, list, cancel, delete, download."""
 
 import base64
+import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from service import audits
 from service.auth import Caller, Reader, Submitter
@@ -155,37 +156,67 @@ def delete(job_id: JobId, runtime: RuntimeDep, caller: Submitter) -> Response:
     return Response(status_code=204)
 
 
-def _result_response(
-    job_id: str, name: str, media_type: str, caller: Caller, runtime: Runtime
-) -> FileResponse:
-    job, path = audits.result_file(job_id, name, caller, runtime)
+def _result_response(job_id: str, name: str, media_type: str, caller: Caller, runtime: Runtime) -> Response:
+    """The file itself, or (report and archive, from an object store that signs) a redirect to a signed URL
+    of it; either way with the file's sha256 in ``X-Checksum-SHA256`` and ``Repr-Digest``."""
+    filename = f"audit-{job_id}-{name}"
+    if name != HTML_FILE:  # a page opens in the browser from the API's own origin
+        job, url = audits.result_url(job_id, name, caller, runtime)
+        if url is not None:
+            headers = _digest_headers(_recorded_digest(job, name))
+            return RedirectResponse(url, status_code=307, headers=headers)
+    job, stored = audits.result_file(job_id, name, caller, runtime)
+    disposition = "inline" if media_type == "text/html" else "attachment"
+    if stored.path is not None:
+        digest = _recorded_digest(job, name) or file_sha256(stored.path)
+        return FileResponse(
+            stored.path,
+            media_type=media_type,
+            headers=_digest_headers(digest),
+            filename=filename,
+            content_disposition_type=disposition,
+        )
+    assert stored.chunks is not None
+    headers = {"Content-Disposition": f'{disposition}; filename="{filename}"'}
+    digest = _recorded_digest(job, name)
+    if digest is None:  # the HTML report: small, read whole to name its digest
+        content = b"".join(stored.chunks)
+        headers |= _digest_headers(hashlib.sha256(content).hexdigest())
+        return Response(content, media_type=media_type, headers=headers)
+    headers |= _digest_headers(digest) | {"Content-Length": str(stored.size)}
+    return StreamingResponse(stored.chunks, media_type=media_type, headers=headers)
+
+
+def _recorded_digest(job: Job, name: str) -> str | None:
     assert job.result is not None
-    recorded = {REPORT_FILE: job.result.report_sha256, ARCHIVE_FILE: job.result.archive_sha256}
-    digest = recorded.get(name) or file_sha256(path)
-    headers = {
+    return {REPORT_FILE: job.result.report_sha256, ARCHIVE_FILE: job.result.archive_sha256}.get(name)
+
+
+def _digest_headers(digest: str | None) -> dict[str, str]:
+    if digest is None:
+        return {}
+    return {
         "ETag": f'"{digest}"',
         "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:",
         "X-Checksum-SHA256": digest,
     }
-    filename = f"audit-{job_id}-{name}"
-    disposition = "inline" if media_type == "text/html" else "attachment"  # a page opens in the browser
-    return FileResponse(
-        path, media_type=media_type, headers=headers, filename=filename, content_disposition_type=disposition
-    )
 
 
 def _add_result_route(name: str, file: str, media_type: str, description: str, operation: str) -> None:
     @router.get(
         f"/{{job_id}}/{name}",
         response_class=FileResponse,
-        responses={200: {"content": {media_type: {}}, "description": description}}
+        responses={
+            200: {"content": {media_type: {}}, "description": description},
+            307: {"description": "Where the object store signs URLs: a signed URL of the file (Location)"},
+        }
         | problem_responses(
             *AUTHENTICATED, problems.NOT_FOUND, problems.RESULT_FILE_MISSING, problems.RESULTS_NOT_AVAILABLE
         ),
         summary=f"Download the {description.lower()} of a succeeded audit",
         operation_id=f"get_audit_{operation}",
     )
-    def download(job_id: JobId, runtime: RuntimeDep, caller: Reader) -> FileResponse:
+    def download(job_id: JobId, runtime: RuntimeDep, caller: Reader) -> Response:
         return _result_response(job_id, file, media_type, caller, runtime)
 
 
