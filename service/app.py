@@ -18,8 +18,9 @@ from service.key_cache import KeyCache
 from service.metrics import ServiceMetrics
 from service.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
 from service.request_ids import RequestIdMiddleware
-from service.routes import artifacts, audits, health, keys, problem_types
+from service.routes import artifacts, audits, health, keys, problem_types, webhooks
 from service.runtime import Runtime
+from service.webhooks import WebhookSender
 from workers.config import AuthMode, Settings
 from workers.dispatch import CeleryDispatcher, Dispatcher, EmbeddedDispatcher
 from workers.problems import server_roots
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         keys=key_store,
         key_cache=KeyCache(key_store),
         metrics=ServiceMetrics(store, dispatcher),
+        webhooks=WebhookSender(store, key_store, settings),
     )
     sweeper = Sweeper(store, storage, dispatcher, settings)
 
@@ -71,7 +73,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         migrate(store.engine)
         runtime.dispatcher.start()
         sweeper.start()
+        runtime.webhooks.start()
         yield
+        runtime.webhooks.stop()
         sweeper.stop()
         runtime.dispatcher.stop()
         await store.aclose()
@@ -85,7 +89,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.runtime = runtime
     app.state.server_roots = server_roots(settings.data_dir)
     install_problem_handlers(app)
-    for module in (artifacts, audits, keys, health, problem_types):
+    for module in (artifacts, audits, keys, webhooks, health, problem_types):
         app.include_router(module.router)
     runtime.metrics.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, upload_paths=UPLOAD_PATHS)

@@ -8,6 +8,7 @@ import json
 import math
 
 from service.auth import Caller
+from service.callback_urls import refusal
 from service.job_views import JobView
 from service.problems import Problem, not_found
 from service.runtime import Runtime
@@ -43,6 +44,10 @@ def submit_audit(
         if earlier is not None:
             return _replay(earlier, digest), False
     _check_inputs(request, caller, runtime)
+    if request.callback_url is not None:
+        refused = refusal(str(request.callback_url), runtime.webhooks.allowed)
+        if refused is not None:
+            raise Problem(problems.CALLBACK_URL_REFUSED, refused)
     _check_active_jobs(caller, runtime)
     job, created = runtime.store.create_job(
         caller.tenant, request.model_dump(mode="json"), digest, idempotency_key, request.queue

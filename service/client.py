@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from service.schemas import ArtifactOut, JobOut
+from service.schemas import ArtifactOut, JobOut, WebhookSecretOut
 from workers.engine.report import AuditReport
 from workers.engine.settings import AuditSettings
 from workers.requests import ArtifactKind, AuditRequest
@@ -146,6 +146,11 @@ class AuditClient:
     def delete(self, job_id: str) -> None:
         self._request("DELETE", f"/v1/audits/{job_id}")
 
+    def webhook_secret(self) -> str:
+        """The tenant's secret for verifying completion callbacks (a Standard Webhooks ``whsec_...``)."""
+        response = self._request("GET", "/v1/webhook-secret")
+        return WebhookSecretOut.model_validate_json(response.content).secret
+
     # --- results -------------------------------------------------------------------------------------------
 
     def report(self, job_id: str) -> AuditReport:
@@ -185,6 +190,7 @@ class AuditClient:
         twins: list[Source] | None = None,
         controls: list[Source] | None = None,
         training_data: Source | None = None,
+        callback_url: str | None = None,
         timeout_s: float | None = None,
         on_progress: Callable[[JobOut], None] | None = None,
     ) -> JobOut:
@@ -202,6 +208,7 @@ class AuditClient:
             training_data=None
             if training_data is None
             else self.upload(ArtifactKind.training_data, training_data)[0].sha256,
+            callback_url=callback_url,
         )
         job = self.submit(request)
         return self.wait(job.id, timeout_s=timeout_s, on_progress=on_progress)

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from service.job_views import JobViews
 from service.key_cache import KeyCache
 from service.metrics import ServiceMetrics
+from service.webhooks import WebhookSender
 from workers.config import Settings
 from workers.dispatch import Dispatcher
 from workers.storage import Storage
@@ -25,6 +26,7 @@ class Runtime:
     keys: KeyStore
     key_cache: KeyCache
     metrics: ServiceMetrics
+    webhooks: WebhookSender
 
 
 async def _runtime(request: Request) -> Runtime:

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.problems import ProblemDetail
 from workers.requests import ArtifactKind, AuditRequest, WorkQueue
-from workers.store.jobs import Artifact, Job, JobState
+from workers.store.jobs import Artifact, Callback, CallbackState, Job, JobState
 from workers.store.keys import ApiKey, Scope
 
 
@@ -46,6 +46,28 @@ class ResultOut(BaseModel):
     archive_size: int
 
 
+class CallbackOut(BaseModel):
+    url: str
+    state: CallbackState = Field(description="pending until delivered (a 2xx answer) or given up on")
+    attempts: int = Field(description="Tries so far")
+    last_error: str | None = Field(description="Why the last try failed")
+    next_attempt_at: datetime | None = Field(description="Not tried again before this")
+
+    @classmethod
+    def of(cls, callback: Callback) -> "CallbackOut":
+        return cls(
+            url=callback.url,
+            state=callback.state,
+            attempts=callback.attempts,
+            last_error=callback.error,
+            next_attempt_at=callback.next_at if callback.state is CallbackState.pending else None,
+        )
+
+
+class WebhookSecretOut(BaseModel):
+    secret: str = Field(description="Standard Webhooks secret (whsec_...) to verify the tenant's callbacks")
+
+
 class JobLinks(BaseModel):
     self: str
     cancel: str
@@ -62,6 +84,7 @@ class JobOut(BaseModel):
     progress: ProgressOut
     error: ProblemDetail | None = None
     result: ResultOut | None = None
+    callback: CallbackOut | None = Field(None, description="The completion callback, where one was asked for")
     request: AuditRequest
     created_at: datetime
     updated_at: datetime
@@ -79,6 +102,7 @@ class JobOut(BaseModel):
             progress=ProgressOut(phase=job.progress_phase, done=job.progress_done, total=job.progress_total),
             error=None if job.error is None else ProblemDetail.model_validate(job.error),
             result=None if job.result is None else ResultOut(**vars(job.result)),
+            callback=None if job.callback is None else CallbackOut.of(job.callback),
             request=AuditRequest.model_validate(job.request),
             created_at=job.created_at,
             updated_at=job.updated_at,

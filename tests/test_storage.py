@@ -125,4 +125,3 @@ def test_a_bucket_that_does_not_exist_fails_readiness_without_credentials_in_the
     with pytest.raises(OSError) as refused:
         objects.check()
     assert "no-such-bucket" in str(refused.value) and "test-secret" not in str(refused.value)
-

@@ -87,6 +87,18 @@ class Settings(BaseSettings):
         description="Result downloads redirect to a signed object-store URL valid this long, where the "
         "store can sign; 0: the API sends the bytes itself.",
     )
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Host names and IP networks callbacks may reach although private or loopback, as JSON "
+        '(\'["hooks.internal", "10.20.0.0/16"]\'); public addresses need no entry.',
+    )
+    webhook_attempts: Annotated[int, Field(ge=1, le=30)] = Field(
+        8, description="Tries at a completion callback before it is given up on."
+    )
+    webhook_retry_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        30, description="Pause before the second try at a callback; it doubles after each failure (to 1 h)."
+    )
     audit_memory_limit_mib: Annotated[int, Field(ge=0)] = Field(
         8192,
         description="Address space an audit's process may use (embedded worker child, Celery task); 0: "

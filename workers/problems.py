@@ -192,6 +192,14 @@ TOO_MANY_ACTIVE_JOBS = _kind(
     "The tenant has as many queued and running audits as it may; retry after Retry-After seconds.",
     "this tenant has 4 queued or running audits",
 )
+CALLBACK_URL_REFUSED = _kind(
+    "callback-url-refused",
+    422,
+    "Callback URL refused",
+    "The service does not call this callback_url: it is not http(s), carries credentials, does not resolve, "
+    "or resolves to a private, loopback or reserved address the operator has not allowed.",
+    "callback_url's host 10.0.0.5 resolves to 10.0.0.5, a private, loopback or reserved address; ...",
+)
 WORKERS_UNREACHABLE = _kind(
     "workers-unreachable",
     503,

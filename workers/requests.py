@@ -3,7 +3,7 @@
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from workers.engine.settings import AuditSettings, RandomizationTest
 
@@ -53,6 +53,11 @@ class AuditRequest(BaseModel):
 
     training_data: Sha256 | None = Field(
         None, description="Data test: a training set (/v1/training-sets) to train the twin and control."
+    )
+    callback_url: HttpUrl | None = Field(
+        None,
+        description="Called (POST, signed the Standard Webhooks way with the tenant's secret from "
+        "/v1/webhook-secret) when the audit has ended; retried with backoff until it answers 2xx.",
     )
 
     @model_validator(mode="after")

@@ -55,6 +55,7 @@ def _job_headers(job: Job | JobView, runtime: Runtime) -> dict[str, str]:
         *AUTHENTICATED,
         problems.MALFORMED_BODY,
         problems.UNKNOWN_ARTIFACT,
+        problems.CALLBACK_URL_REFUSED,
         problems.SETTINGS_MISMATCH,
         problems.IDEMPOTENCY_KEY_REUSED,
         problems.BODY_TOO_LARGE,

@@ -36,6 +36,12 @@ class JobState(StrEnum):
     cancelled = "cancelled"
 
 
+class CallbackState(StrEnum):
+    pending = "pending"  # to be sent once the job has ended (again after a failed try)
+    delivered = "delivered"
+    failed = "failed"  # given up on, or refused
+
+
 HELD_STATES = frozenset({JobState.running, JobState.cancelling})  # an attempt holds the job
 _HELD_VALUES = [state.value for state in HELD_STATES]
 TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
@@ -62,6 +68,15 @@ class JobResult:
 
 
 @dataclass(frozen=True)
+class Callback:
+    url: str
+    state: CallbackState
+    attempts: int
+    error: str | None
+    next_at: datetime | None
+
+
+@dataclass(frozen=True)
 class Job:
     seq: int
     id: str
@@ -83,6 +98,7 @@ class Job:
     created_at: datetime
     updated_at: datetime
     timestamps: dict[JobState, datetime]
+    callback: Callback | None = None
 
 
 class WrongState(Exception):
@@ -127,6 +143,15 @@ def _job(row: JobRow) -> Job:
         created_at=row.created_at,
         updated_at=row.updated_at,
         timestamps={state: stamp for state, stamp in stamps.items() if stamp is not None},
+        callback=None
+        if row.callback_url is None
+        else Callback(
+            row.callback_url,
+            CallbackState(row.callback_state),
+            row.callback_attempts,
+            row.callback_error,
+            row.callback_next_at,
+        ),
     )
 
 
@@ -230,15 +255,21 @@ class JobStore:
     # --- jobs, API side ------------------------------------------------------------------------------
 
     def create_job(
-        self, tenant: str, request: dict[str, Any], request_hash: str, idempotency_key: str | None, queue: str
+        self,
+        tenant: str,
+        request: dict[str, Any],
+        request_hash: str,
+        idempotency_key: str | None,
+        queue: str,
     ) -> tuple[Job, bool]:
         """A new queued job, or (``False``) the job an earlier request of the tenant with this idempotency
-        key made."""
+        key made. The request's ``callback_url`` is called once the job has ended."""
         if idempotency_key is not None:
             earlier = self.get_job_by_key(tenant, idempotency_key)
             if earlier is not None:
                 return earlier, False
         now = _now()
+        callback_url = request.get("callback_url")
         row = JobRow(
             id=uuid.uuid4().hex,
             tenant=tenant,
@@ -254,6 +285,9 @@ class JobStore:
             created_at=now,
             updated_at=now,
             queued_at=now,
+            callback_url=callback_url,
+            callback_state=None if callback_url is None else CallbackState.pending.value,
+            callback_attempts=0,
         )
         try:
             with self._session.begin() as session:
@@ -508,6 +542,57 @@ class JobStore:
             if self._transition(job.id, [job.state], values, *still_lapsed) and state is JobState.queued:
                 requeued.append(job.id)
         return requeued
+
+    # --- completion callbacks ------------------------------------------------------------------------------
+
+    def due_callbacks(self, limit: int) -> list[Job]:
+        """Ended jobs whose callback is to be sent now, oldest first."""
+        now = _now()
+        query = (
+            select(JobRow)
+            .where(
+                JobRow.callback_state == CallbackState.pending.value,
+                JobRow.state.in_([state.value for state in TERMINAL_STATES]),
+                JobRow.callback_next_at.is_(None) | (JobRow.callback_next_at <= now),
+            )
+            .order_by(JobRow.seq)
+            .limit(limit)
+        )
+        with self._session() as session:
+            return [_job(row) for row in session.scalars(query)]
+
+    def claim_callback(self, job_id: str, attempts: int, hold_s: float) -> bool:
+        """Take the next try at the job's callback; ``False`` when another sender took it. A claim whose
+        sender stopped lapses after ``hold_s``."""
+        statement = (
+            update(JobRow)
+            .where(
+                JobRow.id == job_id,
+                JobRow.callback_state == CallbackState.pending.value,
+                JobRow.callback_attempts == attempts,
+            )
+            .values(callback_attempts=attempts + 1, callback_next_at=_now() + timedelta(seconds=hold_s))
+        )
+        with self._session.begin() as session:
+            return _rowcount(session, statement) == 1
+
+    def settle_callback(
+        self, job_id: str, state: CallbackState, error: str | None = None, next_at: datetime | None = None
+    ) -> None:
+        """Record how a try went: delivered, failed for good, or pending again from ``next_at``."""
+        statement = (
+            update(JobRow)
+            .where(JobRow.id == job_id)
+            .values(
+                callback_state=state.value,
+                callback_error=None if error is None else error[:300],
+                callback_next_at=next_at,
+                version=JobRow.version + 1,
+                updated_at=_now(),
+            )
+        )
+        with self._session.begin() as session:
+            session.execute(statement)
 
     def _transition(
         self, job_id: str, sources: Iterable[JobState], values: dict[str, Any], *conditions: Any

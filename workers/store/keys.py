@@ -4,6 +4,7 @@ A key reads ``sa_<id>_<secret>``: the id finds the row and is safe to show in li
 sha256 of the secret is stored, compared in constant time (docs/decisions/0013).
 """
 
+import base64
 import hashlib
 import hmac
 import re
@@ -13,9 +14,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from workers.store.tables import ApiKeyRow
+from workers.store.tables import ApiKeyRow, WebhookSecretRow
 
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _TOKEN = re.compile(r"^sa_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -91,6 +93,20 @@ class KeyStore:
             )
             row = session.scalar(select(ApiKeyRow).where(*condition))
             return None if row is None else _key(row)
+
+    def webhook_secret(self, tenant: str) -> str:
+        """The tenant's callback signing secret, made on first use."""
+        with self._session() as session:
+            row = session.get(WebhookSecretRow, tenant)
+            if row is not None:
+                return row.secret
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        try:
+            with self._session.begin() as session:
+                session.add(WebhookSecretRow(tenant=tenant, secret=secret, created_at=datetime.now(UTC)))
+        except IntegrityError:  # made by another request at the same moment: that one stands
+            return self.webhook_secret(tenant)
+        return secret
 
     def verify(self, token: str) -> ApiKey | None:
         """The live key the token belongs to, or ``None`` (malformed, unknown, wrong secret or revoked)."""

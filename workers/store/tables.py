@@ -73,6 +73,11 @@ class JobRow(Base):
     succeeded_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     failed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    callback_url: Mapped[str | None] = mapped_column(Text)  # called when the job ends (service.webhooks)
+    callback_state: Mapped[str | None] = mapped_column(String(16), index=True)
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    callback_next_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # not sent before
+    callback_error: Mapped[str | None] = mapped_column(String(300))
 
 
 class ApiKeyRow(Base):
@@ -88,3 +93,13 @@ class ApiKeyRow(Base):
     secret_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class WebhookSecretRow(Base):
+    """The secret a tenant's completion callbacks are signed with (Standard Webhooks' ``whsec_...``)."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -1,0 +1,117 @@
+"""Completion callbacks, sent the Standard Webhooks way (``standardwebhooks``: ``webhook-id``,
+``webhook-timestamp``, ``webhook-signature``), so a receiver verifies them with any Standard Webhooks
+library and its tenant's secret (``GET /v1/webhook-secret``).
+
+A thread of each API process sends the callbacks of jobs that ended. A delivery is claimed in the job
+store before it is sent (one conditional update), so several API processes send each once; a receiver
+that fails or cannot be reached is tried again with a doubling pause, up to ``webhook_attempts`` times.
+The ``webhook-id`` is the same on every try: receivers drop repeats by it.
+"""
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
+
+import httpx
+from standardwebhooks import Webhook
+
+from service.callback_urls import AllowList, refusal
+from service.schemas import JobOut
+from workers.config import Settings
+from workers.store.jobs import CallbackState, Job, JobStore
+from workers.store.keys import KeyStore
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+TIMEOUT_S = 10.0
+HOLD_S = 60.0  # a claimed delivery whose sender stopped is tried again after this
+MAX_PAUSE_S = 3600.0
+
+
+def event(job: Job, sent_at: datetime) -> str:
+    """The body: the event's type and the job as ``GET /v1/audits/{id}`` shows it."""
+    body = {
+        "type": f"audit.{job.state.value}",
+        "timestamp": sent_at.isoformat(),
+        "data": JobOut.of(job).model_dump(mode="json"),
+    }
+    return json.dumps(body, separators=(",", ":"))
+
+
+class WebhookSender:
+    def __init__(self, store: JobStore, keys: KeyStore, settings: Settings) -> None:
+        self.store, self.keys, self.settings = store, keys, settings
+        self.allowed = AllowList(settings.webhook_allowed_hosts)
+        self._http = httpx.Client(
+            timeout=TIMEOUT_S,
+            follow_redirects=False,  # a redirect could lead past the address check
+            headers={"User-Agent": f"saliency-audit/{version('saliency-audit')}"},
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=TIMEOUT_S + 5)
+        self._http.close()
+
+    def send_due(self) -> int:
+        """Send every callback that is due; how many were delivered."""
+        delivered = 0
+        for job in self.store.due_callbacks(limit=50):
+            assert job.callback is not None
+            if self.store.claim_callback(job.id, job.callback.attempts, HOLD_S):
+                delivered += self._send(job, job.callback.attempts + 1)
+        return delivered
+
+    def _send(self, job: Job, attempt: int) -> bool:
+        assert job.callback is not None
+        refused = refusal(job.callback.url, self.allowed)
+        if refused is not None:
+            self.store.settle_callback(job.id, CallbackState.failed, f"not sent: {refused}")
+            return False
+        sent_at = datetime.now(UTC)
+        message_id = f"{job.id}.{job.state.value}"
+        body = event(job, sent_at)
+        signature = Webhook(self.keys.webhook_secret(job.tenant)).sign(message_id, sent_at, body)
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": signature,
+        }
+        try:
+            response = self._http.post(job.callback.url, content=body, headers=headers)
+            error = None if response.is_success else f"the receiver answered HTTP {response.status_code}"
+        except httpx.HTTPError as failure:
+            error = f"the receiver could not be reached ({type(failure).__name__})"
+        if error is None:
+            self.store.settle_callback(job.id, CallbackState.delivered)
+            log.info("job %s: callback delivered (attempt %d)", job.id, attempt)
+            return True
+        if attempt >= self.settings.webhook_attempts:
+            self.store.settle_callback(
+                job.id, CallbackState.failed, f"{error}; gave up after {attempt} tries"
+            )
+        else:
+            pause = min(self.settings.webhook_retry_s * 2 ** (attempt - 1), MAX_PAUSE_S)
+            next_at = sent_at + timedelta(seconds=pause)
+            self.store.settle_callback(job.id, CallbackState.pending, error, next_at)
+        log.warning("job %s: callback attempt %d failed: %s", job.id, attempt, error)
+        return False
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.send_due()
+            except Exception:  # the store is unreachable for now: the next round tries again
+                log.exception("sending callbacks failed")
+            if self._stop.wait(POLL_S):
+                return
