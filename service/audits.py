@@ -5,6 +5,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import math
 
 from service.auth import Caller
@@ -12,13 +13,15 @@ from service.callback_urls import refusal
 from service.job_views import JobView
 from service.problems import Problem, not_found
 from service.runtime import Runtime
-from workers import problems
+from workers import logs, problems
 from workers.dispatch import DispatchError
 from workers.engine.settings import AuditSettings
 from workers.object_store import StoredObject
 from workers.requests import ArtifactKind, AuditRequest
 from workers.store.jobs import TERMINAL_STATES, Artifact, Job, JobState, WrongState
 from workers.sweeper import dispatch_job
+
+log = logging.getLogger(__name__)
 
 _UPLOAD_ROUTES = {
     ArtifactKind.model: "/v1/models",
@@ -54,6 +57,8 @@ def submit_audit(
     )
     if not created:
         return _replay(job, digest), False
+    with logs.bound_job(job.id):
+        log.info("audit queued for tenant %s on %s", caller.tenant, request.queue.value)
     try:
         dispatch_job(runtime.store, runtime.dispatcher, job.id, request.queue, job.attempts)
     except DispatchError:

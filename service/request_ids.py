@@ -1,5 +1,6 @@
 """A request id per request: taken from the client's ``X-Request-ID`` when it is a sane token, made up
-otherwise, returned in the response header and attached to every log record written while it runs.
+otherwise, returned in the response header and attached to every log record written while it runs
+(``workers.logs``).
 
 Unexpected errors are answered here, inside the request's id, as an internal-error problem naming it
 (Starlette's own last-resort handler sits outside every middleware and would know no id)."""
@@ -7,19 +8,17 @@ Unexpected errors are answered here, inside the request's id, as an internal-err
 import logging
 import re
 import uuid
-from contextvars import ContextVar
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.problems import problem_response
-from workers import problems
+from workers import logs, problems
 
 log = logging.getLogger(__name__)
 
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
 
 class RequestIdMiddleware:
@@ -32,7 +31,7 @@ class RequestIdMiddleware:
             return
         given = dict(scope["headers"]).get(HEADER.lower().encode(), b"").decode("latin-1")
         request_id = given if _SANE.match(given) else uuid.uuid4().hex
-        token = _request_id.set(request_id)
+        token = logs.request_id.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -60,12 +59,4 @@ class RequestIdMiddleware:
             response = problem_response(Request(scope), problems.INTERNAL_ERROR, detail)
             await response(scope, receive, send_with_id)
         finally:
-            _request_id.reset(token)
-
-
-class RequestIdLogFilter(logging.Filter):
-    """Gives every record a ``request_id`` (``-`` outside requests) for the log format to show."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = _request_id.get()
-        return True
+            logs.request_id.reset(token)

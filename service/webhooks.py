@@ -19,6 +19,7 @@ from standardwebhooks import Webhook
 
 from service.callback_urls import AllowList, refusal
 from service.schemas import JobOut
+from workers import logs
 from workers.config import Settings
 from workers.store.jobs import CallbackState, Job, JobStore
 from workers.store.keys import KeyStore
@@ -68,7 +69,8 @@ class WebhookSender:
         for job in self.store.due_callbacks(limit=50):
             assert job.callback is not None
             if self.store.claim_callback(job.id, job.callback.attempts, HOLD_S):
-                delivered += self._send(job, job.callback.attempts + 1)
+                with logs.bound_job(job.id):
+                    delivered += self._send(job, job.callback.attempts + 1)
         return delivered
 
     def _send(self, job: Job, attempt: int) -> bool:
@@ -94,7 +96,7 @@ class WebhookSender:
             error = f"the receiver could not be reached ({type(failure).__name__})"
         if error is None:
             self.store.settle_callback(job.id, CallbackState.delivered)
-            log.info("job %s: callback delivered (attempt %d)", job.id, attempt)
+            log.info("callback delivered (attempt %d)", attempt)
             return True
         if attempt >= self.settings.webhook_attempts:
             self.store.settle_callback(
@@ -104,7 +106,7 @@ class WebhookSender:
             pause = min(self.settings.webhook_retry_s * 2 ** (attempt - 1), MAX_PAUSE_S)
             next_at = sent_at + timedelta(seconds=pause)
             self.store.settle_callback(job.id, CallbackState.pending, error, next_at)
-        log.warning("job %s: callback attempt %d failed: %s", job.id, attempt, error)
+        log.warning("callback attempt %d failed: %s", attempt, error)
         return False
 
     def _run(self) -> None:

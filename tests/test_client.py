@@ -2,6 +2,7 @@
 deployment (uvicorn API, Celery worker, Redis, PostgreSQL) for the client, the embedded service for the
 gate's exit codes."""
 
+import json
 import os
 import subprocess
 import threading
@@ -69,6 +70,7 @@ def test_the_client_audits_on_the_distributed_service_and_skips_bytes_the_server
         "SALIENCY_STORAGE_URL": f"s3://{bucket}/audits",
         "SALIENCY_S3_ENDPOINT": s3_endpoint,
         "SALIENCY_S3_REGION": "us-east-1",
+        "SALIENCY_LOG_FORMAT": "json",
     }
     deployment = distributed_deployment(tmp_path, redis_url, postgres_url, settings, shared_data_dir=False)
     with deployment as (url, _):
@@ -102,6 +104,11 @@ def test_the_client_audits_on_the_distributed_service_and_skips_bytes_the_server
         listing = httpx.get(f"{s3_endpoint}/{bucket}", params={"list-type": "2"}).text
         assert f"audits/blobs/{job.request.model[:2]}/{job.request.model}" in listing
         assert f"audits/results/{job.id}/1/maps.zip" in listing
+        lines = (tmp_path / "worker.log").read_text().splitlines()
+        worker_log = [json.loads(line) for line in lines if line.startswith("{")]  # not Celery's banner
+        messages = [record["message"] for record in worker_log if record["job_id"] == job.id]
+        assert "audit started (attempt 1)" in messages, "the worker's JSON log names the job"
+        assert any(message.startswith("audit succeeded after") for message in messages)
         for machine in ("data", "worker-data"):  # neither machine's disk holds what the other reads
             assert not any((tmp_path / machine / folder).exists() for folder in ("blobs", "results"))
         metrics = httpx.get(f"{url}/metrics").text  # scraped as Prometheus would

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 
+from workers import logs
 from workers.config import Settings
 from workers.storage import Storage
 from workers.store.database import make_engine
@@ -24,7 +25,6 @@ MODULE = "workers.audit_process"
 STDIN = 0
 EXIT_STORE_FAILED = 3  # execute_job raised: the store or the disk failed, and the job's lease settles it
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"  # the API's, with the pid
 
 log = logging.getLogger(MODULE)  # not "__main__", as run with -m
 
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     settings = Settings.model_validate_json(_first_line(STDIN))  # the parent's, not the environment
     _end_with_parent()
     limit_memory(settings.audit_memory_limit_mib)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logs.configure(settings.log_format)
     from workers.job_runner import execute_job  # torch and the engine, under the limit
 
     store = JobStore(make_engine(settings.resolved_database_url))

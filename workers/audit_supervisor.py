@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from workers import problems
+from workers import logs, problems
 from workers.audit_process import EXIT_STORE_FAILED, MODULE
 from workers.config import Settings
 from workers.storage import Storage
@@ -34,6 +34,10 @@ class AuditSupervisor:
     def run(self, job_id: str) -> None:
         """Run the job in a new audit process and wait for it; settle the job if the process ended
         abnormally. Raises only when the job store does."""
+        with logs.bound_job(job_id):
+            self._run(job_id)
+
+    def _run(self, job_id: str) -> None:
         job = self.store.get_job(job_id)
         if job is None or job.state is not JobState.queued:
             return  # finished, cancelled or held by another attempt: not worth starting an interpreter

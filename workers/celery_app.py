@@ -6,8 +6,9 @@ Only job ids travel through the broker; the job store holds everything else and 
 """
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 
+from workers import logs
 from workers.audit_process import limit_memory
 from workers.config import Settings
 from workers.requests import WorkQueue
@@ -48,3 +49,10 @@ def _limit_pool_child_memory(**_: object) -> None:
     """A pool child runs models as the embedded worker's audit processes do: under the same address-space
     limit, set once per child (torch is already loaded, forked from the worker)."""
     limit_memory(Settings().audit_memory_limit_mib)
+
+
+@setup_logging.connect
+def _log_as_the_service(loglevel: int | str | None = None, **_: object) -> None:
+    """The worker's log in the service's format (``SALIENCY_LOG_FORMAT``), job ids included, instead of
+    Celery's own."""
+    logs.configure(Settings().log_format, loglevel or "INFO")

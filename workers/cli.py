@@ -396,12 +396,10 @@ def _audit(
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
     from service.app import create_app
-    from service.request_ids import RequestIdLogFilter
+    from workers import logs
     from workers.config import AuthMode, Settings
 
     overrides = {"data_dir": args.data_dir, "auth": args.auth}
@@ -422,14 +420,9 @@ def _serve(args: argparse.Namespace) -> int:
         f"saliency-audit: serving http://{args.host}:{args.port} ({mode}, {access}, "
         f"data in {settings.data_dir})"
     )
-    # the service's own messages (jobs failed, lost workers requeued), each with its request id; uvicorn's
-    # access log stays off
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdLogFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [request %(request_id)s]: %(message)s")
-    )
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # the service's own messages (jobs queued and failed, lost workers requeued), each with its request and
+    # job ids; uvicorn's access log stays off
+    logs.configure(settings.log_format)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
 

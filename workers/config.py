@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.engine.settings import MAX_PROBE_SET_PIXELS
+from workers.logs import LogFormat
 
 
 class AuthMode(StrEnum):
@@ -98,6 +99,9 @@ class Settings(BaseSettings):
     )
     webhook_retry_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         30, description="Pause before the second try at a callback; it doubles after each failure (to 1 h)."
+    )
+    log_format: LogFormat = Field(
+        LogFormat.text, description="text, or json: one JSON object per line, with request and job ids."
     )
     audit_memory_limit_mib: Annotated[int, Field(ge=0)] = Field(
         8192,

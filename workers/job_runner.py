@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workers import problems
+from workers import logs, problems
 from workers.config import Settings
 from workers.engine.audit import Progress, run_audit
 from workers.engine.data_randomization import DataTestInputs
@@ -28,12 +28,23 @@ PROGRESS_INTERVAL_S = 0.5  # at most two progress writes and two cancel reads pe
 
 
 def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> JobState | None:
-    """Run the job if it is due; the state it ended in, or ``None`` when there was nothing to run."""
+    """Run the job if it is due; the state it ended in, or ``None`` when there was nothing to run. Every
+    log record written meanwhile names the job."""
+    with logs.bound_job(job_id):
+        started = time.monotonic()
+        state = _execute(job_id, store, storage, settings)
+        if state is not None:
+            log.info("audit %s after %.1f s", state, time.monotonic() - started)
+        return state
+
+
+def _execute(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> JobState | None:
     job = store.claim(job_id)
     if job is None:
         log.info("job %s: nothing to run (finished, cancelled or held by another attempt)", job_id)
         return None
     attempt = job.attempts
+    log.info("audit started (attempt %d)", attempt)
     work = storage.new_work_dir(job_id, attempt)
     try:
         with _Lease(store, job_id, attempt, settings.lease_s) as lease:
