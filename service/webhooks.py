@@ -10,7 +10,6 @@ The ``webhook-id`` is the same on every try: receivers drop repeats by it.
 
 import json
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 
@@ -21,6 +20,7 @@ from service.callback_urls import AllowList, refusal
 from service.schemas import JobOut
 from workers import logs
 from workers.config import Settings
+from workers.periodic import Periodic
 from workers.store.jobs import CallbackState, Job, JobStore
 from workers.store.keys import KeyStore
 
@@ -51,16 +51,13 @@ class WebhookSender:
             follow_redirects=False,  # a redirect could lead past the address check
             headers={"User-Agent": f"saliency-audit/{version('saliency-audit')}"},
         )
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
+        self._rounds = Periodic("webhook-sender", POLL_S, self.send_due, stop_wait_s=TIMEOUT_S + 5)
 
     def start(self) -> None:
-        self._thread.start()
+        self._rounds.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=TIMEOUT_S + 5)
+        self._rounds.stop()
         self._http.close()
 
     def send_due(self) -> int:
@@ -108,12 +105,3 @@ class WebhookSender:
             self.store.settle_callback(job.id, CallbackState.pending, error, next_at)
         log.warning("callback attempt %d failed: %s", attempt, error)
         return False
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.send_due()
-            except Exception:  # the store is unreachable for now: the next round tries again
-                log.exception("sending callbacks failed")
-            if self._stop.wait(POLL_S):
-                return

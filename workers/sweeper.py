@@ -12,11 +12,11 @@ folders are removed.
 """
 
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 
 from workers.config import Settings
 from workers.dispatch import Dispatcher, DispatchError
+from workers.periodic import Periodic
 from workers.requests import WorkQueue
 from workers.storage import Storage
 from workers.store.jobs import JobStore
@@ -35,16 +35,13 @@ def dispatch_job(
 class Sweeper:
     def __init__(self, store: JobStore, storage: Storage, dispatcher: Dispatcher, settings: Settings) -> None:
         self.store, self.storage, self.dispatcher, self.settings = store, storage, dispatcher, settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="job-sweeper", daemon=True)
+        self._rounds = Periodic("job-sweeper", settings.sweep_interval_s, self._round)
 
     def start(self) -> None:
-        self._thread.start()
+        self._rounds.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        self._rounds.stop()
 
     def sweep(self) -> int:
         """Settle lapsed attempts and dispatch the jobs no worker has; how many were dispatched."""
@@ -81,12 +78,6 @@ class Sweeper:
         self.storage.remove_abandoned(self.settings.abandoned_upload_s, self.store.held_attempts())
         return deleted
 
-    def _run(self) -> None:
-        while True:
-            try:
-                self.sweep()
-                self.expire()
-            except Exception:  # the store is unreachable for now: the next sweep tries again
-                log.exception("sweep failed")
-            if self._stop.wait(self.settings.sweep_interval_s):
-                return
+    def _round(self) -> None:
+        self.sweep()
+        self.expire()
