@@ -56,6 +56,14 @@ def test_the_api_validates_uploads_and_queues_audits_without_the_engines_package
     assert done.returncode == 0 and "served" in done.stdout, done.stderr[-3000:]
 
 
+def test_serve_without_the_engine_refuses_to_run_audits_itself(tmp_path: Path) -> None:
+    blocker = _API_WITHOUT_ENGINE.format(engine=set(ENGINE_PACKAGES)).split("from fastapi")[0]
+    code = blocker + "from workers.cli import main\nsys.exit(main(['serve', '--data-dir', sys.argv[1]]))"
+    command = [sys.executable, "-c", code, str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "saliency-audit[engine]" in done.stderr, done.stderr[-2000:]
+
+
 def test_the_package_core_leaves_the_engine_to_its_extra() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=\[ ]", requirement)[0] for requirement in project["dependencies"]}

@@ -414,6 +414,13 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_REFUSED
+    if settings.broker_url is None and not _engine_installed():
+        print(
+            "saliency-audit: error: the embedded worker runs audits, which need the engine: install "
+            "'saliency-audit[engine]', or set SALIENCY_BROKER_URL to hand audits to Celery workers",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
     mode = f"Celery broker {settings.broker_url}" if settings.broker_url else "embedded worker"
     access = "API keys required" if settings.auth is AuthMode.keys else "local tenant without a key"
     print(
@@ -425,6 +432,15 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_format)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _engine_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ImportError:
+        return False
 
 
 def _is_loopback(host: str) -> bool:
