@@ -16,7 +16,7 @@ from service.runtime import Runtime
 from workers import logs, problems
 from workers.dispatch import DispatchError
 from workers.engine.settings import AuditSettings
-from workers.object_store import StoredObject
+from workers.object_store import StoredObject, StoreUnavailable
 from workers.requests import ArtifactKind, AuditRequest
 from workers.store.jobs import TERMINAL_STATES, Artifact, Job, JobState, WrongState
 from workers.sweeper import dispatch_job
@@ -50,7 +50,7 @@ def submit_audit(
     if request.callback_url is not None:
         refused = refusal(str(request.callback_url), runtime.webhooks.allowed)
         if refused is not None:
-            raise Problem(problems.CALLBACK_URL_REFUSED, refused)
+            raise Problem(problems.CALLBACK_URL_REFUSED, refused.detail)
     _check_active_jobs(caller, runtime)
     job, created = runtime.store.create_job(
         caller.tenant, request.model_dump(mode="json"), digest, idempotency_key, request.queue
@@ -204,7 +204,10 @@ def delete_job(job_id: str, caller: Caller, runtime: Runtime) -> None:
         ) from None
     if job is None:
         raise not_found(f"audit {job_id}")
-    runtime.storage.remove_results(job_id)
+    try:
+        runtime.storage.remove_results(job_id)
+    except StoreUnavailable:  # the job is gone; its files are left to the store's lifecycle rules
+        log.warning("audit %s deleted; its results could not be removed from the object store", job_id)
 
 
 def result_file(job_id: str, name: str, caller: Caller, runtime: Runtime) -> tuple[Job, StoredObject]:

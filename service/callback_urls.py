@@ -9,6 +9,7 @@ host resolves to must be a public one, unless the operator's allow-list names th
 import ipaddress
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -34,36 +35,53 @@ class AllowList:
         return any(address in network for network in self.networks)
 
 
-def refusal(url: str, allowed: AllowList) -> str | None:
+@dataclass(frozen=True)
+class Refusal:
+    detail: str
+    transient: bool = False  # the host did not resolve: it may later
+
+
+_PRIVATE = (
+    "is or resolves to a private, loopback or reserved address; the service calls such addresses only "
+    "where its operator allows them (webhook_allowed_hosts)"
+)
+# IPv6 ranges that carry an IPv4 address (NAT64, 6to4, Teredo, IPv4-compatible): a gateway may forward
+# them to that IPv4 address, whatever it is
+_CARRIES_IPV4 = tuple(
+    ipaddress.ip_network(net) for net in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "2001::/32", "::/96")
+)
+
+
+def refusal(url: str, allowed: AllowList) -> Refusal | None:
     """Why the service will not call ``url``; ``None`` when it may."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        return "callback_url is not a valid URL"
+        return Refusal("callback_url is not a valid URL")
     if parts.scheme not in ("http", "https"):
-        return "callback_url must be an http or https URL"
+        return Refusal("callback_url must be an http or https URL")
     if parts.username is not None or parts.password is not None:
-        return "callback_url must not carry credentials; the service signs its callbacks instead"
+        return Refusal("callback_url must not carry credentials; the service signs its callbacks instead")
     host = parts.hostname
     if not host:
-        return "callback_url has no host"
+        return Refusal("callback_url has no host")
     if allowed.allows_host(host):
         return None
+    default_port = 443 if parts.scheme == "https" else 80
     try:
-        found = socket.getaddrinfo(
-            host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
-        )
+        found = socket.getaddrinfo(host, port or default_port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        return f"callback_url's host {host} does not resolve"
+        return Refusal(f"callback_url's host {host} does not resolve", transient=True)
     for *_, address_info in found:
         address = _unmapped(ipaddress.ip_address(address_info[0].split("%")[0]))  # no IPv6 zone
-        if not address.is_global and not allowed.allows_address(address):
-            return (
-                f"callback_url's host {host} resolves to {address}, a private, loopback or reserved address; "
-                "the service calls such addresses only where its operator allows them (webhook_allowed_hosts)"
-            )
+        if not allowed.allows_address(address) and not _public(address):
+            return Refusal(f"callback_url's host {host} {_PRIVATE}")  # which address: not said
     return None
+
+
+def _public(address: Address) -> bool:
+    return address.is_global and not any(address in network for network in _CARRIES_IPV4)
 
 
 def _unmapped(address: Address) -> Address:

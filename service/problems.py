@@ -5,6 +5,7 @@ path (scrubbed here as a last line of defence), an exception's text or a traceba
 logged under the request id the client gets in ``X-Request-ID``.
 """
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,7 +15,10 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from workers import problems
+from workers.object_store import StoreUnavailable
 from workers.problems import ProblemKind, redact_paths
+
+log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _BY_STATUS = {
@@ -79,6 +83,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, error: Problem) -> JSONResponse:
         return problem_response(request, error.kind, error.detail, error.headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(request: Request, error: StoreUnavailable) -> JSONResponse:
+        log.warning("object store unavailable: %s", error)
+        detail = "the object store is unreachable for now; retry later"
+        return problem_response(request, problems.STORAGE_UNAVAILABLE, detail, {"Retry-After": "10"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

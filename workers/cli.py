@@ -430,7 +430,8 @@ def _serve(args: argparse.Namespace) -> int:
     # the service's own messages (jobs queued and failed, lost workers requeued), each with its request and
     # job ids; uvicorn's access log stays off
     logs.configure(settings.log_format)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    # log_config=None: uvicorn's own warnings go through the service's handler (JSON lines stay JSON)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", log_config=None)
     return 0
 
 

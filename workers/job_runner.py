@@ -18,6 +18,7 @@ from workers.engine.audit import Progress, run_audit
 from workers.engine.data_randomization import DataTestInputs
 from workers.engine.errors import AuditCancelled, AuditInputError
 from workers.engine.html_report import write_html_report
+from workers.object_store import StoreUnavailable
 from workers.requests import AuditRequest
 from workers.storage import Storage
 from workers.store.jobs import JobState, JobStore
@@ -29,7 +30,7 @@ PROGRESS_INTERVAL_S = 0.5  # at most two progress writes and two cancel reads pe
 
 def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> JobState | None:
     """Run the job if it is due; the state it ended in, or ``None`` when there was nothing to run. Every
-    log record written meanwhile names the job."""
+    log record written meanwhile names the job. Raises when the job store or the object store fails."""
     with logs.bound_job(job_id):
         started = time.monotonic()
         state = _execute(job_id, store, storage, settings)
@@ -63,6 +64,8 @@ def _execute(job_id: str, store: JobStore, storage: Storage, settings: Settings)
             write_html_report(report, work / "out")
             result = storage.publish_results(job_id, attempt, work / "out")
             store.finish(job_id, JobState.succeeded, attempt=attempt, result=result)
+    except StoreUnavailable:
+        raise  # not the job's fault: its lease lapses and the sweeper runs it again
     except AuditCancelled:
         store.finish(job_id, JobState.cancelled, attempt=attempt)
     except AuditInputError as error:

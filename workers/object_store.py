@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Protocol
 
 import obstore
+import obstore.exceptions
 from obstore.store import S3Store as ObstoreS3Store
 
 _CHUNK = 1 << 20
+TRANSFER_TIMEOUT = "30m"
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,17 @@ class StoredObject:
 
 
 class ObjectStore(Protocol):
-    def put(self, key: str, source: Path, media_type: str | None = None) -> None:
-        """Store the file under ``key``, replacing what is there; ``source`` may be moved away."""
+    def put(
+        self, key: str, source: Path, media_type: str | None = None, download_name: str | None = None
+    ) -> None:
+        """Store the file under ``key``, replacing what is there; ``source`` may be moved away.
+        ``download_name``: the file name a download of it is saved under, where the store serves it."""
 
     def modified_at(self, key: str) -> float | None:
         """When the object was last stored (POSIX seconds); ``None`` when there is none."""
 
     def fetch(self, key: str, target: Path) -> None:
-        """Make the object readable at ``target`` (a link to a local file, a download from a bucket)."""
+        """Copy the object to ``target``."""
 
     def open(self, key: str) -> StoredObject | None:
         """The object for a download; ``None`` when there is none."""
@@ -69,7 +74,9 @@ class FolderStore:
     def _path(self, key: str) -> Path:
         return self.root / key
 
-    def put(self, key: str, source: Path, media_type: str | None = None) -> None:
+    def put(
+        self, key: str, source: Path, media_type: str | None = None, download_name: str | None = None
+    ) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)  # a fresh file: its mtime says it was stored now
@@ -81,7 +88,7 @@ class FolderStore:
             return None
 
     def fetch(self, key: str, target: Path) -> None:
-        target.symlink_to(self._path(key))
+        shutil.copyfile(self._path(key), target)  # a copy: the bytes checked are the bytes the engine reads
 
     def open(self, key: str) -> StoredObject | None:
         path = self._path(key)
@@ -107,6 +114,21 @@ class FolderStore:
         return f"folder {self.root}"
 
 
+class StoreUnavailable(Exception):
+    """The object store could not be reached or refused a request: a passing fault, not the job's."""
+
+
+@contextlib.contextmanager
+def _reachable(label: str) -> Iterator[None]:
+    """obstore's errors, other than a missing object, as ``StoreUnavailable`` (no credentials in it)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except obstore.exceptions.BaseError as error:
+        raise StoreUnavailable(f"object store {label}: {type(error).__name__}") from None
+
+
 class S3Store:
     """Objects in an S3-compatible bucket. Credentials come from the standard ``AWS_*`` environment
     variables (or the machine's instance role), never from the service's own settings."""
@@ -124,29 +146,42 @@ class S3Store:
         self._client = ObstoreS3Store(
             bucket,
             prefix=prefix.strip("/") or None,
-            client_options={"allow_http": (endpoint or "").startswith("http://"), "timeout": "60s"},
+            client_options={
+                "allow_http": (endpoint or "").startswith("http://"),
+                "connect_timeout": "10s",
+                "timeout": TRANSFER_TIMEOUT,  # a whole request, body included: large models, slow clients
+            },
             retry_config={"max_retries": 3, "backoff": {}, "retry_timeout": timedelta(seconds=30)},
             **options,
         )
 
-    def put(self, key: str, source: Path, media_type: str | None = None) -> None:
-        attributes = {"Content-Type": media_type} if media_type else None
-        obstore.put(self._client, key, source, attributes=attributes)
+    def put(
+        self, key: str, source: Path, media_type: str | None = None, download_name: str | None = None
+    ) -> None:
+        attributes = {}
+        if media_type:
+            attributes["Content-Type"] = media_type
+        if download_name:  # what a signed URL's download is saved as
+            attributes["Content-Disposition"] = f'attachment; filename="{download_name}"'
+        with _reachable(self._label):
+            obstore.put(self._client, key, source, attributes=attributes or None)
 
     def modified_at(self, key: str) -> float | None:
         try:
-            return obstore.head(self._client, key)["last_modified"].timestamp()
+            with _reachable(self._label):
+                return obstore.head(self._client, key)["last_modified"].timestamp()
         except FileNotFoundError:
             return None
 
     def fetch(self, key: str, target: Path) -> None:
-        with target.open("wb") as file:
+        with _reachable(self._label), target.open("wb") as file:
             for chunk in obstore.get(self._client, key).stream(min_chunk_size=_CHUNK):
                 file.write(chunk)
 
     def open(self, key: str) -> StoredObject | None:
         try:
-            result = obstore.get(self._client, key)
+            with _reachable(self._label):
+                result = obstore.get(self._client, key)
         except FileNotFoundError:
             return None
         return StoredObject(
@@ -154,25 +189,28 @@ class S3Store:
         )
 
     def signed_url(self, key: str, expires_s: int) -> str | None:
-        return obstore.sign(self._client, "GET", key, timedelta(seconds=expires_s))
+        with _reachable(self._label):
+            return obstore.sign(self._client, "GET", key, timedelta(seconds=expires_s))
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError), _reachable(self._label):
             obstore.delete(self._client, key)
 
     def delete_prefix(self, prefix: str) -> None:
-        for batch in obstore.list(self._client, prefix.rstrip("/") + "/"):
-            keys = [entry["path"] for entry in batch]
-            if keys:
-                obstore.delete(self._client, keys)
+        with _reachable(self._label):
+            for batch in obstore.list(self._client, prefix.rstrip("/") + "/"):
+                keys = [entry["path"] for entry in batch]
+                if keys:
+                    obstore.delete(self._client, keys)
 
     def check(self) -> None:
         key = f".ready/{os.getpid()}"
         try:
-            obstore.put(self._client, key, b"")
-            obstore.delete(self._client, key)
-        except Exception as error:  # obstore's errors: the bucket is missing, unreachable or refuses us
-            raise OSError(f"object store {self._label} is not writable: {type(error).__name__}") from None
+            with _reachable(self._label):
+                obstore.put(self._client, key, b"")
+                obstore.delete(self._client, key)
+        except (StoreUnavailable, FileNotFoundError) as error:  # the bucket is missing or refuses us
+            raise OSError(f"object store {self._label} is not writable: {error}") from None
 
     def describe(self) -> str:
         return self._label

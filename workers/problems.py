@@ -207,6 +207,13 @@ WORKERS_UNREACHABLE = _kind(
     "The job could not be handed to a worker; nothing was queued.",
     "the broker is unreachable; nothing was queued, retry later",
 )
+STORAGE_UNAVAILABLE = _kind(
+    "storage-unavailable",
+    503,
+    "Storage unavailable",
+    "The object store that keeps uploads and results could not be reached; nothing was changed.",
+    "the object store is unreachable for now; retry later",
+)
 INTERNAL_ERROR = _kind(
     "internal-error",
     500,

@@ -165,7 +165,8 @@ class Storage:
             file_sha256(report), report.stat().st_size, file_sha256(archive), archive.stat().st_size
         )
         for name, media_type in RESULT_MEDIA_TYPES.items():
-            self.objects.put(_result_key(job_id, attempt, name), out_dir / name, media_type)
+            key = _result_key(job_id, attempt, name)
+            self.objects.put(key, out_dir / name, media_type, download_name=f"audit-{job_id}-{name}")
         return result
 
 

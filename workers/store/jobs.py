@@ -577,12 +577,22 @@ class JobStore:
             return _rowcount(session, statement) == 1
 
     def settle_callback(
-        self, job_id: str, state: CallbackState, error: str | None = None, next_at: datetime | None = None
+        self,
+        job_id: str,
+        attempt: int,
+        state: CallbackState,
+        error: str | None = None,
+        next_at: datetime | None = None,
     ) -> None:
-        """Record how a try went: delivered, failed for good, or pending again from ``next_at``."""
+        """Record how try ``attempt`` went: delivered, failed for good, or pending again from ``next_at``.
+        A try whose claim lapsed and was taken again records nothing."""
         statement = (
             update(JobRow)
-            .where(JobRow.id == job_id)
+            .where(
+                JobRow.id == job_id,
+                JobRow.callback_attempts == attempt,
+                JobRow.callback_state == CallbackState.pending.value,
+            )
             .values(
                 callback_state=state.value,
                 callback_error=None if error is None else error[:300],
