@@ -16,7 +16,7 @@ from service.runtime import Runtime
 from workers import logs, problems
 from workers.dispatch import DispatchError
 from workers.engine.settings import AuditSettings
-from workers.object_store import StoredObject, StoreUnavailable
+from workers.object_store import StoredObject
 from workers.requests import ArtifactKind, AuditRequest
 from workers.store.jobs import TERMINAL_STATES, Artifact, Job, JobState, WrongState
 from workers.sweeper import dispatch_job
@@ -204,10 +204,7 @@ def delete_job(job_id: str, caller: Caller, runtime: Runtime) -> None:
         ) from None
     if job is None:
         raise not_found(f"audit {job_id}")
-    try:
-        runtime.storage.remove_results(job_id)
-    except StoreUnavailable:  # the job is gone; its files are left to the store's lifecycle rules
-        log.warning("audit %s deleted; its results could not be removed from the object store", job_id)
+    runtime.storage.remove_results(job_id)
 
 
 def result_file(job_id: str, name: str, caller: Caller, runtime: Runtime) -> tuple[Job, StoredObject]:

@@ -50,7 +50,7 @@ def _execute(job_id: str, store: JobStore, storage: Storage, settings: Settings)
     try:
         with _Lease(store, job_id, attempt, settings.lease_s) as lease:
             request = AuditRequest.model_validate(job.request)
-            inputs = _link_inputs(request, job.tenant, store, storage, work)
+            inputs = _fetch_inputs(request, job.tenant, store, storage, work)
             throttle = _Throttle(store, job_id, attempt, lease)
             report = run_audit(
                 inputs["model"],
@@ -100,20 +100,20 @@ def _internal_error(error: Exception, job_id: str, attempt: int, settings: Setti
     )
 
 
-def _link_inputs(
+def _fetch_inputs(
     request: AuditRequest, tenant: str, store: JobStore, storage: Storage, work: Path
 ) -> dict[str, Path]:
     """Each of the tenant's artifacts under its role's name and its format's suffix (the engine reads
     probes by suffix)."""
     folder = work / "inputs"
     folder.mkdir()
-    links = {}
+    inputs = {}
     for role, (sha256, kind) in request.artifacts().items():
         artifact = store.get_artifact(tenant, sha256, kind)
         if artifact is None:
             raise AuditInputError(f"{role}: artifact {sha256} is no longer stored; upload it again")
-        links[role] = storage.fetch_artifact(artifact, folder, role)
-    return links
+        inputs[role] = storage.fetch_artifact(artifact, folder, role)
+    return inputs
 
 
 def _data_inputs(request: AuditRequest, inputs: dict[str, Path]) -> DataTestInputs | None:

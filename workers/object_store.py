@@ -7,9 +7,10 @@ all: a folder store renames a finished file into place, an S3 PUT is atomic.
 """
 
 import contextlib
+import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -42,8 +43,8 @@ class ObjectStore(Protocol):
     def modified_at(self, key: str) -> float | None:
         """When the object was last stored (POSIX seconds); ``None`` when there is none."""
 
-    def fetch(self, key: str, target: Path) -> None:
-        """Copy the object to ``target``."""
+    def fetch(self, key: str, target: Path) -> str:
+        """Copy the object to ``target``; the sha256 of the bytes written."""
 
     def open(self, key: str) -> StoredObject | None:
         """The object for a download; ``None`` when there is none."""
@@ -61,8 +62,16 @@ class ObjectStore(Protocol):
     def check(self) -> None:
         """Raise ``OSError`` unless objects can be written and removed (readiness)."""
 
-    def describe(self) -> str:
-        """Where objects go, for logs (no credentials)."""
+
+def _write_hashing(chunks: Iterable[bytes], target: Path) -> str:
+    """Write ``chunks`` to ``target`` in one pass that also hashes them: the bytes checked are the bytes
+    the engine reads."""
+    digest = hashlib.sha256()
+    with target.open("wb") as file:
+        for chunk in chunks:
+            digest.update(chunk)
+            file.write(chunk)
+    return digest.hexdigest()
 
 
 class FolderStore:
@@ -87,8 +96,9 @@ class FolderStore:
         except FileNotFoundError:
             return None
 
-    def fetch(self, key: str, target: Path) -> None:
-        shutil.copyfile(self._path(key), target)  # a copy: the bytes checked are the bytes the engine reads
+    def fetch(self, key: str, target: Path) -> str:
+        with self._path(key).open("rb") as source:
+            return _write_hashing(iter(lambda: source.read(_CHUNK), b""), target)
 
     def open(self, key: str) -> StoredObject | None:
         path = self._path(key)
@@ -109,9 +119,6 @@ class FolderStore:
         probe = self.root / f".ready-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
-
-    def describe(self) -> str:
-        return f"folder {self.root}"
 
 
 class StoreUnavailable(Exception):
@@ -173,10 +180,9 @@ class S3Store:
         except FileNotFoundError:
             return None
 
-    def fetch(self, key: str, target: Path) -> None:
-        with _reachable(self._label), target.open("wb") as file:
-            for chunk in obstore.get(self._client, key).stream(min_chunk_size=_CHUNK):
-                file.write(chunk)
+    def fetch(self, key: str, target: Path) -> str:
+        with _reachable(self._label):
+            return _write_hashing(obstore.get(self._client, key).stream(min_chunk_size=_CHUNK), target)
 
     def open(self, key: str) -> StoredObject | None:
         try:
@@ -211,6 +217,3 @@ class S3Store:
                 obstore.delete(self._client, key)
         except (StoreUnavailable, FileNotFoundError) as error:  # the bucket is missing or refuses us
             raise OSError(f"object store {self._label} is not writable: {error}") from None
-
-    def describe(self) -> str:
-        return self._label

@@ -198,7 +198,7 @@ CALLBACK_URL_REFUSED = _kind(
     "Callback URL refused",
     "The service does not call this callback_url: it is not http(s), carries credentials, does not resolve, "
     "or resolves to a private, loopback or reserved address the operator has not allowed.",
-    "callback_url's host 10.0.0.5 resolves to 10.0.0.5, a private, loopback or reserved address; ...",
+    "callback_url's host hooks.internal is or resolves to a private, loopback or reserved address; ...",
 )
 WORKERS_UNREACHABLE = _kind(
     "workers-unreachable",

@@ -5,17 +5,22 @@ Uploads stream to this machine's disk while they are hashed and checked, and wor
 worker's disk; what several machines read (stored artifacts, results) goes to the object store.
 """
 
+import contextlib
 import hashlib
+import logging
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from workers.config import Settings
 from workers.engine.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE
-from workers.object_store import FolderStore, ObjectStore, S3Store, StoredObject
+from workers.object_store import FolderStore, ObjectStore, S3Store, StoredObject, StoreUnavailable
 from workers.store.jobs import Artifact, JobResult
+
+log = logging.getLogger(__name__)
 
 # the engine tells formats apart by file suffix
 _FORMAT_SUFFIXES = {
@@ -111,8 +116,7 @@ class Storage:
     def fetch_artifact(self, artifact: Artifact, folder: Path, name: str) -> Path:
         """The artifact's bytes under ``name`` with its format's suffix, for the engine to read."""
         path = folder / f"{name}{_FORMAT_SUFFIXES[artifact.format]}"
-        self.objects.fetch(_blob_key(artifact.sha256), path)
-        if file_sha256(path) != artifact.sha256:  # an audit of other bytes than were uploaded is wrong
+        if self.objects.fetch(_blob_key(artifact.sha256), path) != artifact.sha256:  # a wrong audit
             raise OSError(f"stored artifact {artifact.sha256} does not match its hash")
         return path
 
@@ -135,14 +139,16 @@ class Storage:
 
     def remove_results(self, job_id: str) -> None:
         """Every attempt's results of a deleted or expired job."""
-        self.objects.delete_prefix(f"results/{job_id}")
+        with _left_if_unreachable(f"results of job {job_id}"):
+            self.objects.delete_prefix(f"results/{job_id}")
 
     def remove_blob(self, sha256: str, untouched_since: float) -> None:
         """Unless an upload kept it again since (a row for it may be on its way)."""
         key = _blob_key(sha256)
-        modified = self.objects.modified_at(key)
-        if modified is not None and modified < untouched_since:
-            self.objects.delete(key)
+        with _left_if_unreachable(f"blob {sha256}"):
+            modified = self.objects.modified_at(key)
+            if modified is not None and modified < untouched_since:
+                self.objects.delete(key)
 
     def remove_abandoned(self, older_than_s: float, attempts_in_use: set[str]) -> int:
         """Partial uploads, and work folders of attempts that no longer hold their job, untouched for
@@ -168,6 +174,16 @@ class Storage:
             key = _result_key(job_id, attempt, name)
             self.objects.put(key, out_dir / name, media_type, download_name=f"audit-{job_id}-{name}")
         return result
+
+
+@contextlib.contextmanager
+def _left_if_unreachable(what: str) -> Iterator[None]:
+    """Removals follow their rows, which are gone already: a store that fails now leaves the object
+    (logged, for the bucket's lifecycle rules) rather than fail the request or the retention round."""
+    try:
+        yield
+    except StoreUnavailable as error:
+        log.warning("%s not removed (%s); remove it with the bucket's lifecycle rules", what, error)
 
 
 def _blob_key(sha256: str) -> str:

@@ -12,12 +12,10 @@ folders are removed.
 """
 
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from workers.config import Settings
 from workers.dispatch import Dispatcher, DispatchError
-from workers.object_store import StoreUnavailable
 from workers.periodic import Periodic
 from workers.requests import WorkQueue
 from workers.storage import Storage
@@ -73,20 +71,12 @@ class Sweeper:
         deleted = 0
         for job_id in self.store.expired_jobs(cutoff):
             if self.store.delete_finished_job(job_id) is not None:
-                self._remove(f"results of job {job_id}", self.storage.remove_results, job_id)
+                self.storage.remove_results(job_id)
                 deleted += 1
         for sha256 in self.store.delete_unused_artifacts(cutoff):
-            self._remove(f"blob {sha256}", self.storage.remove_blob, sha256, cutoff.timestamp())
+            self.storage.remove_blob(sha256, cutoff.timestamp())
         self.storage.remove_abandoned(self.settings.abandoned_upload_s, self.store.held_attempts())
         return deleted
-
-    @staticmethod
-    def _remove(what: str, remove: Callable[..., None], *args: object) -> None:
-        """The row is gone already: a store that fails now leaves the object, and the round goes on."""
-        try:
-            remove(*args)
-        except StoreUnavailable as error:
-            log.warning("%s not removed (%s); remove it with the bucket's lifecycle rules", what, error)
 
     def _round(self) -> None:
         self.sweep()
