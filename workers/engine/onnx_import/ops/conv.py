@@ -12,12 +12,13 @@ from torch import Tensor, nn
 from workers.engine.errors import ModelConversionError
 from workers.engine.onnx_import.builder import with_parameters
 from workers.engine.onnx_import.graph import Attrs
+from workers.engine.onnx_import.input_gradient import Conv2d
 from workers.engine.onnx_import.prepare import describe
 
 if TYPE_CHECKING:
     from workers.engine.onnx_import.builder import Builder
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV = {1: nn.Conv1d, 2: Conv2d, 3: nn.Conv3d}
 _CONV_TRANSPOSE = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 
 
