@@ -89,7 +89,9 @@ def _degenerate(maps: Tensor) -> tuple[Tensor, Tensor]:
     """(N,) maps holding a non-finite value, and (N,) maps that are degenerate (that, or constant)."""
     flat = _flat(maps)
     finite = torch.isfinite(flat).all(dim=1)
-    return ~finite, ~finite | _constant_rows(torch.where(finite[:, None], flat, 0))
+    if not bool(finite.all()):
+        flat = torch.where(finite[:, None], flat, 0)
+    return ~finite, ~finite | _constant_rows(flat)
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,13 @@ def prepare(maps: MapBatch) -> PreparedMaps:
     maps = _checked(_tensor(maps))
     non_finite, invalid = _degenerate(maps)
     float32_magnitudes = maps.dtype == torch.float32 and maps.shape[1] == 1
-    maps = torch.where(invalid.view(-1, 1, 1, 1), 0, maps.double())
+    maps = maps.double()
+    if bool(invalid.any()):
+        maps = torch.where(invalid.view(-1, 1, 1, 1), 0, maps)
     absolute_maps, magnitude_sorted, magnitude_order, clip = _absolute(maps, float32_magnitudes)
+    # ranks need only the clipped values' order and ties, which scaling by the clip keeps
     abs_ranks, abs_constant = _standardized(
-        average_ranks(_clipped(magnitude_sorted, clip, signed=False), magnitude_order)
+        average_ranks(torch.minimum(magnitude_sorted, clip[:, None]), magnitude_order)
     )
     if bool((maps >= 0).all()):  # GradCAM, VarGrad, edges: the signed map is the absolute one
         signed_ranks, signed_constant = abs_ranks, abs_constant
@@ -145,7 +150,7 @@ def prepare(maps: MapBatch) -> PreparedMaps:
         else:
             clip = _clip_values(_flat(summed.abs()).sort(dim=1).values)
             signed_order = _flat(summed).sort(dim=1).indices
-        signed_sorted = _clipped(_flat(summed).gather(1, signed_order), clip, signed=True)
+        signed_sorted = _flat(summed).gather(1, signed_order).clamp(-clip[:, None], clip[:, None])
         signed_ranks, signed_constant = _standardized(average_ranks(signed_sorted, signed_order))
     unit = _min_max(absolute_maps)[:, None]
     hog, hog_constant = _standardized(hog_features(unit[:, 0]))
