@@ -3,16 +3,18 @@
     python -m bench.floor ../shared/data/mnist-lenet [--rounds 3]
 
 The floor is a bare loop of the same forward and backward passes (6 model states x 1,488 images, the
-converted model the engine runs), at its best batch size. Rounds alternate floor and engine; prints the
-table and engine / floor, writes bench/floor.json.
+converted model the engine runs), at its best batch size, chosen once before the rounds. Rounds then
+alternate one floor run and one engine run, so neither side is a best of several on a machine whose
+speed drifts; prints each round, the median ratio, and writes bench/floor.json.
 """
 
 import argparse
 import json
+import statistics
 import tempfile
 from pathlib import Path
 
-from bench.matched import best_floor, engine_audit, machine, timed
+from bench.matched import best_floor, engine_audit, floor_seconds, machine, timed
 from bench.tables import markdown_table
 
 HERE = Path(__file__).parent
@@ -23,13 +25,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("data", type=Path, help="folder with lenet_mnist.onnx and probes.npz")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp())
     engine_audit(args.data, out)  # warm-up
+    _, batch = best_floor(args.data)
     rounds = []
     for _ in range(args.rounds):
-        floor, batch = best_floor(args.data)
+        floor = floor_seconds(args.data, batch)
         engine = timed(lambda: engine_audit(args.data, out))
         rounds.append({"floor": floor, "floor_batch": batch, "engine": engine})
     print(f"machine: {machine()}\n")
@@ -44,7 +47,10 @@ def main() -> None:
         for index, r in enumerate(rounds, start=1)
     ]
     print(markdown_table(["round", "floor (s)", "best batch", "engine (s)", "engine / floor"], rows))
-    (HERE / "floor.json").write_text(json.dumps({"machine": machine(), "rounds": rounds}, indent=2) + "\n")
+    median = statistics.median(r["engine"] / r["floor"] for r in rounds)
+    print(f"\nmedian engine / floor: {median:.2f}x")
+    result = {"machine": machine(), "rounds": rounds, "median_ratio": median}
+    (HERE / "floor.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
