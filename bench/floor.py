@@ -1,6 +1,6 @@
 """Benchmark 2: the engine against the bare-torch floor of the matched LeNet work (bench/matched.py).
 
-    python -m bench.floor ../shared/data/mnist-lenet [--rounds 3]
+    python -m bench.floor ../shared/data/mnist-lenet [--rounds 5]
 
 The floor is a bare loop of the same forward and backward passes (6 model states x 1,488 images, the
 converted model the engine runs), at its best batch size, chosen once before the rounds. Rounds then

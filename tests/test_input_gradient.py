@@ -95,3 +95,9 @@ def test_the_flipped_gradient_is_exact(padding: object, dilation: object, kernel
     assert type(conv(x).grad_fn).__name__ == FLIPPED
     assert torch.autograd.gradcheck(conv, (x,))
     assert torch.autograd.gradgradcheck(conv, (x,))
+
+
+def test_padding_modes_keep_torchs_convolution() -> None:
+    conv = Conv2d(1, 4, 3, padding="same").requires_grad_(False)
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    assert type(conv(x).grad_fn).__name__ != FLIPPED

@@ -247,9 +247,10 @@ def _sorted_magnitudes(rows: Tensor, float32_values: bool) -> tuple[Tensor, Tens
         return rows.sort(dim=1)
     single = rows.float()
     count, width = rows.shape
-    row_keys = torch.arange(count, device=rows.device).view(-1, 1) << 32
+    row = torch.arange(count, device=rows.device).view(-1, 1)
+    row_keys = row << 32
     keys, flat_order = (single.view(torch.int32).long() + row_keys).flatten().sort()
-    order = flat_order.view(count, width) - torch.arange(count, device=rows.device).view(-1, 1) * width
+    order = flat_order.view(count, width) - row * width
     ordered = (keys.view(count, width) - row_keys).int().view(torch.float32).double()
     return ordered, order
 

@@ -31,28 +31,40 @@ class _FlippedInputGradient(torch.autograd.Function):
         bias: Tensor | None,
         padding: tuple[int, int],
         dilation: tuple[int, int],
+        reach: list[int],
     ):  # type: ignore[override]
         ctx.save_for_backward(weight)
-        ctx.padding, ctx.dilation = padding, dilation
+        ctx.dilation, ctx.reach = dilation, reach
         return F.conv2d(x, weight, bias, 1, padding, dilation)
 
     @staticmethod
     def backward(ctx, gradient: Tensor):  # type: ignore[override]
         (weight,) = ctx.saved_tensors
-        reach = [d * (k - 1) - p for d, k, p in zip(ctx.dilation, weight.shape[2:], ctx.padding, strict=True)]
         flipped = weight.transpose(0, 1).flip(2, 3)
-        return F.conv2d(gradient, flipped, None, 1, reach, ctx.dilation), None, None, None, None
+        return F.conv2d(gradient, flipped, None, 1, ctx.reach, ctx.dilation), None, None, None, None, None
 
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters, initializer and name) with the input gradient above."""
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if self._flips_input_gradient(input, weight, bias):
-            return _FlippedInputGradient.apply(input, weight, bias, self.padding, self.dilation)
+        reach = self._reach()
+        if self._flips_input_gradient(input, weight, bias, reach):
+            return _FlippedInputGradient.apply(input, weight, bias, self.padding, self.dilation, reach)
         return super()._conv_forward(input, weight, bias)
 
-    def _flips_input_gradient(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    def _reach(self) -> list[int] | None:
+        """The padding that makes the flipped kernel's output the input's size (stride 1); None where the
+        padding is a mode ('same', 'valid')."""
+        if not isinstance(self.padding, tuple):
+            return None
+        return [
+            d * (k - 1) - p for d, k, p in zip(self.dilation, self.kernel_size, self.padding, strict=True)
+        ]
+
+    def _flips_input_gradient(
+        self, input: Tensor, weight: Tensor, bias: Tensor | None, reach: list[int] | None
+    ) -> bool:
         return (
             input.requires_grad
             and torch.is_grad_enabled()
@@ -63,9 +75,6 @@ class Conv2d(nn.Conv2d):
             and self.groups == 1
             and self.stride == (1, 1)
             and self.padding_mode == "zeros"
-            and isinstance(self.padding, tuple)
-            and all(
-                d * (k - 1) >= p
-                for d, k, p in zip(self.dilation, self.kernel_size, self.padding, strict=True)
-            )
+            and reach is not None
+            and min(reach) >= 0
         )
