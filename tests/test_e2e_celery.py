@@ -44,7 +44,7 @@ def deployment(
         distributed_deployment(folder, redis_url, postgres_url, SHORT_LEASES) as (url, worker),
         httpx.Client(base_url=url, timeout=30) as client,
     ):
-        training = training_npz(trained_digits.data.x_train, trained_digits.data.y_train)
+        training = training_npz(*trained_digits.data.twin_training_set())
         yield Deployment(
             client,
             worker,
@@ -55,9 +55,10 @@ def deployment(
         )
 
 
-def _slow_body(d: Deployment) -> dict:
-    """An audit that trains a random-label twin first: tens of seconds, cancellable every epoch."""
+def _slow_body(d: Deployment, **more_settings: object) -> dict:
+    """An audit that trains one random-label twin first: seconds, cancellable every epoch."""
     settings = {"methods": ["gradient"], "tests": ["data"], "training": {"models": 1, "max_models": 1}}
+    settings |= more_settings
     return {"model": d.model, "probes": d.probes, "training_data": d.training_data, "settings": settings}
 
 
@@ -88,9 +89,7 @@ def test_a_running_audit_and_a_queued_one_are_cancelled(deployment: Deployment) 
     client = deployment.client
     running = submit(client, _slow_body(deployment))
     poll(client, running, {"running"})
-    queued = submit(
-        client, _slow_body(deployment) | {"settings": {"methods": ["gradient"], "tests": ["data"], "seed": 3}}
-    )
+    queued = submit(client, _slow_body(deployment, seed=3))
     assert client.get(queued).json()["state"] == "queued"  # the only worker is busy and prefetches nothing
     assert client.post(f"{queued}/cancel").json()["state"] == "cancelled"
     assert client.post(f"{running}/cancel").json()["state"] == "cancelling"
@@ -105,10 +104,7 @@ def test_the_job_of_a_killed_worker_is_requeued_when_its_lease_lapses_and_comple
     deployment: Deployment, tmp_path: Path
 ) -> None:
     client = deployment.client
-    location = submit(
-        client,
-        _slow_body(deployment) | {"settings": {"methods": ["gradient"], "tests": ["data"], "seed": 11}},
-    )
+    location = submit(client, _slow_body(deployment, seed=11))
     poll(client, location, {"running"})
     children = subprocess.run(
         ["pgrep", "-P", str(deployment.worker.pid)], capture_output=True, text=True, check=True

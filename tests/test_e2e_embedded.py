@@ -44,7 +44,7 @@ def test_a_job_running_when_the_embedded_service_was_killed_completes_after_a_re
         "SALIENCY_LEASE_S": "3",
         "SALIENCY_SWEEP_INTERVAL_S": "0.5",
     }
-    training = training_npz(trained_digits.data.x_train, trained_digits.data.y_train)
+    training = training_npz(*trained_digits.data.twin_training_set())
     with (
         api_server(env, tmp_path / "first.log") as (url, first),
         httpx.Client(base_url=url, timeout=30) as client,
@@ -53,7 +53,7 @@ def test_a_job_running_when_the_embedded_service_was_killed_completes_after_a_re
             "model": upload(client, "/v1/models", trained_digits.onnx_dynamo.read_bytes()),
             "probes": upload(client, "/v1/probe-sets", trained_digits.probes.read_bytes()),
             "training_data": upload(client, "/v1/training-sets", training),
-            # trains a twin and a control: tens of seconds
+            # trains a twin and a control: seconds
             "settings": {
                 "methods": ["gradient"],
                 "tests": ["data"],
