@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import t as student_t
 
 from workers.engine.settings import Metric
-from workers.engine.statistics import summarize, summarize_all
+from workers.engine.statistics import retrain_margin, summarize, summarize_all
 
 T_975_DF4 = 2.7764451051977934  # Student t quantile 0.975 with 4 degrees of freedom (tables: 2.776)
 
@@ -74,3 +74,39 @@ def test_summarize_all_keeps_metrics() -> None:
     assert set(summaries) == set(values)
     assert summaries[Metric.spearman_abs].mean == pytest.approx(0.6)
     assert summaries[Metric.hog].n_undefined == 1
+
+
+FLOOR_PAIRS = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]  # the audited model and three controls
+
+
+def test_retrain_margin_against_a_hand_computation() -> None:
+    images = np.linspace(0.0, 0.4, 10)
+    twins = np.stack([images + 0.2, images + 0.3])  # two twins
+    floor = np.stack([images + 0.5 + shift for shift in (0.0, 0.02, 0.04, 0.06, 0.08, 0.1)])
+    mean, low, high = retrain_margin(floor, FLOOR_PAIRS, twins)
+    assert mean == pytest.approx(0.05 + 0.5 - 0.25)  # floor mean 0.75, twins 0.45
+    # image effects are shared, so the paired differences are constant and only the draws speak
+    twin_term = np.var([0.2, 0.3], ddof=1) / 2
+    pair_means = np.array([0.0, 0.02, 0.04, 0.06, 0.08, 0.1])
+    left_out = [pair_means[[k for k, p in enumerate(FLOOR_PAIRS) if m not in p]].mean() for m in range(4)]
+    floor_term = 3 / 4 * np.sum((np.array(left_out) - np.mean(left_out)) ** 2)
+    degrees = (twin_term + floor_term) ** 2 / (twin_term**2 / 1 + floor_term**2 / 3)
+    half_width = student_t.ppf(0.975, degrees) * math.sqrt(twin_term + floor_term)
+    assert (low, high) == pytest.approx((mean - half_width, mean + half_width))
+
+
+def test_a_floor_that_moves_with_one_model_widens_the_margin() -> None:
+    """Pairs that share a model are not independent draws: one odd control shifts three of six pairs."""
+    rng = np.random.default_rng(0)
+    twins = 0.3 + 0.05 * rng.standard_normal((3, 40))
+    steady = 0.6 + 0.05 * rng.standard_normal((6, 40))
+    odd_control = steady + np.array([[0.0], [0.0], [-0.2], [0.0], [-0.2], [-0.2]])  # every pair with model 3
+    _, steady_low, steady_high = retrain_margin(steady, FLOOR_PAIRS, twins)
+    _, odd_low, odd_high = retrain_margin(odd_control, FLOOR_PAIRS, twins)
+    assert odd_high - odd_low > 2 * (steady_high - steady_low)
+
+
+def test_retrain_margin_without_an_interval_says_none() -> None:
+    assert retrain_margin(np.full((1, 5), np.nan), [(0, 1)], np.full((2, 5), 0.2)) == (None, None, None)
+    mean, low, high = retrain_margin(np.array([[0.5]]), [(0, 1)], np.array([[0.2]]))
+    assert mean == pytest.approx(0.3) and low is None and high is None

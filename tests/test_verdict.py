@@ -130,8 +130,12 @@ def test_an_undefined_stage_is_left_out_of_the_curve_not_counted_as_a_pass() -> 
     assert verdict.estimate.mean == pytest.approx(0.8, abs=0.03)
 
 
-def _floor(mean: float, non_finite: int = 0) -> RetrainFloor:
-    return RetrainFloor(summarize_all({metric: _table(mean, seed=9) for metric in Metric}), non_finite)
+FLOOR_PAIRS = [(0, 1), (0, 2), (1, 2)]  # the audited model and two controls, one row of _table each
+
+
+def _floor(mean: float, non_finite: int = 0, spread: float = 0.05) -> RetrainFloor:
+    values = {metric: _table(mean, spread, seed=9) for metric in Metric}
+    return RetrainFloor(values, FLOOR_PAIRS, non_finite)
 
 
 def test_data_test_needs_the_twins_below_the_retrain_floor_by_the_gap() -> None:
@@ -142,6 +146,25 @@ def test_data_test_needs_the_twins_below_the_retrain_floor_by_the_gap() -> None:
     assert close.outcome is Outcome.failed and close.limit == pytest.approx(0.2, abs=0.01)
     without_control = _judge(RandomizationTest.data, twins)
     assert without_control.limit == 0.5 and "no true-label control" in without_control.rule
+    assert without_control.retrain_margin is None and passed.retrain_margin is not None
+
+
+def test_a_twin_just_past_the_retrain_floors_mean_is_not_failed_while_the_floor_is_uncertain() -> None:
+    """The floor comes from a few models: its mean less the gap is no sharper line than the twins are."""
+    twins = [_stage(1, _table(0.32, spread=0.02, seed=4), cross=0.05)]
+    uncertain_floor = RetrainFloor(
+        {metric: _table(0.49, spread=0.02, seed=9) + np.array([[0.0], [0.08], [-0.08]]) for metric in Metric},
+        FLOOR_PAIRS,
+        0,
+    )
+    verdict = _judge(RandomizationTest.data, twins, retrain_floor=uncertain_floor)
+    assert verdict.estimate.ci95_low >= verdict.limit  # the twins clear the floor's mean less the gap
+    assert verdict.outcome is Outcome.inconclusive and verdict.cause == "interval"
+    assert "contains the gap 0.2" in verdict.reason
+    margin = verdict.retrain_margin
+    assert margin is not None and margin.ci95_low < 0.2 < margin.ci95_high
+    steady_floor = _floor(0.49, spread=0.02)
+    assert _judge(RandomizationTest.data, twins, retrain_floor=steady_floor).outcome is Outcome.failed
 
 
 def test_data_test_without_power_is_inconclusive_never_an_impossible_limit() -> None:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workers.engine.settings import AuditSettings, LayerOrder, Metric, Outcome, RandomizationTest
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 REPORT_FILE = "report.json"  # names of the outputs of an audit
 ARCHIVE_FILE = "maps.zip"
 HTML_FILE = "report.html"  # written after the audit from the other two (workers.engine.html_report)
@@ -107,6 +107,17 @@ class Stage(_Frozen):
 InconclusiveCause = Literal["non_finite_maps", "too_few_images", "draws_disagree", "interval", "no_power"]
 
 
+class RetrainMargin(_Frozen):
+    """Data test: how far below the retrain floor the twins' similarity lies, with the floor's own chance."""
+
+    mean: float | None = Field(description="Retrain floor minus the twins' mean similarity.")
+    ci95_low: float | None = Field(
+        description="Over images (paired), twins, and a jackknife over the trained models of the floor."
+    )
+    ci95_high: float | None
+    gap: float = Field(description="Pass needs the lower bound above this; fail when the upper bound is not.")
+
+
 class Verdict(_Frozen):
     outcome: Outcome
     reason: str = Field(description="Why, in words, with the numbers behind it.")
@@ -120,7 +131,14 @@ class Verdict(_Frozen):
     metric: Metric
     statistic: str = Field(description="What was judged, e.g. the mean over the randomized stages.")
     estimate: Summary = Field(description="The judged statistic over images and draws.")
-    limit: float = Field(description="Pass below this upper bound; fail at or above this lower bound.")
+    limit: float = Field(
+        description="Pass below this upper bound; fail at or above this lower bound. Data test with "
+        "controls: the threshold or the retrain floor's mean less the gap, whichever is lower; the "
+        "verdict then weighs the floor's own interval through retrain_margin."
+    )
+    retrain_margin: RetrainMargin | None = Field(
+        None, description="Data test with true-label controls: the twins' distance below the retrain floor."
+    )
     similar_layers: list[str] = Field(
         default_factory=list,
         description="Independent test: layers whose randomization alone leaves the maps similar (the "
@@ -231,7 +249,7 @@ class MemoryUse(_Frozen):
 
 
 class AuditReport(_Frozen):
-    schema_version: Literal["2.1"] = SCHEMA_VERSION
+    schema_version: Literal["2.2"] = SCHEMA_VERSION
     created_at: datetime
     model: ArtifactInfo
     conversion: ConversionCheck

@@ -45,7 +45,7 @@ def summarize(values: np.ndarray) -> Summary:
             std_draws = float(np.std(present, ddof=1))
             draw_term = std_draws**2 / len(present)
         variance = image_term + draw_term
-        degrees = _satterthwaite(image_term, n - 1, draw_term, len(present) - 1)
+        degrees = _satterthwaite([(image_term, n - 1), (draw_term, len(present) - 1)])
         half_width = float(student_t.ppf(0.5 + CONFIDENCE / 2, df=degrees)) * math.sqrt(variance)
         low, high = mean - half_width, mean + half_width
     return Summary(
@@ -74,6 +74,53 @@ def draw_intervals(values: np.ndarray) -> list[tuple[float | None, float | None]
     return [(row.ci95_low, row.ci95_high) for row in map(summarize, np.atleast_2d(values))]
 
 
+def retrain_margin(
+    floor: np.ndarray, pairs: list[tuple[int, int]], twins: np.ndarray
+) -> tuple[float | None, float | None, float | None]:
+    """Mean and 95% interval of the retrain floor minus the twins' similarity (docs/decisions/0017).
+
+    ``floor`` is a [pairs, images] table of similarities between honestly trained models, ``pairs[k]``
+    the two models of row ``k``; ``twins`` a [twins, images] table on the same images. The variance sums
+    three terms: the per-image differences over images (paired: both tables score the same images, so
+    what every model finds easy or hard cancels), the twins' draw means over twins, and a jackknife over
+    trained models for the floor. Pairs that share a model are not independent; leaving out one model at
+    a time measures how much the floor moves with the models it happened to get.
+    """
+    floor, twins = np.atleast_2d(floor), np.atleast_2d(twins)
+    floor_mean, twin_mean = _mean(floor[np.isfinite(floor)]), _mean(twins[np.isfinite(twins)])
+    if floor_mean is None or twin_mean is None:
+        return None, None, None
+    estimate = floor_mean - twin_mean
+    differences = defined_mean(floor, axis=0) - defined_mean(twins, axis=0)
+    differences = differences[np.isfinite(differences)]
+    if len(differences) < 2:
+        return estimate, None, None
+    terms = [(float(differences.var(ddof=1)) / len(differences), len(differences) - 1)]
+    twin_means = defined_mean(twins, axis=1)
+    twin_means = twin_means[np.isfinite(twin_means)]
+    if len(twin_means) >= 2:
+        terms.append((float(twin_means.var(ddof=1)) / len(twin_means), len(twin_means) - 1))
+    terms.extend(_jackknife_over_models(floor, pairs))
+    variance = sum(value for value, _ in terms)
+    half_width = float(student_t.ppf(0.5 + CONFIDENCE / 2, df=_satterthwaite(terms))) * math.sqrt(variance)
+    return estimate, estimate - half_width, estimate + half_width
+
+
+def _jackknife_over_models(floor: np.ndarray, pairs: list[tuple[int, int]]) -> list[tuple[float, int]]:
+    """The floor mean's variance from leaving out one model at a time, when every such floor is defined."""
+    models = sorted({model for pair in pairs for model in pair})
+    pair_means = defined_mean(floor, axis=1)
+    left_out = []
+    for model in models:
+        kept = [k for k, pair in enumerate(pairs) if model not in pair and np.isfinite(pair_means[k])]
+        if not kept:
+            return []
+        left_out.append(float(pair_means[kept].mean()))
+    count = len(models)
+    values = np.array(left_out)
+    return [((count - 1) / count * float(((values - values.mean()) ** 2).sum()), count - 1)]
+
+
 def summarize_all(values: dict[Metric, np.ndarray]) -> dict[Metric, Summary]:
     """summarize() for each metric of a comparison."""
     return {metric: summarize(metric_values) for metric, metric_values in values.items()}
@@ -83,9 +130,10 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
-def _satterthwaite(a: float, df_a: int, b: float, df_b: int) -> float:
-    """Degrees of freedom of a sum of two variance estimates with their own degrees of freedom."""
-    terms = [(value, df) for value, df in ((a, df_a), (b, df_b)) if value > 0 and df > 0]
-    if not terms:
-        return float(max(df_a, 1))
-    return sum(value for value, _ in terms) ** 2 / sum(value**2 / df for value, df in terms)
+def _satterthwaite(terms: list[tuple[float, int]]) -> float:
+    """Degrees of freedom of a sum of variance estimates, each with its own degrees of freedom; the first
+    term's when none is positive."""
+    positive = [(value, df) for value, df in terms if value > 0 and df > 0]
+    if not positive:
+        return float(max(terms[0][1], 1))
+    return sum(value for value, _ in positive) ** 2 / sum(value**2 / df for value, df in positive)

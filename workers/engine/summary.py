@@ -13,9 +13,16 @@ def _outcome(verdict: Verdict | None) -> str:
 
 
 def _interval(verdict: Verdict | None) -> str:
-    if verdict is None or verdict.estimate.ci95_low is None:
-        return "         -      "
-    return f"[{verdict.estimate.ci95_low:6.3f}, {verdict.estimate.ci95_high:6.3f}]"
+    return _bounds(verdict.estimate.ci95_low, verdict.estimate.ci95_high) if verdict else _bounds(None, None)
+
+
+def _margin(verdict: Verdict | None) -> str:
+    margin = verdict.retrain_margin if verdict else None
+    return _bounds(margin.ci95_low, margin.ci95_high) if margin else _bounds(None, None)
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    return "         -      " if low is None or high is None else f"[{low:6.3f}, {high:6.3f}]"
 
 
 def _test_table(
@@ -59,17 +66,17 @@ def _data_table(report: AuditReport, rows: list[tuple[MethodResult, TestResult]]
             )
     width = max(len(method.name) for method, _ in rows)
     lines.append(f"data randomization: mean {metric.value} vs trained maps over images and twins")
-    lines.append(f"{'method':<{width}}  twins    twin  retrain  cross-img  95% interval       limit  outcome")
+    columns = f"twins    twin  retrain  cross-img  {'95% interval':<18}{'retrain - twin':<20}outcome"
+    lines.append(f"{'method':<{width}}  {columns}")
     for method, result in rows:
         twins = result.stages[-1]
         floor = result.retrain_floor[metric].mean if result.retrain_floor is not None else None
-        limit = result.verdict.limit if result.verdict else None
         cells = "   ".join(
             _value(c) for c in (twins.similarity[metric].mean, floor, twins.cross_image_floor[metric].mean)
         )
         lines.append(
             f"{method.name:<{width}}  {result.draws:>5}  {cells}  {_interval(result.verdict)}  "
-            f"{_value(limit)}  {_outcome(result.verdict)}"
+            f"{_margin(result.verdict)}    {_outcome(result.verdict)}"
         )
     return "\n".join(lines)
 
@@ -104,7 +111,8 @@ def format_summary(report: AuditReport) -> str:
         f"outcome: PASS when the upper 95% bound (over images and draws) of the judged {rule.metric.value} "
         f"is below {rule.threshold}, FAIL when its lower bound is not, INCONCLUSIVE otherwise. Parameter "
         "tests judge the 'curve' (each image's mean over the randomized stages); the data test judges the "
-        f"twins, also {rule.retrain_gap} below the retrain floor. Baselines need no model: never judged.",
+        f"twins, also more than {rule.retrain_gap} below the retrain floor by the 95% interval of that "
+        "distance. Baselines need no model: never judged.",
         _reasons(report),
     ]
     return "\n\n".join(parts)

@@ -5,12 +5,15 @@ questions matters: a map holding NaN or inf makes every number suspect, too few 
 interval meaningless, and when a quarter of the draws (at least one) lies clearly below the limit and
 another quarter clearly above it, by each draw's own interval, the verdict would depend on the draw.
 Only then does the interval speak: pass when it lies below the limit, fail when it lies at or above it.
+A data test with true-label controls asks two things of its twins: that they lie below the threshold,
+and that they lie the gap below the retrain floor, by the interval of that distance (the floor is itself
+an estimate from a few models; docs/decisions/0017).
 """
 
 import math
 from dataclasses import dataclass
 
-from workers.engine.report import Summary, Verdict
+from workers.engine.report import RetrainMargin, Summary, Verdict
 from workers.engine.settings import Outcome, VerdictRule
 
 FLOOR_MARGIN = 0.05  # a failing similarity this close to the cross-image floor gets an explanation
@@ -29,6 +32,9 @@ class Judged:
     non_finite: dict[str, int]  # stage label -> maps holding NaN or inf
     draw_intervals: list[tuple[float | None, float | None]]  # each draw's own 95% interval over images
     unit: str = "draws"  # what varies between draws: re-initializations or twins
+    retrain_margin: RetrainMargin | None = (
+        None  # data test with controls: the twins' distance below the floor
+    )
 
 
 def decide(judged: Judged, rule: VerdictRule, similar_layers: list[str] | None = None) -> Verdict:
@@ -39,13 +45,28 @@ def decide(judged: Judged, rule: VerdictRule, similar_layers: list[str] | None =
         outcome=outcome,
         reason=reason,
         cause=cause,
-        rule=f"pass when the upper 95% bound of the {judged.statistic} is below {judged.limit_text}; fail "
-        "when its lower bound is not; inconclusive otherwise",
+        rule=_rule_text(judged, rule),
         metric=rule.metric,
         statistic=judged.statistic,
         estimate=judged.estimate,
         limit=judged.limit,
+        retrain_margin=judged.retrain_margin,
         similar_layers=similar_layers or [],
+    )
+
+
+def _rule_text(judged: Judged, rule: VerdictRule) -> str:
+    if judged.retrain_margin is None:
+        return (
+            f"pass when the upper 95% bound of the {judged.statistic} is below {judged.limit_text}; fail "
+            "when its lower bound is not; inconclusive otherwise"
+        )
+    gap = judged.retrain_margin.gap
+    return (
+        f"pass when the upper 95% bound of the {judged.statistic} is below {rule.threshold} and the lower "
+        f"95% bound of the retrain floor less that mean is above {gap}; fail when the lower bound of the "
+        f"mean is at or above {rule.threshold} or the upper bound of the distance is at or below {gap}; "
+        "inconclusive otherwise"
     )
 
 
@@ -89,12 +110,42 @@ def _outcome(judged: Judged, rule: VerdictRule) -> tuple[Outcome, str | None, st
         f"mean {estimate.mean:.3f}, 95% interval [{low:.3f}, {high:.3f}] over "
         f"{estimate.n} images and {len(judged.draw_intervals)} {judged.unit}"
     )
+    if judged.retrain_margin is not None:
+        return _below_the_retrain_floor(judged, judged.retrain_margin, rule.threshold, (low, high), interval)
     if high < limit:
         return Outcome.passed, None, f"{interval} lies below {limit:.3g}" + _floor_text(judged, failed=False)
     if low >= limit:
         text = f"{interval} lies at or above {limit:.3g}" + _floor_text(judged, failed=True)
         return Outcome.failed, None, text
     return Outcome.inconclusive, "interval", f"{interval} contains {limit:.3g}"
+
+
+def _below_the_retrain_floor(
+    judged: Judged, margin: RetrainMargin, threshold: float, bounds: tuple[float, float], interval: str
+) -> tuple[Outcome, str | None, str]:
+    low, high = bounds
+    if margin.mean is None or margin.ci95_low is None or margin.ci95_high is None:
+        return Outcome.inconclusive, "too_few_images", "no interval for the distance below the retrain floor"
+    distance = (
+        f"the retrain floor lies {margin.mean:.3f} above it, 95% interval "
+        f"[{margin.ci95_low:.3f}, {margin.ci95_high:.3f}]"
+    )
+    if low >= threshold:
+        return (
+            Outcome.failed,
+            None,
+            f"{interval} lies at or above {threshold:.3g}" + _floor_text(judged, True),
+        )
+    if margin.ci95_high <= margin.gap:
+        text = f"{interval}; {distance}, not more than the gap {margin.gap:.3g}" + _floor_text(judged, True)
+        return Outcome.failed, None, text
+    if high < threshold and margin.ci95_low > margin.gap:
+        text = f"{interval} lies below {threshold:.3g}; {distance}, beyond the gap {margin.gap:.3g}"
+        return Outcome.passed, None, text + _floor_text(judged, False)
+    if high >= threshold:
+        return Outcome.inconclusive, "interval", f"{interval} contains {threshold:.3g}"
+    text = f"{interval} lies below {threshold:.3g}, but {distance}, which contains the gap {margin.gap:.3g}"
+    return Outcome.inconclusive, "interval", text
 
 
 def _floor_text(judged: Judged, failed: bool) -> str:

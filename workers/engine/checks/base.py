@@ -20,6 +20,7 @@ from workers.engine.randomization import StageModel
 from workers.engine.report import MetricTable, Stage, Verdict
 from workers.engine.settings import AuditSettings, Metric, RandomizationTest, VerdictRule
 from workers.engine.similarity import PreparedMaps
+from workers.engine.statistics import summarize_all
 
 _REGISTRY: dict[RandomizationTest, type["SanityCheck"]] = {}
 
@@ -66,8 +67,13 @@ class StageValues:
 class RetrainFloor:
     """Similarity between honestly trained models, and how many of their maps held NaN or inf."""
 
-    similarity: MetricTable
+    values: dict[Metric, np.ndarray]  # [pairs, images]
+    pairs: list[tuple[int, int]]  # the two models of each row; 0 is the audited model, k the k-th control
     non_finite_maps: int
+
+    @property
+    def similarity(self) -> MetricTable:
+        return summarize_all(self.values)
 
 
 # maps of a model for the method under test, prepared; archived under a name and a draw index

@@ -2,7 +2,8 @@
 
 Every twin is a draw. The retrain floor is the similarity of models honestly trained on the true labels
 with other seeds: the trained model against each true-label control, and the controls with each other.
-A method passes when its twins' similarity lies below the threshold and ``retrain_gap`` below that floor.
+A method passes when its twins' similarity lies below the threshold and ``retrain_gap`` below that floor,
+the distance judged by its own interval, since the floor is an estimate from a few models too (0017).
 When the floor itself is within the gap of what maps of unrelated images score, no twin could pass by a
 margin that means anything: the test has no power and says so (docs/decisions/0008).
 """
@@ -15,10 +16,10 @@ import numpy as np
 from workers.engine.checks.base import MapsOf, RetrainFloor, SanityCheck, StageValues, non_finite_by_stage
 from workers.engine.data_randomization import TwinPool
 from workers.engine.randomization import StageModel
-from workers.engine.report import Stage, Verdict
+from workers.engine.report import RetrainMargin, Stage, Verdict
 from workers.engine.settings import RandomizationTest
 from workers.engine.similarity import PreparedMaps, compare_prepared
-from workers.engine.statistics import draw_intervals, summarize
+from workers.engine.statistics import draw_intervals, retrain_margin, summarize
 from workers.engine.verdict import Judged, decide, inconclusive
 
 TWIN_MAPS = "random_label_twin"
@@ -55,10 +56,11 @@ class DataRandomization(SanityCheck):
         controls = [maps_of(model, CONTROL_MAPS, k) for k, model in enumerate(self.pool.controls(draws))]
         if not controls:
             return None
-        pairs = [compare_prepared(trained, c) for c in controls]
-        pairs += [compare_prepared(a, b) for a, b in combinations(controls, 2)]
-        similarity = {metric: summarize(np.stack([pair[metric] for pair in pairs])) for metric in pairs[0]}
-        return RetrainFloor(similarity, sum(int(c.non_finite.sum()) for c in controls))
+        models = [trained, *controls]
+        pairs = [(0, k) for k in range(1, len(models))] + list(combinations(range(1, len(models)), 2))
+        compared = [compare_prepared(models[a], models[b]) for a, b in pairs]
+        values = {metric: np.stack([pair[metric] for pair in compared]) for metric in compared[0]}
+        return RetrainFloor(values, pairs, sum(int(c.non_finite.sum()) for c in controls))
 
     def judge(self, trained: Stage, stages: list[StageValues], retrain_floor: RetrainFloor | None) -> Verdict:
         rule, metric = self.rule, self.rule.metric
@@ -68,13 +70,18 @@ class DataRandomization(SanityCheck):
         non_finite = non_finite_by_stage(trained, stages)
         if retrain_floor is not None and retrain_floor.non_finite_maps:
             non_finite["true-label controls"] = retrain_floor.non_finite_maps
-        limit, limit_text = (
+        limit, limit_text, margin = (
             rule.threshold,
             f"{rule.threshold} (no true-label control measured the retrain floor)",
+            None,
         )
-        if floor is not None:
+        if retrain_floor is not None and floor is not None:
             limit = min(rule.threshold, floor - rule.retrain_gap)
             limit_text = f"{rule.threshold} and {rule.retrain_gap} below the retrain floor {floor:.3f}"
+            mean, low, high = retrain_margin(
+                retrain_floor.values[metric], retrain_floor.pairs, twins.table(metric)
+            )
+            margin = RetrainMargin(mean=mean, ci95_low=low, ci95_high=high, gap=rule.retrain_gap)
         count = len(twins.similarity[metric])
         judged = Judged(
             statistic=f"mean {metric.value} between the trained model and its {count} random-label twin(s)",
@@ -85,6 +92,7 @@ class DataRandomization(SanityCheck):
             cross_image=cross,
             non_finite=non_finite,
             unit="twins",
+            retrain_margin=margin,
         )
         verdict = decide(judged, rule)
         if verdict.cause in ("non_finite_maps", "too_few_images"):
