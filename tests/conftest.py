@@ -1,16 +1,48 @@
-"""Shared fixtures: a digits CNN trained once per session, its exports, and probe files."""
+"""Shared fixtures: a digits CNN trained once per session, its exports, and probe files; and how the suite
+shares the machine's cores when pytest-xdist runs it in several processes (``scripts/test``)."""
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.digits import DigitsCNN, DigitsData, digits_data, export_onnx, train_digits_cnn
 from tests.services import S3_CREDENTIALS, empty_tables, postgres_database, redis_server, s3_server
 from workers.store.database import make_engine, migrate
 from workers.store.jobs import JobStore
+
+# Modules whose tests share minutes of module-scoped work (seed sweeps, trained twins, exports of every
+# architecture, live deployments). Workers take whole files (--dist loadfile) in collection order: these go
+# first, so no worker starts one of them when the others are nearly done.
+LONG_MODULES = (
+    "test_verdict_stability.py",
+    "test_architectures.py",
+    "test_e2e_celery.py",
+    "test_audit_cli.py",
+    "test_data_randomization.py",
+    "test_e2e_embedded.py",
+    "test_client.py",
+    "test_hostile_inputs.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each of N parallel workers gets 1/N of the cores, for its own torch and the processes it starts:
+    small models scale poorly across threads, and oversubscribed OpenMP threads spin."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: other files keep their order
 
 
 @dataclass(frozen=True)
