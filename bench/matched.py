@@ -9,12 +9,14 @@ passes per state.
 import platform
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from workers.engine import audit
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
 from workers.engine.layers import layers_in_forward_order
@@ -35,6 +37,27 @@ def probes(data: Path) -> tuple[np.ndarray, np.ndarray]:
 def engine_audit(data: Path, out: Path) -> AuditReport:
     """The engine's audit of the matched work: four metrics, both floors, intervals, archive."""
     return run_audit(data / "lenet_mnist.onnx", data / "probes.npz", SETTINGS, out)
+
+
+@contextmanager
+def attribution_clock() -> Iterator[list[float]]:
+    """Adds up the seconds the engine spends computing maps (its forward and backward passes) while
+    inside: what is left of an audit is its metrics, summaries and archive."""
+    seconds = [0.0]
+    compute = audit._maps
+
+    def clocked(*args: object, **kwargs: object) -> Tensor:
+        started = time.perf_counter()
+        try:
+            return compute(*args, **kwargs)
+        finally:
+            seconds[0] += time.perf_counter() - started
+
+    audit._maps = clocked
+    try:
+        yield seconds
+    finally:
+        audit._maps = compute
 
 
 def model_states(data: Path) -> Iterator[nn.Module]:
