@@ -110,29 +110,11 @@ def test_trained_twins_are_archived_as_onnx(trained_twin_audit: Path, tmp_path: 
 def test_client_supplied_twin_and_control_give_the_same_comparison(
     trained_digits: TrainedDigits, trained_twin_audit: Path, tmp_path: Path
 ) -> None:
-    with zipfile.ZipFile(trained_twin_audit / "maps.zip") as archive:
-        names = [f"{role}_{k}" for role in ("random_label_twin", "true_label_control") for k in range(2)]
-        for name in names:
-            (tmp_path / f"{name}.onnx").write_bytes(archive.read(f"models/{name}.onnx"))
-    out = tmp_path / "client"
-    args = []
-    for name in names:
-        args += ["--twin" if "twin" in name else "--control", str(tmp_path / f"{name}.onnx")]
-    assert (
-        main(
-            [
-                "run",
-                str(trained_digits.onnx_dynamo),
-                str(trained_digits.probes),
-                *args,
-                "--out",
-                str(out),
-                *DATA_ONLY,
-            ]
-        )
-        == 0
+    names = [f"{role}_{k}" for role in ("random_label_twin", "true_label_control") for k in range(2)]
+    client, trained = (
+        _client_audit(trained_digits, trained_twin_audit, names, tmp_path),
+        _report(trained_twin_audit),
     )
-    client, trained = _report(out), _report(trained_twin_audit)
     assert client.data_randomization.source == "client"
     assert len(client.data_randomization.twins) == len(client.data_randomization.controls) == 2
     assert all(c.max_abs_logit_diff < 1e-4 for c in client.data_randomization.twin_conversions)
@@ -142,6 +124,42 @@ def test_client_supplied_twin_and_control_give_the_same_comparison(
         floors = [result.retrain_floor["spearman_abs"].mean for result in (mine, theirs)]
         assert floors[0] == pytest.approx(floors[1], abs=1e-3)
         assert mine.verdict.outcome is theirs.verdict.outcome
+
+
+def test_one_client_control_decides_no_pass(
+    trained_digits: TrainedDigits, trained_twin_audit: Path, tmp_path: Path
+) -> None:
+    """One pair of trained models cannot show the retrain floor's spread between models (0018)."""
+    names = ["random_label_twin_0", "random_label_twin_1", "true_label_control_0"]
+    report = _client_audit(trained_digits, trained_twin_audit, names, tmp_path)
+    for method in ("gradient", "gradient_x_input"):
+        verdict = _data_result(report, method).verdict
+        assert verdict.retrain_margin.models == 2 and verdict.retrain_margin.ci95_low is None
+        if verdict.estimate.ci95_low >= report.settings.verdict.threshold:  # too similar whatever the floor
+            assert verdict.outcome is Outcome.failed
+        elif verdict.cause != "no_power":  # a floor too close to the cross-image floor says so first
+            assert verdict.outcome is Outcome.inconclusive and verdict.cause == "floor_spread_unknown"
+            assert "two or more controls" in verdict.reason
+        assert verdict.outcome is not Outcome.passed
+    assert {_data_result(report, m).verdict.outcome for m in ("gradient", "gradient_x_input")} == {
+        Outcome.failed,
+        Outcome.inconclusive,
+    }
+
+
+def _client_audit(
+    trained_digits: TrainedDigits, trained_twin_audit: Path, names: list[str], tmp_path: Path
+) -> AuditReport:
+    """The data test with the named twins and controls of ``trained_twin_audit`` sent as the client's."""
+    args = []
+    with zipfile.ZipFile(trained_twin_audit / "maps.zip") as archive:
+        for name in names:
+            (tmp_path / f"{name}.onnx").write_bytes(archive.read(f"models/{name}.onnx"))
+            args += ["--twin" if "twin" in name else "--control", str(tmp_path / f"{name}.onnx")]
+    out = tmp_path / "client"
+    command = ["run", str(trained_digits.onnx_dynamo), str(trained_digits.probes), *args, "--out", str(out)]
+    assert main([*command, *DATA_ONLY]) == 0
+    return _report(out)
 
 
 def _audit_with_training(

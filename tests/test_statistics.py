@@ -110,3 +110,10 @@ def test_retrain_margin_without_an_interval_says_none() -> None:
     assert retrain_margin(np.full((1, 5), np.nan), [(0, 1)], np.full((2, 5), 0.2)) == (None, None, None)
     mean, low, high = retrain_margin(np.array([[0.5]]), [(0, 1)], np.array([[0.2]]))
     assert mean == pytest.approx(0.3) and low is None and high is None
+
+
+def test_a_floor_of_one_pair_gives_no_interval_since_it_cannot_show_its_spread_between_models() -> None:
+    images = np.linspace(0.4, 0.8, 20)
+    twins = np.stack([images - 0.3, images - 0.35, images - 0.25])
+    mean, low, high = retrain_margin(images[None], [(0, 1)], twins)
+    assert mean == pytest.approx(0.3) and low is None and high is None

@@ -167,6 +167,22 @@ def test_a_twin_just_past_the_retrain_floors_mean_is_not_failed_while_the_floor_
     assert _judge(RandomizationTest.data, twins, retrain_floor=steady_floor).outcome is Outcome.failed
 
 
+def test_one_true_label_control_passes_no_method_and_says_why() -> None:
+    """One pair of models cannot show how far the floor moves from model to model (0018)."""
+    one_pair = RetrainFloor({metric: _table(0.75, seed=9)[:1] for metric in Metric}, [(0, 1)], 0)
+    far_below = _judge(RandomizationTest.data, [_stage(1, _table(0.1), cross=0.05)], retrain_floor=one_pair)
+    assert far_below.outcome is Outcome.inconclusive and far_below.cause == "floor_spread_unknown"
+    assert "two or more controls" in far_below.reason
+    margin = far_below.retrain_margin
+    assert margin is not None and margin.models == 2 and margin.ci95_low is None
+    assert margin.mean == pytest.approx(0.65, abs=0.02)
+    too_similar = _judge(RandomizationTest.data, [_stage(1, _table(0.9), cross=0.05)], retrain_floor=one_pair)
+    assert too_similar.outcome is Outcome.failed  # above the threshold whatever the floor
+    assert _judge(
+        RandomizationTest.data, [_stage(1, _table(0.1), cross=0.05)], retrain_floor=_floor(0.75)
+    ).outcome is (Outcome.passed)
+
+
 def test_data_test_without_power_is_inconclusive_never_an_impossible_limit() -> None:
     twins = [_stage(1, _table(0.05), cross=0.1)]
     verdict = _judge(RandomizationTest.data, twins, retrain_floor=_floor(0.15))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workers.engine.settings import AuditSettings, LayerOrder, Metric, Outcome, RandomizationTest
 
-SCHEMA_VERSION = "2.2"
+SCHEMA_VERSION = "2.3"
 REPORT_FILE = "report.json"  # names of the outputs of an audit
 ARCHIVE_FILE = "maps.zip"
 HTML_FILE = "report.html"  # written after the audit from the other two (workers.engine.html_report)
@@ -104,7 +104,9 @@ class Stage(_Frozen):
     non_finite_maps: int = Field(0, description="Maps at this stage holding NaN or inf, over all draws.")
 
 
-InconclusiveCause = Literal["non_finite_maps", "too_few_images", "draws_disagree", "interval", "no_power"]
+InconclusiveCause = Literal[
+    "non_finite_maps", "too_few_images", "draws_disagree", "interval", "no_power", "floor_spread_unknown"
+]
 
 
 class RetrainMargin(_Frozen):
@@ -116,6 +118,10 @@ class RetrainMargin(_Frozen):
     )
     ci95_high: float | None
     gap: float = Field(description="Pass needs the lower bound above this; fail when the upper bound is not.")
+    models: int = Field(
+        description="Trained models behind the floor: the audited one and its true-label controls. With two "
+        "(one control) the floor's spread between models cannot be measured, and there is no interval."
+    )
 
 
 class Verdict(_Frozen):
@@ -125,7 +131,8 @@ class Verdict(_Frozen):
         None,
         description="Why an inconclusive verdict is one: NaN/inf maps, too few defined images, draws whose "
         "own intervals lie on both sides of the limit, an interval that contains the limit, or (data test) "
-        "a retrain floor too close to the cross-image floor to leave room for a pass.",
+        "a retrain floor too close to the cross-image floor to leave room for a pass, or a retrain floor "
+        "whose spread between models cannot be measured (one true-label control).",
     )
     rule: str
     metric: Metric
@@ -249,7 +256,7 @@ class MemoryUse(_Frozen):
 
 
 class AuditReport(_Frozen):
-    schema_version: Literal["2.2"] = SCHEMA_VERSION
+    schema_version: Literal["2.3"] = SCHEMA_VERSION
     created_at: datetime
     model: ArtifactInfo
     conversion: ConversionCheck

@@ -165,8 +165,9 @@ class VerdictRule(BaseModel):
     layers are randomized counts), the data test the twin's similarity. Its 95% interval covers both
     images and draws. The method passes when the upper bound lies below the limit, fails when the lower
     bound does not, and is inconclusive otherwise, or when the draws disagree, too few images have a
-    defined similarity, or any map holds NaN or inf. The limit is ``threshold``; in the data test also
-    ``retrain_gap`` below the similarity of honestly retrained models.
+    defined similarity, or any map holds NaN or inf. The limit is ``threshold``; in the data test with
+    true-label controls the twins must also lie ``retrain_gap`` below the similarity of honestly
+    retrained models, by that distance's own interval.
     """
 
     model_config = _BOUNDED
@@ -175,9 +176,10 @@ class VerdictRule(BaseModel):
     threshold: Annotated[float, Field(gt=-1, le=1)] = 0.5
     retrain_gap: Annotated[float, Field(ge=0, le=2)] = Field(
         0.2,
-        description="Data randomization: the twin's upper bound must also lie this far below the mean "
-        "similarity of the true-label models (the retrain floor); when the floor is not this far above "
-        "the twin's cross-image floor, the test has no power and is inconclusive.",
+        description="Data randomization: the retrain floor (the similarity of the true-label models) less "
+        "the twins' similarity must exceed this by its 95% interval (docs/decisions/0017, 0018); when the "
+        "floor is not this far above the twins' cross-image floor, the test has no power and is "
+        "inconclusive.",
     )
     min_defined_images: Annotated[int, Field(ge=2, le=10_000)] = Field(
         5, description="Fewer images with a defined similarity than this make a verdict inconclusive."

@@ -84,7 +84,8 @@ def retrain_margin(
     three terms: the per-image differences over images (paired: both tables score the same images, so
     what every model finds easy or hard cancels), the twins' draw means over twins, and a jackknife over
     trained models for the floor. Pairs that share a model are not independent; leaving out one model at
-    a time measures how much the floor moves with the models it happened to get.
+    a time measures how much the floor moves with the models it happened to get. Where that cannot be
+    measured (two models: one pair), there is no interval (docs/decisions/0018).
     """
     floor, twins = np.atleast_2d(floor), np.atleast_2d(twins)
     floor_mean, twin_mean = _mean(floor[np.isfinite(floor)]), _mean(twins[np.isfinite(twins)])
@@ -100,25 +101,29 @@ def retrain_margin(
     twin_means = twin_means[np.isfinite(twin_means)]
     if len(twin_means) >= 2:
         terms.append((float(twin_means.var(ddof=1)) / len(twin_means), len(twin_means) - 1))
-    terms.extend(_jackknife_over_models(floor, pairs))
+    floor_term = _jackknife_over_models(floor, pairs)
+    if floor_term is None:
+        return estimate, None, None
+    terms.append(floor_term)
     variance = sum(value for value, _ in terms)
     half_width = float(student_t.ppf(0.5 + CONFIDENCE / 2, df=_satterthwaite(terms))) * math.sqrt(variance)
     return estimate, estimate - half_width, estimate + half_width
 
 
-def _jackknife_over_models(floor: np.ndarray, pairs: list[tuple[int, int]]) -> list[tuple[float, int]]:
-    """The floor mean's variance from leaving out one model at a time, when every such floor is defined."""
+def _jackknife_over_models(floor: np.ndarray, pairs: list[tuple[int, int]]) -> tuple[float, int] | None:
+    """The floor mean's variance from leaving out one model at a time; None unless every such floor is
+    defined (with two models, leaving one out leaves no pair)."""
     models = sorted({model for pair in pairs for model in pair})
     pair_means = defined_mean(floor, axis=1)
     left_out = []
     for model in models:
         kept = [k for k, pair in enumerate(pairs) if model not in pair and np.isfinite(pair_means[k])]
         if not kept:
-            return []
+            return None
         left_out.append(float(pair_means[kept].mean()))
     count = len(models)
     values = np.array(left_out)
-    return [((count - 1) / count * float(((values - values.mean()) ** 2).sum()), count - 1)]
+    return (count - 1) / count * float(((values - values.mean()) ** 2).sum()), count - 1
 
 
 def summarize_all(values: dict[Metric, np.ndarray]) -> dict[Metric, Summary]:

@@ -18,6 +18,7 @@ from workers.engine.settings import Outcome, VerdictRule
 
 FLOOR_MARGIN = 0.05  # a failing similarity this close to the cross-image floor gets an explanation
 DISAGREEING_SHARE = 0.25  # draws disagree when at least this share lies clearly on each side of the limit
+MIN_FLOOR_MODELS = 3  # the floor's spread between models needs a model left out to leave a pair
 
 
 @dataclass(frozen=True)
@@ -124,18 +125,26 @@ def _below_the_retrain_floor(
     judged: Judged, margin: RetrainMargin, threshold: float, bounds: tuple[float, float], interval: str
 ) -> tuple[Outcome, str | None, str]:
     low, high = bounds
+    if low >= threshold:  # no floor can make twins this similar pass
+        return (
+            Outcome.failed,
+            None,
+            f"{interval} lies at or above {threshold:.3g}" + _floor_text(judged, True),
+        )
+    if margin.mean is not None and margin.models < MIN_FLOOR_MODELS:
+        return (
+            Outcome.inconclusive,
+            "floor_spread_unknown",
+            f"{interval}; the retrain floor lies {margin.mean:.3f} above it, but it comes from one pair of "
+            "models (the audited one and one true-label control), which cannot show how far the floor "
+            "moves from model to model; with two or more controls the distance gets its interval",
+        )
     if margin.mean is None or margin.ci95_low is None or margin.ci95_high is None:
         return Outcome.inconclusive, "too_few_images", "no interval for the distance below the retrain floor"
     distance = (
         f"the retrain floor lies {margin.mean:.3f} above it, 95% interval "
         f"[{margin.ci95_low:.3f}, {margin.ci95_high:.3f}]"
     )
-    if low >= threshold:
-        return (
-            Outcome.failed,
-            None,
-            f"{interval} lies at or above {threshold:.3g}" + _floor_text(judged, True),
-        )
     if margin.ci95_high <= margin.gap:
         text = f"{interval}; {distance}, not more than the gap {margin.gap:.3g}" + _floor_text(judged, True)
         return Outcome.failed, None, text

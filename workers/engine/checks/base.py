@@ -75,6 +75,10 @@ class RetrainFloor:
     def similarity(self) -> MetricTable:
         return summarize_all(self.values)
 
+    @property
+    def models(self) -> int:
+        return len({model for pair in self.pairs for model in pair})
+
 
 # maps of a model for the method under test, prepared; archived under a name and a draw index
 MapsOf = Callable[[nn.Module, str, int], PreparedMaps]

@@ -3,7 +3,8 @@
 Every twin is a draw. The retrain floor is the similarity of models honestly trained on the true labels
 with other seeds: the trained model against each true-label control, and the controls with each other.
 A method passes when its twins' similarity lies below the threshold and ``retrain_gap`` below that floor,
-the distance judged by its own interval, since the floor is an estimate from a few models too (0017).
+the distance judged by its own interval, since the floor is an estimate from a few models too (0017);
+one control cannot show how far the floor moves from model to model, so it decides no pass (0018).
 When the floor itself is within the gap of what maps of unrelated images score, no twin could pass by a
 margin that means anything: the test has no power and says so (docs/decisions/0008).
 """
@@ -81,7 +82,9 @@ class DataRandomization(SanityCheck):
             mean, low, high = retrain_margin(
                 retrain_floor.values[metric], retrain_floor.pairs, twins.table(metric)
             )
-            margin = RetrainMargin(mean=mean, ci95_low=low, ci95_high=high, gap=rule.retrain_gap)
+            margin = RetrainMargin(
+                mean=mean, ci95_low=low, ci95_high=high, gap=rule.retrain_gap, models=retrain_floor.models
+            )
         count = len(twins.similarity[metric])
         judged = Judged(
             statistic=f"mean {metric.value} between the trained model and its {count} random-label twin(s)",
