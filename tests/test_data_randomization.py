@@ -111,10 +111,8 @@ def test_client_supplied_twin_and_control_give_the_same_comparison(
     trained_digits: TrainedDigits, trained_twin_audit: Path, tmp_path: Path
 ) -> None:
     names = [f"{role}_{k}" for role in ("random_label_twin", "true_label_control") for k in range(2)]
-    client, trained = (
-        _client_audit(trained_digits, trained_twin_audit, names, tmp_path),
-        _report(trained_twin_audit),
-    )
+    client = _client_audit(trained_digits, trained_twin_audit, names, tmp_path)
+    trained = _report(trained_twin_audit)
     assert client.data_randomization.source == "client"
     assert len(client.data_randomization.twins) == len(client.data_randomization.controls) == 2
     assert all(c.max_abs_logit_diff < 1e-4 for c in client.data_randomization.twin_conversions)

@@ -178,9 +178,10 @@ def test_one_true_label_control_passes_no_method_and_says_why() -> None:
     assert margin.mean == pytest.approx(0.65, abs=0.02)
     too_similar = _judge(RandomizationTest.data, [_stage(1, _table(0.9), cross=0.05)], retrain_floor=one_pair)
     assert too_similar.outcome is Outcome.failed  # above the threshold whatever the floor
-    assert _judge(
+    three_models = _judge(
         RandomizationTest.data, [_stage(1, _table(0.1), cross=0.05)], retrain_floor=_floor(0.75)
-    ).outcome is (Outcome.passed)
+    )
+    assert three_models.outcome is Outcome.passed
 
 
 def test_data_test_without_power_is_inconclusive_never_an_impossible_limit() -> None:
