@@ -48,3 +48,69 @@ def test_a_vit_is_read_on_its_last_residual_stream_as_a_patch_grid_without_the_c
     tokens = torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3)
     grid = as_feature_map(target, tokens)
     assert grid.shape == (2, 3, 4, 4) and torch.equal(grid[:, :, 0, 1], tokens[:, 2, :])
+
+
+class _EndsMovingAxes(torch.nn.Module):
+    """A feature extractor whose last 4-D value is not a feature map: the features moved to channels-last
+    (as tf2onnx and jax2onnx graphs end), padded, or reshaped, before the head."""
+
+    def __init__(self, ending: str) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 6, 3, padding=1)
+        self.head = torch.nn.Linear(6 * 8 * 8, 5)
+        self.ending = ending
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        features = torch.nn.functional.max_pool2d(features, 2)
+        if self.ending == "transpose":
+            features = features.permute(0, 2, 3, 1)
+        elif self.ending == "pad":
+            features = torch.nn.functional.pad(features, (0, 1, 0, 1))[:, :, :8, :8]
+        else:
+            features = features.reshape(features.shape[0], 6, 4, 16)
+        return self.head(features.flatten(1))
+
+
+@pytest.mark.parametrize("ending", ["transpose", "pad", "reshape"])
+def test_the_default_gradcam_target_is_a_feature_map_never_a_moved_padded_or_reshaped_value(
+    ending: str,
+) -> None:
+    example = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    graph = converted(_EndsMovingAxes(ending).eval(), example)
+    target = choose_target(graph, example[:1], None)
+    step = graph.producer(target.value)
+    assert step.op_type == "Relu" and graph.producer(step.inputs[0]).op_type == "Conv"
+    assert target.layout == "NCHW" and target.is_feature_map
+    shapes = graph.value_shapes(example[:1])
+    last_4d = [s for s in graph.steps_to_output() if len(shapes.get(s.outputs[0], ())) == 4][-1]
+    assert last_4d.op_type in ("Transpose", "Pad", "Slice", "Reshape") and target.value not in last_4d.outputs
+
+
+def test_a_requested_value_whose_axes_are_unknown_is_refused_and_a_moved_one_read_channels_first() -> None:
+    example = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    reshaped = converted(_EndsMovingAxes("reshape").eval(), example)
+    value = next(s.outputs[0] for s in reshaped.steps if s.op_type == "Reshape")
+    with pytest.raises(AuditInputError, match="made by a Reshape node, whose axes the graph does not make"):
+        choose_target(reshaped, example[:1], value)
+    moved = converted(_EndsMovingAxes("transpose").eval(), example)
+    transposed = next(s.outputs[0] for s in moved.steps if s.op_type == "Transpose")
+    target = choose_target(moved, example[:1], transposed)
+    assert target.layout == "NHWC"
+    nhwc = torch.rand(2, 4, 4, 6)
+    assert torch.equal(as_feature_map(target, nhwc), nhwc.permute(0, 3, 1, 2))
+
+
+def test_gradcam_refuses_a_target_not_known_to_be_a_feature_map() -> None:
+    from workers.engine.gradcam_target import GradCamTarget
+    from workers.engine.methods import MethodContext, create_method
+    from workers.engine.settings import AuditSettings
+
+    graph = _graph("resnet")
+    value = choose_target(graph, X[:1], None).value
+    for layout in (None, "NCW"):
+        unknown = GradCamTarget(value, "a 4-D value", "test", layout=layout)
+        method = create_method("gradcam", MethodContext(AuditSettings(), unknown))
+        with pytest.raises(AuditInputError, match="not known to be a feature map"):
+            method.check_supported(graph, X[:1])

@@ -97,6 +97,11 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--output", help="model output to audit, by name or 0-based position (default: the first)")
     add(
+        "--model-layout",
+        choices=["NCHW", "NHWC"],
+        help="the model's input layout, NHWC for channels-last (default: read from the graph)",
+    )
+    add(
         "--batch-size", type=int, help="probe images per method call, at most (default: 64 within the budget)"
     )
     add(
@@ -116,7 +121,11 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
     add("--value-scale", type=float, help="divide raw values by this (default: 255 for 8-bit, 1 for floats)")
     add("--mean", type=float, nargs="+", help="per-channel mean subtracted after scaling (default: none)")
     add("--std", type=float, nargs="+", help="per-channel std divided after the mean (default: none)")
-    add("--layout", choices=["NCHW", "NHWC"], help="axis order of .npy/.npz arrays (default: NCHW)")
+    add(
+        "--layout",
+        choices=["NCHW", "NHWC"],
+        help="axis order of .npy/.npz arrays (default: the model's own input layout)",
+    )
     add("--metric", choices=list(Metric), help="metric of the verdict" + _default("metric", VerdictRule))
     add(
         "--threshold",
@@ -298,6 +307,7 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "noise_level": args.noise_level,
         "gradcam_layer": args.gradcam_layer,
         "output": args.output,
+        "model_layout": args.model_layout,
         "batch_size": args.batch_size,
         "internal_batch_size": args.internal_batch_size,
         "memory_budget_mib": args.memory_budget,

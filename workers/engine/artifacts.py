@@ -41,9 +41,19 @@ from workers.engine.report import ArtifactInfo
 
 TORCHSCRIPT_ONNX_OPSET = 17
 _BATCH_HINTS: dict[ArtifactFormat, str] = {
-    "onnx": "torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}), or dynamic_shapes with dynamo",
+    "onnx": "from PyTorch, torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}) (or dynamic_shapes "
+    "with dynamo); from Keras/TensorFlow, tf2onnx with input_signature=[tf.TensorSpec((None, ...))]; from "
+    "JAX/Flax, jax2onnx with a symbolic batch ('B', ...) in the input shapes; from PaddlePaddle, "
+    "paddle.static.InputSpec(shape=[None, ...]) before paddle2onnx",
     "torch_export": "torch.export.export(model, (x,), dynamic_shapes={'x': {0: torch.export.Dim('batch')}})",
     "torchscript": "a TorchScript program whose graph does not fix the batch size",
+}
+# an ONNX file's producer_name -> the fix in that exporter's own terms
+_PRODUCER_BATCH_HINTS = {
+    "pytorch": "torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}), or dynamic_shapes with dynamo",
+    "tf2onnx": "tf2onnx.convert.from_keras(model, input_signature=[tf.TensorSpec((None, ...), tf.float32)])",
+    "jax2onnx": "jax2onnx's to_onnx with a symbolic batch in the input shapes, e.g. ('B', 28, 28, 1)",
+    "paddle": "paddle.onnx.export(..., input_spec=[paddle.static.InputSpec(shape=[None, ...])])",
 }
 
 
@@ -64,14 +74,20 @@ def detect_format(path: Path) -> ArtifactFormat:
     return sniff_format(read_artifact(path), path.name)
 
 
-def load_model(path: Path, example_input: np.ndarray | None = None, output: str | None = None) -> LoadedModel:
+def load_model(
+    path: Path,
+    example_input: np.ndarray | None = None,
+    output: str | None = None,
+    layout: str | None = None,
+) -> LoadedModel:
     """Load ``path`` to audit its output ``output`` (name or position; default the first). TorchScript and
-    torch.export files need ``example_input`` (a probe batch) to lower."""
+    torch.export files need ``example_input`` (a probe batch) to lower. ``layout`` ("NCHW" or "NHWC")
+    states an ONNX model's input layout; None reads it from the graph."""
     data = read_artifact(path)
     kind = sniff_format(data, path.name)
     digest = hashlib.sha256(data).hexdigest()
     if kind == "onnx":
-        return _load_onnx(data, path.name, digest, output)
+        return _load_onnx(data, path.name, digest, output, layout)
     if example_input is None:
         raise AuditInputError(
             f"{path.name} is a {format_label(kind)} program: it declares no input shape, so the engine needs "
@@ -85,24 +101,40 @@ def load_model(path: Path, example_input: np.ndarray | None = None, output: str 
 # --- recognizing the bytes ------------------------------------------------------------------------------
 
 
-def _load_onnx(data: bytes, filename: str, digest: str, output: str | None) -> LoadedModel:
+def _load_onnx(
+    data: bytes, filename: str, digest: str, output: str | None, layout: str | None
+) -> LoadedModel:
     model = parse_onnx(data, filename)
-    module = _convert(model, filename, "onnx", output)
+    module = _convert(model, filename, "onnx", output, layout)
     notes = _output_notes(module)
     original_opset = _opset(model)
     if module.opset != original_opset:
         notes.append(f"ONNX opset {original_opset} was converted to opset {module.opset} before the rebuild")
     _drop_final_softmax(module, notes)
+    if module.input_layout == "NHWC":
+        notes.append(
+            f"the model takes channels-last input {_shape_text(module.input_shape, 'NHWC')}: probe "
+            "arrays are read as [N, H, W, C] unless their layout is given; maps are computed, compared "
+            "and archived as [N, C, H, W]"
+        )
     session = _onnxruntime_session(model, data, module.output_name, filename)
-    input_name, output_name = module.input_name, module.output_name
+    input_name, output_name = module.source_input_name, module.output_name
+    channels_last = module.input_layout == "NHWC"
 
     def reference(x: np.ndarray) -> np.ndarray:
+        x = x.transpose(0, 2, 3, 1) if channels_last else x
         feed = {input_name: np.ascontiguousarray(x, dtype=np.float32)}
         return np.asarray(session.run([output_name], feed)[0], dtype=np.float32)
 
     return LoadedModel(
         module=module,
-        artifact=ArtifactInfo(filename=filename, sha256=digest, format="onnx", opset=module.opset),
+        artifact=ArtifactInfo(
+            filename=filename,
+            sha256=digest,
+            format="onnx",
+            opset=module.opset,
+            input_layout=module.input_layout,
+        ),
         reference_runtime=f"onnxruntime {ort.__version__} (CPUExecutionProvider)",
         reference=reference,
         notes=notes,
@@ -291,10 +323,14 @@ def _program_reference(program: Callable[[Tensor], Any], position: int) -> Calla
 
 
 def _convert(
-    model: onnx.ModelProto, filename: str, kind: ArtifactFormat, output: str | None
+    model: onnx.ModelProto,
+    filename: str,
+    kind: ArtifactFormat,
+    output: str | None,
+    layout: str | None = None,
 ) -> OnnxGraphModule:
     try:
-        module = onnx_to_torch(model)
+        module = onnx_to_torch(model, layout)
         module.select_output(output)
     except ModelConversionError as error:
         raise ModelConversionError(f"{filename}: {error}") from None
@@ -303,13 +339,22 @@ def _convert(
 
     shape = module.input_shape
     if not shape or shape[0] is not None:
-        shown = tuple("batch" if d is None else d for d in shape)
+        shown = "[" + ", ".join("dynamic" if d is None else str(d) for d in shape) + "]"
         raise AuditInputError(
             f"{filename}: input {module.input_name!r} has shape {shown} with a fixed batch size; the audit "
             "runs batches of any size (Integrated Gradients, SmoothGrad), so the model must be exported "
-            f"with a dynamic batch dimension: {_BATCH_HINTS[kind]}"
+            f"with a dynamic batch dimension: {_batch_hint(model, kind)}"
         )
     return module
+
+
+def _batch_hint(model: onnx.ModelProto, kind: ArtifactFormat) -> str:
+    producer = model.producer_name.lower()
+    if kind == "onnx":
+        for name, hint in _PRODUCER_BATCH_HINTS.items():
+            if name in producer:
+                return hint
+    return _BATCH_HINTS[kind]
 
 
 def _output_notes(module: OnnxGraphModule) -> list[str]:
@@ -327,6 +372,12 @@ def _drop_final_softmax(module: OnnxGraphModule, notes: list[str]) -> bool:
     module.output_name = logits
     notes.append(f"final Softmax dropped: maps explain the logits ({logits!r}), not the probabilities")
     return True
+
+
+def _shape_text(shape: tuple[int | None, ...], axes: str) -> str:
+    """[N, C, H, W] sizes shown in the file's own axis order ``axes``."""
+    sizes = dict(zip("NCHW", shape, strict=True))
+    return "[" + ", ".join(axis if sizes[axis] is None else str(sizes[axis]) for axis in axes) + "]"
 
 
 def _first_line(error: BaseException) -> str:

@@ -41,13 +41,21 @@ from workers.engine.report import (
     MethodResult,
     MetricTable,
     ProbeInfo,
+    SkippedMethod,
     Stage,
     TestResult,
     Verdict,
     Versions,
 )
 from workers.engine.reuse import ForwardRecord, StageForward, first_step
-from workers.engine.settings import AuditSettings, RandomizationTest, ReinitScheme, TargetPolicy
+from workers.engine.settings import (
+    METHOD_NAMES,
+    AuditSettings,
+    Layout,
+    RandomizationTest,
+    ReinitScheme,
+    TargetPolicy,
+)
 from workers.engine.similarity import PreparedMaps, compare_prepared, prepare
 from workers.engine.statistics import summarize, summarize_all
 from workers.engine.verification import verify_conversion
@@ -172,7 +180,7 @@ def run_audit(
     with torch.no_grad():
         classes = model(x[:1]).shape[1]
     fixed_target = _fixed_target(settings, probes, predicted, classes)
-    methods = _create_methods(settings, model, layers, x)
+    methods, skipped = _create_methods(settings, model, x)
     partners = cross_image_partners(predicted.cpu().numpy(), settings.seed)
     data_setup = (
         DataSetup.prepare(
@@ -251,6 +259,7 @@ def run_audit(
             memory=_memory_use(memory, run.record, device),
             versions=_versions(),
             methods=results,
+            skipped_methods=skipped,
             data_randomization=pool.info if pool is not None else None,
             notes=loaded.notes
             + _constant_notes(model)
@@ -274,9 +283,13 @@ def _load_inputs(
 ) -> tuple[LoadedModel, ProbeSet]:
     """ONNX declares its input shape, so probes are checked against it; the others need a probe batch."""
     if detect_format(model_path) == "onnx":
-        loaded = load_model(model_path, output=settings.output)
+        loaded = load_model(model_path, output=settings.output, layout=settings.model_layout)
         probes = load_probes(
-            probes_path, settings.preprocessing, loaded.module.input_shape, settings.max_images
+            probes_path,
+            settings.preprocessing,
+            loaded.module.input_shape,
+            settings.max_images,
+            model_layout=Layout(loaded.module.input_layout),
         )
         return loaded, probes
     probes = load_probes(probes_path, settings.preprocessing, None, settings.max_images)
@@ -433,15 +446,26 @@ def _fixed_target(
 
 
 def _create_methods(
-    settings: AuditSettings, model: nn.Module, layers: list[Layer], x: Tensor
-) -> list[SaliencyMethod]:
-    """Build every requested method and refuse up front, naming all methods that cannot run correctly."""
-    reads_layer = any(method_class(name).reads_gradcam_layer for name in settings.methods)
+    settings: AuditSettings, model: nn.Module, x: Tensor
+) -> tuple[list[SaliencyMethod], list[SkippedMethod]]:
+    """Build the methods. Named ones refuse up front, naming every one that cannot run correctly; of the
+    default set, those not defined on the model are skipped with their reason."""
+    names = settings.methods or list(METHOD_NAMES)
+    reads_layer = any(method_class(name).reads_gradcam_layer for name in names)
     gradcam = choose_target(model, x[:1], settings.gradcam_layer) if reads_layer else None
     context = MethodContext(settings, gradcam)
-    methods = [create_method(name, context) for name in settings.methods]
-    _check_methods(methods, model, x)
-    return methods
+    methods = [create_method(name, context) for name in names]
+    if settings.methods is not None:
+        _check_methods(methods, model, x)
+        return methods, []
+    kept, skipped = [], []
+    for method in methods:
+        try:
+            method.check_supported(model, x[:1])
+            kept.append(method)
+        except MethodUnsupportedError as error:
+            skipped.append(SkippedMethod(name=method.name, reason=str(error)))
+    return kept, skipped
 
 
 def _check_methods(methods: list[SaliencyMethod], model: nn.Module, x: Tensor) -> None:

@@ -33,7 +33,14 @@ from workers.engine.report import (
     TrainingDataInfo,
     TrainingRun,
 )
-from workers.engine.settings import AuditSettings, Optimizer, Preprocessing, ReinitScheme, TrainingRecipe
+from workers.engine.settings import (
+    AuditSettings,
+    Layout,
+    Optimizer,
+    Preprocessing,
+    ReinitScheme,
+    TrainingRecipe,
+)
 from workers.engine.verification import verify_conversion
 
 MIN_TRAINING_IMAGES = 50
@@ -75,11 +82,18 @@ class TrainedModel:
 
 
 def load_training_set(
-    path: Path, preprocessing: Preprocessing, expected_shape: tuple[int | None, ...], classes: int
+    path: Path,
+    preprocessing: Preprocessing,
+    expected_shape: tuple[int | None, ...],
+    classes: int,
+    model_layout: Layout = Layout.nchw,
 ) -> ProbeSet:
-    """Read and check a labelled training set (.npz with x and y, or a zip of class folders)."""
+    """Read and check a labelled training set (.npz with x and y, or a zip of class folders), arrays in the
+    model's own layout unless the settings say."""
     if path.suffix.lower() in (".zip", ".npz"):
-        data = load_probes(path, preprocessing, expected_shape, MAX_TRAINING_IMAGES)
+        data = load_probes(
+            path, preprocessing, expected_shape, MAX_TRAINING_IMAGES, model_layout=model_layout
+        )
     else:
         raise ProbeError(
             f"{path.name}: training data must be an .npz with x and y, or a zip of class folders"
@@ -419,8 +433,9 @@ class DataSetup:
         setup = cls(settings, architecture, layers, x, x.device)
         if inputs.training_data is not None:
             expected = (None, *probes.x.shape[1:])
+            layout = Layout(getattr(architecture, "input_layout", Layout.nchw))
             setup.training = load_training_set(
-                inputs.training_data, settings.preprocessing, expected, classes
+                inputs.training_data, settings.preprocessing, expected, classes, layout
             )
             recipe = settings.training
             fit, heldout = split_holdout(len(setup.training.x), recipe.holdout_fraction, settings.seed)

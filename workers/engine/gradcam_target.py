@@ -8,6 +8,11 @@ before any pooling that ends the feature extractor (VGG's last max pool), at the
 resolution. A transformer's blocks output tokens: when its last residual stream [N, T, D] comes after the
 last feature map (the patch embedding), it is read, reshaped to the patch grid with the class token
 dropped, when the grid follows from the input size; a model with neither is refused.
+
+Only values whose axes the graph makes known (``onnx_import.layouts``) count as feature maps: a value that
+merely has four axes may be channels-last (tf2onnx and jax2onnx end the feature extractor with a Transpose
+to [N, H, W, C]) or a reshape. Values made by ops that only move, pad or cut another value (Transpose, Pad,
+Slice, Identity...) are never the default: the value they read is the block's output.
 """
 
 import math
@@ -18,6 +23,12 @@ from torch import Tensor
 from workers.engine.errors import MethodUnsupportedError
 from workers.engine.onnx_import import OnnxGraphModule
 from workers.engine.onnx_import.graph import Step
+from workers.engine.onnx_import.layouts import CHANNELS_FIRST, channels_first_order, value_layouts
+
+# ops whose output only moves, pads, cuts or copies another value: never a block's output
+_NOT_BLOCK_OUTPUTS = frozenset(
+    {"Transpose", "Pad", "Slice", "Split", "Identity", "Cast", "CastLike", "Dropout", "Resize", "Upsample"}
+)
 
 
 @dataclass(frozen=True)
@@ -27,12 +38,18 @@ class GradCamTarget:
     reason: str  # why this one
     grid: tuple[int, int] | None = None  # patch grid of a token sequence; None for a feature map
     class_tokens: int = 0  # leading tokens dropped before the reshape
+    layout: str | None = CHANNELS_FIRST  # a feature map's axes ("NHWC": channels last); None for tokens
+
+    @property
+    def is_feature_map(self) -> bool:
+        """Whether the value read is known to be [N, C, H, W] once permuted, or a patch grid of tokens."""
+        return self.grid is not None or (self.layout is not None and sorted(self.layout) == sorted("NCHW"))
 
 
 def as_feature_map(target: GradCamTarget, value: Tensor) -> Tensor:
-    """[N, C, H, W] for a feature map as it is; tokens [N, T, D] -> [N, D, grid_h, grid_w]."""
+    """A feature map permuted to [N, C, H, W]; tokens [N, T, D] -> [N, D, grid_h, grid_w]."""
     if target.grid is None:
-        return value
+        return value.permute(channels_first_order(target.layout or CHANNELS_FIRST))
     tokens = value[:, target.class_tokens :, :]
     return tokens.transpose(1, 2).reshape(value.shape[0], value.shape[2], *target.grid)
 
@@ -41,6 +58,7 @@ def choose_target(model: OnnxGraphModule, example: Tensor, requested: str | None
     """The requested value (a module of the source model, a layer, a node or a value name), else the
     default; None when the model has nothing GradCAM can read."""
     shapes = model.value_shapes(example)
+    layouts = value_layouts(model, shapes)
     steps = model.steps_to_output()
     data = model.data_values()
     order = [name for step in steps for name in step.outputs if name in shapes and name in data]
@@ -48,37 +66,61 @@ def choose_target(model: OnnxGraphModule, example: Tensor, requested: str | None
     size = tuple(example.shape[2:])
     if requested is not None:
         value, label = _requested_value(model, requested, steps, set(order), producers)
-        target = _readable(value, label, f"chosen with gradcam_layer={requested!r}", shapes[value], size)
+        reason = f"chosen with gradcam_layer={requested!r}"
+        target = _readable(value, label, reason, shapes[value], size, layouts.get(value))
         if target is None:
+            unknown = (
+                f", made by {_made_by(producers, value)}, whose axes the graph does not make known"
+                if len(shapes[value]) == 4
+                else ""
+            )
             raise MethodUnsupportedError(
-                f"gradcam: gradcam_layer {requested!r} outputs {list(shapes[value])}: GradCAM needs a "
-                "feature map [N, C, H, W] or a token sequence [N, T, D] whose tokens tile the input as "
-                "a patch grid"
+                f"gradcam: gradcam_layer {requested!r} outputs {list(shapes[value])}{unknown}: GradCAM needs "
+                "a feature map [N, C, H, W] (as a Conv, pooling or normalization leaves it, or a Transpose "
+                "of one) or a token sequence [N, T, D] whose tokens tile the input as a patch grid"
             )
         return target
-    maps = [name for name in order if len(shapes[name]) == 4 and math.prod(shapes[name][2:]) > 1]
+    maps = [
+        name
+        for name in order
+        if name in layouts
+        and producers[name].op_type not in _NOT_BLOCK_OUTPUTS
+        and _positions(shapes[name], layouts[name]) > 1
+    ]
     while maps and _pooled(producers, maps[-1]) in maps:  # read before a trailing pooling, at full detail
         maps = maps[: maps.index(_pooled(producers, maps[-1])) + 1]
     last_map = maps[-1] if maps else None
     for name in reversed(order):
         if name == last_map:
             return GradCamTarget(
-                name, _label(model, producers, name), "the last feature map (the last block's output)"
+                name,
+                _label(model, producers, name),
+                "the last feature map (the last block's output)",
+                layout=layouts[name],
             )
         if producers[name].op_type == "Add" and len(shapes[name]) == 3:
             stream = _readable(
-                name, _label(model, producers, name), "the last residual stream", shapes[name], size
+                name, _label(model, producers, name), "the last residual stream", shapes[name], size, None
             )
             if stream is not None:
                 return stream
     return None
 
 
+def _positions(shape: tuple[int, ...], layout: str) -> int:
+    return shape[layout.index("H")] * shape[layout.index("W")]
+
+
+def _made_by(producers: dict[str, Step], value: str) -> str:
+    step = producers.get(value)
+    return f"a {step.op_type} node" if step is not None else "the graph input"
+
+
 def _readable(
-    value: str, label: str, reason: str, shape: tuple[int, ...], size: tuple[int, ...]
+    value: str, label: str, reason: str, shape: tuple[int, ...], size: tuple[int, ...], layout: str | None
 ) -> GradCamTarget | None:
     if len(shape) == 4:
-        return GradCamTarget(value, label, reason)
+        return GradCamTarget(value, label, reason, layout=layout) if layout is not None else None
     if len(shape) != 3 or len(size) != 2:
         return None
     for class_tokens in (1, 0):
@@ -86,7 +128,7 @@ def _readable(
         if grid is not None:
             tokens = f"{class_tokens} class token dropped, " if class_tokens else ""
             return GradCamTarget(
-                value, label, f"{reason} ({tokens}{grid[0]}x{grid[1]} patches)", grid, class_tokens
+                value, label, f"{reason} ({tokens}{grid[0]}x{grid[1]} patches)", grid, class_tokens, None
             )
     return None
 

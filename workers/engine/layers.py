@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from workers.engine.errors import AuditInputError
-from workers.engine.onnx_import.ops.normalization import InstanceNormalization
+from workers.engine.onnx_import.ops.normalization import ChannelAffine, InstanceNormalization
 from workers.engine.settings import ReinitScheme
 
 
@@ -75,7 +75,13 @@ def layer_seed(seed: int, layer: Layer, draw: int = 0) -> int:
     return int(np.random.SeedSequence([seed, draw, layer.index]).generate_state(1)[0])
 
 
-NORMALIZATIONS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, InstanceNormalization)
+NORMALIZATIONS = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    InstanceNormalization,
+    ChannelAffine,
+)
 
 
 @torch.no_grad()

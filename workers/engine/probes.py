@@ -113,9 +113,11 @@ def load_probes(
     expected_shape: tuple[int | None, ...] | None,
     max_images: int,
     max_total_pixels: int = MAX_PROBE_SET_PIXELS,
+    model_layout: Layout = Layout.nchw,
 ) -> ProbeSet:
-    """Read and preprocess probes; ``expected_shape`` is the model's input shape (None = dynamic),
-    ``max_total_pixels`` the set's pixel budget (the service's max_probe_set_pixels)."""
+    """Read and preprocess probes; ``expected_shape`` is the model's input shape as [N, C, H, W] (None =
+    dynamic), ``max_total_pixels`` the set's pixel budget (the service's max_probe_set_pixels), and
+    ``model_layout`` the model's own input layout, which arrays are read in unless the settings say."""
     name = path.name
     if expected_shape is not None:
         _check_channels_first(expected_shape, "the model's input", name)
@@ -137,7 +139,7 @@ def load_probes(
     elif path.suffix.lower() in {".npy", ".npz"}:
         _refuse_image_only_settings(name, preprocessing)
         raw, labels = _read_array(path, max_images, max_total_pixels)
-        raw = _to_nchw(raw, preprocessing.layout)
+        raw = _to_nchw(raw, preprocessing.layout or model_layout)
         names, digest = [f"{name}[{i}]" for i in range(len(raw))], _file_sha256(path)
         default_scale = 1.0 if np.issubdtype(raw.dtype, np.floating) else 255.0
     else:

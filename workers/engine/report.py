@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workers.engine.settings import AuditSettings, LayerOrder, Metric, Outcome, RandomizationTest
 
-SCHEMA_VERSION = "2.3"
+SCHEMA_VERSION = "2.4"
 REPORT_FILE = "report.json"  # names of the outputs of an audit
 ARCHIVE_FILE = "maps.zip"
 HTML_FILE = "report.html"  # written after the audit from the other two (workers.engine.html_report)
@@ -55,6 +55,11 @@ class ArtifactInfo(_Frozen):
     sha256: str
     format: Literal["onnx", "torchscript", "torch_export"]
     opset: int | None = Field(None, description="ONNX opset the model was read at (after any conversion).")
+    input_layout: Literal["NCHW", "NHWC"] = Field(
+        "NCHW",
+        description="The model's own input layout, read from its graph; maps are [N, C, H, W] whatever "
+        "it is.",
+    )
 
 
 class ConversionCheck(_Frozen):
@@ -255,8 +260,15 @@ class MemoryUse(_Frozen):
     )
 
 
+class SkippedMethod(_Frozen):
+    """A default method left out because it is not defined on this model."""
+
+    name: str
+    reason: str
+
+
 class AuditReport(_Frozen):
-    schema_version: Literal["2.3"] = SCHEMA_VERSION
+    schema_version: Literal["2.4"] = SCHEMA_VERSION
     created_at: datetime
     model: ArtifactInfo
     conversion: ConversionCheck
@@ -268,6 +280,11 @@ class AuditReport(_Frozen):
     memory: MemoryUse | None = None
     versions: Versions
     methods: list[MethodResult]
+    skipped_methods: list[SkippedMethod] = Field(
+        default_factory=list,
+        description="Methods of the default set not audited because they are not defined on this model, "
+        "with the reason (methods named in the settings are never skipped: they refuse the audit).",
+    )
     data_randomization: DataRandomizationInfo | None = None
     notes: list[str] = Field(default_factory=list)
     seconds: float

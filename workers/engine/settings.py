@@ -115,7 +115,11 @@ class Preprocessing(BaseModel):
         max_length=MAX_CHANNEL_VALUES,
         description="Per-channel std divided after subtracting the mean.",
     )
-    layout: Layout = Field(Layout.nchw, description="Axis order of .npy/.npz arrays.")
+    layout: Layout | None = Field(
+        None,
+        description="Axis order of .npy/.npz arrays. Default: the model's own input layout (NHWC for "
+        "channels-last models such as Keras and Flax exports, NCHW otherwise).",
+    )
 
     @field_validator("std")
     @classmethod
@@ -189,7 +193,14 @@ class VerdictRule(BaseModel):
 class AuditSettings(BaseModel):
     model_config = _BOUNDED
 
-    methods: list[str] = Field(default_factory=lambda: list(METHOD_NAMES), max_length=len(METHOD_NAMES))
+    methods: list[str] | None = Field(
+        None,
+        max_length=len(METHOD_NAMES),
+        description="Saliency methods to audit. Default: every method defined on the model; one that is "
+        "not (Guided Backprop where a nonlinearity other than ReLU sits, GradCAM without a feature map) is "
+        "skipped and listed in the report with the reason. A method named here that is not defined on the "
+        "model refuses the audit.",
+    )
     tests: list[RandomizationTest] = Field(
         default_factory=lambda: [RandomizationTest.cascading, RandomizationTest.independent],
         max_length=len(RandomizationTest),
@@ -223,6 +234,12 @@ class AuditSettings(BaseModel):
         max_length=500,
         description="What GradCAM reads: a module of the source model (e.g. 'layer4.1'), a layer, an ONNX "
         "node or value name. Default: the last feature map (a ViT's last residual stream as a patch grid).",
+    )
+    model_layout: Layout | None = Field(
+        None,
+        description="The model's input layout: NCHW, or NHWC (channels last, as Keras and Flax export). "
+        "Default: read from the graph (a leading Transpose or Reshape to channels-first, a Conv reading the "
+        "input, else its shape).",
     )
     output: str | None = Field(
         None,
@@ -263,7 +280,9 @@ class AuditSettings(BaseModel):
 
     @field_validator("methods", "tests")
     @classmethod
-    def _non_empty_unique(cls, value: list) -> list:
+    def _non_empty_unique(cls, value: list | None) -> list | None:
+        if value is None:
+            return value
         if not value:
             raise ValueError("name at least one")
         if len(set(value)) != len(value):
@@ -272,8 +291,8 @@ class AuditSettings(BaseModel):
 
     @field_validator("methods")
     @classmethod
-    def _known_methods(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in METHOD_NAMES]
+    def _known_methods(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [name for name in value or () if name not in METHOD_NAMES]
         if unknown:
             raise ValueError(
                 f"unknown saliency method {unknown[0]!r}; available: {', '.join(sorted(METHOD_NAMES))}"

@@ -37,10 +37,12 @@ def _test_table(
         else "only layer"
     )
     width = max(len(method.name) for method, _ in rows)
-    header = f"{'method':<{width}}  draws  trained " + " ".join(f"{name[:6]:>6}" for name in labels)
+    header = f"{'method':<{width}}  draws  trained " + " ".join(
+        f"{f'#{i}':>6}" for i in range(1, len(labels) + 1)
+    )
     lines = [
         f"{test.value} randomization: mean {metric.value} vs trained maps over images and draws "
-        f"(column: {what})",
+        f"(column #k: {what} layer k below)",
         header + "   curve  95% interval      outcome",
     ]
     for method, result in rows:
@@ -50,7 +52,23 @@ def _test_table(
             f"{method.name:<{width}}  {result.draws:>5}  {stages}  {_value(estimate)}  "
             f"{_interval(result.verdict)}  {_outcome(result.verdict)}"
         )
+    lines.append(_legend([f"#{i} {name}" for i, name in enumerate(labels, 1)]))
     return "\n".join(lines)
+
+
+def _legend(items: list[str], width: int = 100) -> str:
+    """Full layer names, wrapped: names of deep models are long and must not be cut."""
+    lines, line = [], "layers:"
+    for item in items:
+        if len(line) + 2 + len(item) > width and line != "layers:":
+            lines.append(line)
+            line = "       "
+        line += f"  {item}"
+    return "\n".join([*lines, line])
+
+
+def _skipped(report: AuditReport) -> list[str]:
+    return [f"skipped (not defined on this model): {m.reason}" for m in report.skipped_methods]
 
 
 def _data_table(report: AuditReport, rows: list[tuple[MethodResult, TestResult]]) -> str:
@@ -107,6 +125,7 @@ def format_summary(report: AuditReport) -> str:
         f"conversion check: max |logit diff| {report.conversion.max_abs_logit_diff:.2e} "
         f"vs {report.conversion.reference_runtime}",
         report.target_policy_note,
+        *_skipped(report),
         *tables,
         f"outcome: PASS when the upper 95% bound (over images and draws) of the judged {rule.metric.value} "
         f"is below {rule.threshold}, FAIL when its lower bound is not, INCONCLUSIVE otherwise. Parameter "

@@ -20,20 +20,25 @@ from workers.engine.onnx_import import OnnxGraphModule
 from workers.engine.onnx_import.nonlinearities import non_relu_nonlinearities
 
 
+def refuse_non_relu(method: str, model: nn.Module) -> None:
+    """Guided backpropagation is defined only where every nonlinearity is a ReLU."""
+    if not isinstance(model, OnnxGraphModule):
+        raise MethodUnsupportedError(f"{method}: only converted models can be checked for ReLUs")
+    found = non_relu_nonlinearities(model)
+    if found:
+        listed = ", ".join(f"{count} x {name}" for name, count in sorted(found.items()))
+        raise MethodUnsupportedError(
+            f"{method}: the model has nonlinearities other than ReLU ({listed}); guided backpropagation is "
+            "defined only where every nonlinearity is a ReLU, and would return plain gradients through "
+            "these. Leave this method out for this model."
+        )
+
+
 class GuidedBackprop(SaliencyMethod):
     name = "guided_backprop"
 
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
-        if not isinstance(model, OnnxGraphModule):
-            raise MethodUnsupportedError(f"{self.name}: only converted models can be checked for ReLUs")
-        found = non_relu_nonlinearities(model)
-        if found:
-            listed = ", ".join(f"{count} x {name}" for name, count in sorted(found.items()))
-            raise MethodUnsupportedError(
-                f"{self.name}: the model has nonlinearities other than ReLU ({listed}); guided "
-                "backpropagation is defined only where every nonlinearity is a ReLU, and would return "
-                "plain gradients through these. Leave this method out for this model."
-            )
+        refuse_non_relu(self.name, model)
 
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
@@ -69,6 +74,11 @@ class GradCam(SaliencyMethod):
             )
         if not isinstance(model, OnnxGraphModule) or model.producer(target.value) is None:
             raise MethodUnsupportedError(f"{self.name}: the model has no value {target.label!r} to read")
+        if not target.is_feature_map:
+            raise MethodUnsupportedError(
+                f"{self.name}: {target.label} is not known to be a feature map [N, C, H, W] (layout "
+                f"{target.layout!r}); GradCAM would average its gradients over the wrong axes"
+            )
 
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
@@ -109,8 +119,11 @@ class GuidedGradCam(SaliencyMethod):
         return self._guided.parameters() | self._cam.parameters()
 
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
-        self._guided.check_supported(model, example)
-        self._cam.check_supported(model, example)
+        refuse_non_relu(self.name, model)
+        try:
+            self._cam.check_supported(model, example)
+        except MethodUnsupportedError as error:
+            raise MethodUnsupportedError(str(error).replace(self._cam.name, self.name, 1)) from None
 
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator

@@ -13,20 +13,32 @@ module, and ``ops`` holds one module per op family, where a reader looks for an 
 
 import onnx
 
+from workers.engine.errors import ModelConversionError
 from workers.engine.onnx_import.builder import Builder
 from workers.engine.onnx_import.graph import OnnxGraphModule
+from workers.engine.onnx_import.layouts import source_input_layout
 from workers.engine.onnx_import.ops import FUNCTION_BUILDERS, MODULE_BUILDERS, SUPPORTED_OPS
 from workers.engine.onnx_import.prepare import input_spec, prepared, refuse_unsupported
 
 __all__ = ["SUPPORTED_OPS", "OnnxGraphModule", "onnx_to_torch"]
 
 
-def onnx_to_torch(model: onnx.ModelProto) -> OnnxGraphModule:
-    """Convert a single-input float32 ONNX classifier; raises ModelConversionError on what it cannot."""
+def onnx_to_torch(model: onnx.ModelProto, layout: str | None = None) -> OnnxGraphModule:
+    """Convert a single-input float32 ONNX classifier; raises ModelConversionError on what it cannot.
+    A channels-last classifier ("NHWC": stated, or read from the graph when ``layout`` is None) comes
+    back taking [N, C, H, W] like every other."""
     model = prepared(model)
     graph = model.graph
     refuse_unsupported(graph, SUPPORTED_OPS)
     builder = Builder(model, input_spec(graph), MODULE_BUILDERS, FUNCTION_BUILDERS)
     for index, node in enumerate(graph.node):
         builder.add(node, index)
-    return builder.finish()
+    module = builder.finish()
+    if layout is not None and layout != "NCHW" and len(module.input_shape) != 4:
+        raise ModelConversionError(
+            f"model layout {layout} was given, but the input {module.input_name!r} has "
+            f"{len(module.input_shape)} axes, not 4"
+        )
+    if (layout or source_input_layout(module, builder.shapes)) == "NHWC":
+        module.take_channels_first_input()
+    return module

@@ -20,12 +20,11 @@ from torch import Tensor, nn
 
 from workers.engine.errors import ModelConversionError
 from workers.engine.onnx_import.graph import Attrs, Fn, LearnedTensor, OnnxGraphModule, Shape, Step
+from workers.engine.onnx_import.naming import Naming
 from workers.engine.onnx_import.prepare import (
     attributes,
     default_opset,
     describe,
-    human_name,
-    node_scope,
     static_shapes,
     to_torch,
 )
@@ -52,6 +51,7 @@ class Builder:
         self.opset = default_opset(model)
         self.consts: dict[str, Tensor] = {tensor.name: to_torch(tensor) for tensor in graph.initializer}
         self.shapes = static_shapes(model)
+        self.naming = Naming(model)
         self.consumers: dict[str, list[NodeProto]] = {}
         for node in graph.node:
             for name in node.input:
@@ -122,7 +122,9 @@ class Builder:
     def _step(self, node: NodeProto, **kwargs: Any) -> Step:
         kwargs.setdefault("inputs", tuple(node.input))
         kwargs.setdefault("outputs", tuple(node.output))
-        return Step(node.op_type, scope=node_scope(node), name=node.name, **kwargs)
+        return Step(
+            node.op_type, scope=self.naming.scope(node), name=node.name, attrs=attributes(node), **kwargs
+        )
 
     def add_function(self, node: NodeProto, fn: Fn) -> None:
         if all(not name or name in self.consts for name in node.input):
@@ -134,8 +136,9 @@ class Builder:
 
     def _learned_value(self, node: NodeProto, name: str) -> str:
         """``name`` itself, or the value of a LearnedTensor when ``name`` is a constant that looks learned:
-        float, at least two distinct finite values, entering the data path (not the raw model input,
-        which a constant normalizes)."""
+        float, at least two finite values, entering the data path (not the raw model input, which a
+        constant normalizes). The rule reads no values beyond finiteness, so that an untrained model
+        (a layer scale of ones, a position embedding of zeros) has the same layers as a trained one."""
         if name in self.learned:
             return self.learned[name]
         value = self.consts.get(name)
@@ -146,16 +149,17 @@ class Builder:
             or not value.is_floating_point()
             or value.numel() < 2
             or not bool(torch.isfinite(value).all())
-            or bool((value == value.reshape(-1)[0]).all())
         ):
             return name
         human = name if "." in name or (not name.startswith("onnx::") and not name.startswith("val_")) else ""
-        human = human or f"{node_scope(node) or node.name}.tensor"
+        human = human or f"{self.naming.scope(node) or node.name}.tensor"
         attr = self.attribute_name(human)
         self.module.add_module(attr, LearnedTensor(value))
         self.module.layer_names[attr] = human
         output = f"{name}::learned"
-        self.module.steps.append(Step("LearnedTensor", (), (output,), module=attr, scope=node_scope(node)))
+        self.module.steps.append(
+            Step("LearnedTensor", (), (output,), module=attr, scope=self.naming.scope(node))
+        )
         self.learned[name] = output
         return output
 
@@ -173,7 +177,7 @@ class Builder:
         key = (node.op_type, params, repr(sorted((attrs or {}).items())))
         attr = self.reused.get(key) if params else None
         if attr is None:
-            human = human_name(node, params[0] if params else None, self.index)
+            human = self.naming.layer(node, params[0] if params else None, self.index)
             attr = self.attribute_name(human)
             self.module.add_module(attr, make())
             self.module.layer_names[attr] = human
@@ -198,7 +202,7 @@ class Builder:
             return name
         padded = f"{node.output[0]}::padded_input"
         fn = partial(pad_constant, pads=torch_pads(begin, end), value=value)
-        self.module.steps.append(Step("Pad", (name,), (padded,), fn=fn, scope=node_scope(node)))
+        self.module.steps.append(Step("Pad", (name,), (padded,), fn=fn, scope=self.naming.scope(node)))
         return padded
 
     def pads(self, node: NodeProto, attrs: Attrs, kernel: list[int]) -> tuple[list[int], list[int]]:

@@ -1,7 +1,8 @@
 """The converted graph at run time: a module that evaluates its steps in topological order."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ class Step:
     fn: Fn | None = None
     scope: str = ""  # the module path of the source model the node came from, where the file says
     name: str = ""  # the node's name in the file
+    attrs: Attrs = field(default_factory=dict, compare=False, hash=False)  # the node's ONNX attributes
 
 
 class LearnedTensor(nn.Module):
@@ -51,6 +53,8 @@ class OnnxGraphModule(nn.Module):
         super().__init__()
         self.input_name = input_name
         self.input_shape = input_shape  # None for dynamic dimensions such as the batch
+        self.source_input_name = input_name  # the graph's own input, which its runtime is fed
+        self.input_layout = "NCHW"  # the graph's own input layout; ``forward`` always takes [N, C, H, W]
         self.graph_outputs = graph_outputs
         self.output_name = graph_outputs[0]
         self.selected_output = graph_outputs[0]  # the graph output audited (output_name: its logits)
@@ -59,6 +63,24 @@ class OnnxGraphModule(nn.Module):
         self.steps: list[Step] = []
         self.constant_buffers: dict[str, str] = {}  # ONNX value name -> buffer attribute
         self.taps: dict[str, str] = {}  # ONNX value name -> attribute of the nn.Identity run on it
+
+    def take_channels_first_input(self) -> None:
+        """Make a channels-last graph ([N, H, W, C] input, as Keras and Flax export) take [N, C, H, W] like
+        every other: a first step moves the axes to the graph's own layout, so maps, figures and metrics
+        see one layout whatever the framework."""
+        batch, height, width, channels = self.input_shape
+        self.input_layout = "NHWC"
+        self.input_name = f"{self.source_input_name}::channels_first"
+        self.input_shape = (batch, channels, height, width)
+        perm = [0, 2, 3, 1]
+        to_source = Step(
+            "Transpose",
+            (self.input_name,),
+            (self.source_input_name,),
+            fn=partial(torch.permute, dims=perm),
+            attrs={"perm": perm},
+        )
+        self.steps.insert(0, to_source)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.run(x, self.output_name)
@@ -118,8 +140,13 @@ class OnnxGraphModule(nn.Module):
         return self.producers().get(value)
 
     def pre_softmax_output(self) -> str | None:
-        """The logits, when ``output_name`` is produced by a final Softmax/LogSoftmax; else None."""
-        step = self.producer(self.output_name)
+        """The logits, when ``output_name`` is a final Softmax/LogSoftmax, as such or passed on unchanged
+        in value (Identity, Cast, Reshape, Flatten: paddle2onnx ends its graphs with Softmax -> Identity);
+        else None."""
+        producers = self.producers()
+        step = producers.get(self.output_name)
+        while step is not None and step.op_type in ("Identity", "Cast", "Reshape", "Flatten", "Squeeze"):
+            step = producers.get(step.inputs[0])
         if step is not None and step.op_type in ("Softmax", "LogSoftmax"):
             return step.inputs[0]
         return None

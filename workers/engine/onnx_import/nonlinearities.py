@@ -64,15 +64,30 @@ def non_relu_nonlinearities(module: OnnxGraphModule) -> Counter[str]:
     return found
 
 
+def _gate(producers: dict[str, Step], value: str) -> str:
+    """The op that makes a product's factor, looking through scalings (``relu6(x + 3) / 6``)."""
+    step = producers.get(value)
+    while step is not None and step.op_type in ("Mul", "Div") and len(step.inputs) == 2:
+        carried = [name for name in step.inputs if name in producers]
+        if len(carried) != 1:
+            break
+        step = producers[carried[0]]
+    return step.op_type if step is not None else ""
+
+
 def _label(step: Step, carried: list[str], producers: dict[str, Step]) -> str | None:
     """How to name ``step`` when it is nonlinear in its data inputs, or None when it is linear."""
     op = step.op_type
     if op in _PRODUCTS:
         if len(carried) < 2:
             return None
-        factors = [producers.get(name) for name in carried]
-        if any(f is not None and f.op_type in ("Sigmoid", "HardSigmoid") for f in factors):
+        gates = {_gate(producers, name) for name in carried}
+        if "Sigmoid" in gates:
             return "SiLU/Swish or sigmoid gating (Sigmoid x Mul)"
+        if "HardSigmoid" in gates:
+            return "HardSwish or hard-sigmoid gating (HardSigmoid x Mul)"
+        if "Clip" in gates:
+            return "HardSwish or hard gating spelled out (x x Clip(x + 3) / 6)"
         return "product of two activations (attention, gating, squeeze-excitation)"
     if op == "Div":
         return None if len(step.inputs) > 1 and step.inputs[1] not in carried else "division by an activation"

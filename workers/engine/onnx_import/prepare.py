@@ -1,7 +1,5 @@
 """Reading an ONNX model before the rebuild: validation, opset lifting, refusals, shapes and names."""
 
-import ast
-
 import numpy as np
 import onnx
 import onnx.inliner
@@ -89,7 +87,10 @@ def input_spec(graph: onnx.GraphProto) -> tuple[str, Shape]:
 
 
 def dims(shape: onnx.TensorShapeProto) -> Shape:
-    return tuple(dim.dim_value if dim.HasField("dim_value") else None for dim in shape.dim)
+    """Sizes, None for a dynamic dimension: named, unnamed, or written as -1 or 0 (paddle2onnx)."""
+    return tuple(
+        dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None for dim in shape.dim
+    )
 
 
 def static_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
@@ -109,34 +110,3 @@ def to_torch(tensor: TensorProto) -> Tensor:
 def attributes(node: NodeProto) -> Attrs:
     values = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
     return {name: value.decode() if isinstance(value, bytes) else value for name, value in values.items()}
-
-
-def node_scope(node: NodeProto) -> str:
-    """The module path of the source model a node was exported from, or "" where the file does not say.
-
-    torch's dynamo exporter records it in the ``pkg.torch.onnx.name_scopes`` metadata (the module paths,
-    then the op); the TorchScript-based exporter in node names such as ``/layer1/layer1.0/conv1/Conv``,
-    where a part is a child's name, or a container's child shown under the container's own name
-    (``layer1.0`` is child ``0`` of ``layer1``).
-    """
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            scopes = [scope for scope in ast.literal_eval(prop.value) if scope]
-            return scopes[-2] if len(scopes) >= 2 else ""
-    if not node.name.startswith("/"):
-        return ""
-    components: list[str] = []
-    for part in [part for part in node.name.split("/") if part][:-1]:
-        if components and part.startswith(f"{components[-1]}."):
-            components[-1] = part
-        else:
-            components.append(part)
-    return ".".join(components)
-
-
-def human_name(node: NodeProto, weight_name: str | None, index: int) -> str:
-    """The name the artifact gave the layer: ``conv_1.weight`` -> ``conv_1``, ``attn.in_proj_weight`` as
-    is, a node exported from module ``features.0`` -> ``features.0``."""
-    if weight_name and "." in weight_name and not weight_name.startswith("onnx::"):
-        return weight_name.removesuffix(".weight")
-    return node_scope(node) or node.name or weight_name or f"{node.op_type.lower()}_{index}"

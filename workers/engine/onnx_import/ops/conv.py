@@ -1,5 +1,6 @@
-"""Conv and ConvTranspose: torch convolution layers; a BatchNormalization reading only a Conv is folded
-into it, as the TorchScript-based exporter does, so both ONNX exporters give the same layers."""
+"""Conv and ConvTranspose: torch convolution layers. Per-channel affine maps reading only a Conv (a
+BatchNormalization, or tf2onnx's Mul and Add) are folded into it, as the TorchScript-based exporter does,
+so every exporter gives the same layers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from workers.engine.errors import ModelConversionError
 from workers.engine.onnx_import.builder import with_parameters
 from workers.engine.onnx_import.graph import Attrs
 from workers.engine.onnx_import.input_gradient import Conv2d
-from workers.engine.onnx_import.prepare import describe
+from workers.engine.onnx_import.prepare import attributes, describe
 
 if TYPE_CHECKING:
     from workers.engine.onnx_import.builder import Builder
@@ -22,22 +23,82 @@ _CONV = {1: nn.Conv1d, 2: Conv2d, 3: nn.Conv3d}
 _CONV_TRANSPOSE = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 
 
-def _folded_batch_norm(
+def _affine_after(
+    b: Builder, value: str, channels: int, spatial: int
+) -> tuple[NodeProto, Tensor, Tensor] | None:
+    """The node that reads only ``value`` (a conv's [N, C, ...] output) and applies a per-channel affine
+    map to it, with that map's factor and shift per channel (float64); None when there is none.
+
+    Exporters spell an inference-mode batch norm as BatchNormalization, or as Mul then Add (tf2onnx), or as
+    Sub then Div; each is exact to fold.
+    """
+    readers = b.consumers.get(value, [])
+    if len(readers) != 1 or value in b.module.graph_outputs:
+        return None
+    node = readers[0]
+    if node.op_type == "BatchNormalization":
+        if any(name not in b.consts for name in node.input[1:5]) or any(
+            b.consumers.get(name) for name in node.output[1:] if name
+        ):
+            return None
+        if attributes(node).get("training_mode", 0):
+            return None
+        scale, shift, mean, var = (b.consts[name].double() for name in node.input[1:5])
+        factor = scale / torch.sqrt(var + attributes(node).get("epsilon", 1e-5))
+        return node, factor, shift - mean * factor
+    if node.op_type not in ("Mul", "Div", "Add", "Sub") or len(node.input) != 2:
+        return None
+    position = list(node.input).index(value) if value in node.input else -1
+    other = node.input[1 - position] if position in (0, 1) else ""
+    if other not in b.consts or (position == 1 and node.op_type in ("Div", "Sub")):
+        return None
+    per_channel = _per_channel(b.consts[other], channels, spatial)
+    if per_channel is None:
+        return None
+    ones, zeros = torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    return {
+        "Mul": (node, per_channel, zeros),
+        "Div": (node, 1.0 / per_channel, zeros),
+        "Add": (node, ones, per_channel),
+        "Sub": (node, ones, -per_channel),
+    }[node.op_type]
+
+
+def _per_channel(const: Tensor, channels: int, spatial: int) -> Tensor | None:
+    """``const`` as one float64 value per channel when it broadcasts that way against [N, C, ...]."""
+    if not const.is_floating_point():
+        return None
+    if const.numel() == 1:
+        return const.double().reshape(1).expand(channels).clone()
+    shape = list(const.shape)
+    if len(shape) == spatial + 2 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != spatial + 1 or shape[0] != channels or any(d != 1 for d in shape[1:]):
+        return None
+    return const.double().reshape(channels)
+
+
+def _folded_affines(
     b: Builder, node: NodeProto, weight: Tensor, bias: Tensor | None
 ) -> tuple[Tensor, Tensor | None, str, tuple[str, ...]]:
-    """Weight, bias, output and parameter names of the conv with the batch norm after it folded in (exact
-    in real arithmetic: an eval-mode batch norm is a per-channel affine map)."""
-    norm = b.sole_reader(node.output[0], "BatchNormalization")
-    if norm is None or any(name not in b.consts for name in norm.input[1:5]):
-        return weight, bias, node.output[0], tuple(node.input[1:])
-    scale, shift, mean, var = (b.consts[name].double() for name in norm.input[1:5])
-    epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
-    factor = scale / torch.sqrt(var + epsilon)
+    """Weight, bias, output and parameter names of the conv with every per-channel affine map after it
+    folded in (exact in real arithmetic), so that the layer list does not depend on how an exporter
+    spelled a batch norm, nor on its values."""
+    output, params = node.output[0], tuple(node.input[1:])
+    channels, spatial = weight.shape[0], weight.dim() - 2
+    factor = torch.ones(channels, dtype=torch.float64)
+    shift = bias.double() if bias is not None else torch.zeros(channels, dtype=torch.float64)
+    folded = False
+    while (affine := _affine_after(b, output, channels, spatial)) is not None:
+        reader, scale, offset = affine
+        factor, shift = factor * scale, shift * scale + offset
+        b.fused.add(reader.output[0])
+        params = (*params, *(name for name in reader.input if name != output))
+        output, folded = reader.output[0], True
+    if not folded:
+        return weight, bias, output, params
     folded_weight = weight.double() * factor.reshape(-1, *([1] * (weight.dim() - 1)))
-    folded_bias = ((bias.double() if bias is not None else 0.0) - mean) * factor + shift
-    b.fused.add(norm.output[0])
-    params = (*node.input[1:], *norm.input[1:5])
-    return folded_weight.float(), folded_bias.float(), norm.output[0], params
+    return folded_weight.float(), shift.float(), output, params
 
 
 def conv(b: Builder, node: NodeProto, attrs: Attrs) -> None:
@@ -50,7 +111,7 @@ def conv(b: Builder, node: NodeProto, attrs: Attrs) -> None:
     dilations = list(attrs.get("dilations", [1] * spatial))
     begin, end = b.pads(node, attrs, list(weight.shape[2:]))
     data = b.padded_input(node, begin, end, 0.0)
-    weight, bias, output, params = _folded_batch_norm(b, node, weight, bias)
+    weight, bias, output, params = _folded_affines(b, node, weight, bias)
 
     def make() -> nn.Module:
         layer = _CONV[spatial](

@@ -1,5 +1,6 @@
 """Normalization layers: BatchNormalization that no convolution absorbs, LayerNormalization,
-GroupNormalization and InstanceNormalization, each a torch module whose affine is a parameter group."""
+GroupNormalization and InstanceNormalization, each a torch module whose affine is a parameter group; and
+a batch norm spelled as a constant Mul then Add (tf2onnx) that no convolution absorbs, a ChannelAffine."""
 
 from __future__ import annotations
 
@@ -45,15 +46,65 @@ class InstanceNormalization(nn.Module):
         return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
 
 
-def _no_extra_outputs(node: NodeProto) -> None:
-    if any(node.output[1:]):
+class ChannelAffine(nn.Module):
+    """``x * weight + bias`` with constant tensors of at least two values each: an inference-mode batch
+    norm as tf2onnx writes it where no convolution comes before it, made one normalization layer (not two
+    anonymous learned tensors) so that it is re-initialized as every other normalization."""
+
+    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        self.weight, self.bias = parameter(weight), parameter(bias)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.weight + self.bias
+
+
+def channel_affine(b: Builder, node: NodeProto, attrs: Attrs) -> None:
+    """A Mul by a constant whose only reader adds (or subtracts) a constant: one ChannelAffine layer.
+    Anything else is the elementwise product. Scalars (a hard sigmoid's 1/6 and 0.5) are not layers."""
+    constant = next((name for name in node.input if name in b.consts), None)
+    data = next((name for name in node.input if name not in b.consts), None)
+    shift = b.sole_reader(node.output[0], "Add") or b.sole_reader(node.output[0], "Sub")
+    offset = next((name for name in shift.input if name in b.consts), None) if shift is not None else None
+    if (
+        constant is None
+        or data is None
+        or data == b.module.input_name
+        or shift is None
+        or offset is None
+        or (shift.op_type == "Sub" and shift.input[1] != offset)
+        or min(b.consts[constant].numel(), b.consts[offset].numel()) < 2
+        or not (b.consts[constant].is_floating_point() and b.consts[offset].is_floating_point())
+    ):
+        b.add_function(node, b.function_builders[node.op_type](b, node, attrs))
+        return
+    weight, bias = torch.broadcast_tensors(b.consts[constant], b.consts[offset])
+    bias = -bias if shift.op_type == "Sub" else bias
+    b.fused.add(shift.output[0])
+    b.add_module(
+        node,
+        lambda: ChannelAffine(weight, bias),
+        data,
+        shift.output[0],
+        (constant, offset),
+        attrs,
+    )
+
+
+def _no_extra_outputs(b: Builder, node: NodeProto) -> None:
+    """Statistics outputs that no node reads (some exporters list them) are left out; read ones refused."""
+    if any(b.consumers.get(name) or name in b.module.graph_outputs for name in node.output[1:] if name):
         raise ModelConversionError(f"{describe(node)}: the saved mean and variance outputs are not supported")
 
 
 def batch_norm(b: Builder, node: NodeProto, attrs: Attrs) -> None:
     if attrs.get("training_mode", 0):
         raise ModelConversionError(f"{describe(node)}: training-mode batch normalization is not supported")
-    _no_extra_outputs(node)
+    _no_extra_outputs(b, node)
     scale, shift, mean, var = (
         b.const(node, i, what) for i, what in enumerate(("scale", "B", "mean", "var"), 1)
     )
@@ -75,7 +126,7 @@ def batch_norm(b: Builder, node: NodeProto, attrs: Attrs) -> None:
 
 def layer_norm(b: Builder, node: NodeProto, attrs: Attrs) -> None:
     """LayerNormalization over the trailing axes from ``axis`` on; its scale must cover all of them."""
-    _no_extra_outputs(node)
+    _no_extra_outputs(b, node)
     scale = b.const(node, 1, "scale")
     bias = b.optional_const(node, 2, "bias")
     axis = attrs.get("axis", -1)
@@ -126,6 +177,7 @@ def instance_norm(b: Builder, node: NodeProto, attrs: Attrs) -> None:
 
 
 MODULES = {
+    "Mul": channel_affine,
     "BatchNormalization": batch_norm,
     "LayerNormalization": layer_norm,
     "GroupNormalization": group_norm,
