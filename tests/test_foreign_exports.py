@@ -29,6 +29,7 @@ from tests.foreign_corpus import (
 from workers.cli import main
 from workers.engine.artifacts import load_model
 from workers.engine.gradcam_target import choose_target
+from workers.engine.onnx_import import onnx_to_torch
 from workers.engine.report import AuditReport
 
 FAST = ["--tests", "cascading", "--ig-steps", "4", "--noise-samples", "4", "--draws", "1", "--max-draws", "1"]
@@ -198,3 +199,28 @@ def test_named_guided_methods_refuse_each_under_its_own_name(
     assert message.count("guided_backprop:") == 1 and message.count("guided_gradcam:") == 1
     assert "HardSwish or hard-sigmoid gating (HardSigmoid x Mul)" in message
     assert "SiLU" not in message
+
+
+def test_a_stated_model_layout_overrides_what_the_graph_suggests() -> None:
+    """A channels-last graph without a convolution to read it from: --model-layout NHWC says so."""
+    nodes = [
+        onnx.helper.make_node("Flatten", ["x"], ["f"]),
+        onnx.helper.make_node("MatMul", ["f", "w"], ["y"]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "mlp",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8, 6, 3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5])],
+        initializer=[onnx.numpy_helper.from_array(np.ones((144, 5), np.float32), "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    assert onnx_to_torch(model).input_layout == "NHWC"  # last axis 3, second 8: channels-last by shape
+    stated = onnx_to_torch(model, "NCHW")
+    assert stated.input_layout == "NCHW" and stated.input_shape == (None, 8, 6, 3)
+    channels_last = onnx_to_torch(model, "NHWC")
+    assert channels_last.input_shape == (None, 3, 8, 6)
+    x = np.random.default_rng(0).random((2, 8, 6, 3), dtype=np.float32)
+    expected = x.reshape(2, -1) @ np.ones((144, 5), np.float32)
+    ours = channels_last(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+    np.testing.assert_allclose(ours.detach().numpy(), expected, rtol=1e-5)
