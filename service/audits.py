@@ -17,7 +17,7 @@ from workers import logs, problems
 from workers.dispatch import DispatchError
 from workers.engine.settings import AuditSettings
 from workers.object_store import StoredObject
-from workers.requests import ArtifactKind, AuditRequest
+from workers.requests import ArtifactKind, AuditRequest, WorkQueue
 from workers.store.jobs import TERMINAL_STATES, Artifact, Job, JobState, WrongState
 from workers.sweeper import dispatch_job
 
@@ -45,7 +45,7 @@ def submit_audit(
     if idempotency_key is not None:
         earlier = runtime.store.get_job_by_key(caller.tenant, idempotency_key)
         if earlier is not None:
-            return _replay(earlier, digest), False
+            return _replay(earlier, digest, runtime), False
     _check_inputs(request, caller, runtime)
     if request.callback_url is not None:
         refused = refusal(str(request.callback_url), runtime.webhooks.allowed)
@@ -56,7 +56,7 @@ def submit_audit(
         caller.tenant, request.model_dump(mode="json"), digest, idempotency_key, request.queue
     )
     if not created:
-        return _replay(job, digest), False
+        return _replay(job, digest, runtime), False
     with logs.bound_job(job.id):
         log.info("audit queued for tenant %s on %s", caller.tenant, request.queue.value)
     try:
@@ -71,14 +71,23 @@ def submit_audit(
     return job, True
 
 
-def _replay(job: Job, digest: str) -> Job:
+def _replay(job: Job, digest: str, runtime: Runtime) -> Job:
+    """The job the key made; one that a passing fault failed (``audit-interrupted``) is queued again."""
     if job.request_hash != digest:
         raise Problem(
             problems.IDEMPOTENCY_KEY_REUSED,
             f"this Idempotency-Key was used for job {job.id} with a different request body; use a new key "
             "for a new request",
         )
-    return job
+    retryable = job.state is JobState.failed and (job.error or {}).get("type") in problems.RETRYABLE_FAILURES
+    if retryable and runtime.store.rerun(job):
+        with logs.bound_job(job.id):
+            log.info("audit queued again: its last run was interrupted by a passing fault")
+        try:
+            dispatch_job(runtime.store, runtime.dispatcher, job.id, WorkQueue(job.queue), 0)
+        except DispatchError:
+            log.warning("job %s queued again; the sweeper dispatches it once the broker is back", job.id)
+    return runtime.store.get_job(job.id) or job
 
 
 def _check_active_jobs(caller: Caller, runtime: Runtime) -> None:

@@ -5,13 +5,15 @@
         report = client.report(job.id)
 
 Uploads skip bytes the server already has (it is asked by sha256 first). Submits carry an
-Idempotency-Key, kept across the client's own retries, so a retry never queues a second audit. Answers 429
-and 503, and connection failures, are retried after the server's Retry-After (or a growing backoff). Every
-other error raises ``ServiceError`` holding the server's problem details.
+Idempotency-Key, kept across the client's own retries, so a retry never queues a second audit. Answers 429,
+502-504 and 507 (a service whose job store, broker or disk is out for a while), and connection failures,
+are retried after the server's Retry-After (or a growing backoff) for up to ``ride_out_s`` from the first
+failure of a request. Every other error raises ``ServiceError`` holding the server's problem details.
 """
 
 import hashlib
 import io
+import itertools
 import time
 import uuid
 import zipfile
@@ -33,7 +35,7 @@ ROUTES = {
     ArtifactKind.training_data: "/v1/training-sets",
 }
 RESULT_FILES = {"report": "report.json", "report.html": "report.html", "archive": "maps.zip"}
-_RETRIED = frozenset({429, 502, 503, 504})
+_RETRIED = frozenset({429, 502, 503, 504, 507})
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 Source = Path | str | bytes
 
@@ -58,7 +60,7 @@ class AuditClient:
         api_key: str | None = None,
         *,
         timeout_s: float = 60.0,
-        retries: int = 6,
+        ride_out_s: float = 300.0,
         max_wait_s: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -66,7 +68,7 @@ class AuditClient:
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport
         )
-        self.retries, self.max_wait_s = retries, max_wait_s
+        self.ride_out_s, self.max_wait_s = ride_out_s, max_wait_s
 
     def __enter__(self) -> "AuditClient":
         return self
@@ -224,25 +226,31 @@ class AuditClient:
         allow: frozenset[int] | set[int] = frozenset(),
         **options: Any,
     ) -> httpx.Response:
-        """Send, retrying 429/502/503/504 and connection failures after Retry-After or a growing backoff;
-        raise ``ServiceError`` for any other error status not in ``allow``."""
-        for attempt in range(self.retries + 1):
+        """Send, retrying 429/502-504/507 and connection failures after Retry-After or a growing backoff
+        while ``ride_out_s`` from the first failure allows; raise ``ServiceError`` for any other error
+        status not in ``allow``."""
+        deadline: float | None = None
+        for attempt in itertools.count():
+            response, failure = None, None
             try:
                 response = self._http.request(
                     method, path, content=None if content is None else content(), **options
                 )
-            except httpx.TransportError:
-                if attempt == self.retries:
-                    raise
-                time.sleep(min(2.0**attempt, self.max_wait_s))
-                continue
-            if response.status_code in _RETRIED and attempt < self.retries:
-                time.sleep(min(_retry_after(response) or 2.0**attempt, self.max_wait_s))
-                continue
-            if response.is_success or response.status_code in allow:
-                return response
-            raise ServiceError(response.status_code, _problem(response))
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            except httpx.TransportError as error:
+                failure = error
+            if response is not None and response.status_code not in _RETRIED:
+                if response.is_success or response.status_code in allow:
+                    return response
+                raise ServiceError(response.status_code, _problem(response))
+            deadline = deadline if deadline is not None else time.monotonic() + self.ride_out_s
+            hint = _retry_after(response) if response is not None else None
+            pause = min(hint or 2.0**attempt, self.max_wait_s)
+            if time.monotonic() + pause > deadline:
+                if response is None:
+                    raise failure or httpx.ConnectError(f"{method} {path}: unreachable")
+                raise ServiceError(response.status_code, _problem(response))
+            time.sleep(pause)
+        raise AssertionError("unreachable: itertools.count() does not end")
 
 
 def _retry_after(response: httpx.Response) -> float | None:

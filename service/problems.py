@@ -12,10 +12,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from workers import problems
 from workers.object_store import StoreUnavailable
+from workers.outages import DATABASE, DISK, OBJECT_STORE, OUTAGES, outage_of
 from workers.problems import ProblemKind, redact_paths
 
 log = logging.getLogger(__name__)
@@ -79,16 +81,37 @@ def problem_response(
     )
 
 
+# a passing outage of a dependency: what the client is told, and when to come back
+_OUTAGE_ANSWERS = {
+    DATABASE: (problems.DATABASE_UNAVAILABLE, "the job store is unreachable for now; retry later", "5"),
+    DISK: (problems.INSUFFICIENT_STORAGE, "the service's disk is full; nothing was kept, retry later", "30"),
+    OBJECT_STORE: (problems.STORAGE_UNAVAILABLE, "the object store is unreachable; retry later", "10"),
+}  # fmt: skip
+
+
+def outage_response(request: Request, error: BaseException) -> JSONResponse | None:
+    """A 503 or 507 for a dependency's passing outage, logged once per outage; None for anything else."""
+    outage = outage_of(error)
+    if outage is None:
+        return None
+    OUTAGES.failed(outage, error, f"{request.method} {request.url.path}")
+    kind, detail, retry_after = _OUTAGE_ANSWERS[outage]
+    return problem_response(request, kind, detail, {"Retry-After": retry_after})
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, error: Problem) -> JSONResponse:
         return problem_response(request, error.kind, error.detail, error.headers)
 
     @app.exception_handler(StoreUnavailable)
-    async def _store(request: Request, error: StoreUnavailable) -> JSONResponse:
-        log.warning("object store unavailable: %s", error)
-        detail = "the object store is unreachable for now; retry later"
-        return problem_response(request, problems.STORAGE_UNAVAILABLE, detail, {"Retry-After": "10"})
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(OSError)
+    async def _outage(request: Request, error: Exception) -> JSONResponse:
+        answer = outage_response(request, error)
+        if answer is None:
+            raise error  # not an outage: the request-id middleware answers it as an internal error
+        return answer
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -12,7 +12,7 @@ import uuid
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.problems import problem_response
+from service.problems import outage_response, problem_response
 from workers import logs, problems
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,16 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_tracked)
-        except Exception:
-            # outside FastAPI's handlers, inside the request's id: logged with it, answered without internals
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            if started:
-                raise
-            detail = f"the server failed; quote request id {request_id} when reporting it"
-            response = problem_response(Request(scope), problems.INTERNAL_ERROR, detail)
+        except Exception as error:
+            # outside FastAPI's handlers, inside the request's id: an outage answered as one, anything else
+            # logged with the id and answered without internals
+            response = None if started else outage_response(Request(scope), error)
+            if response is None:
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                if started:
+                    raise
+                detail = f"the server failed; quote request id {request_id} when reporting it"
+                response = problem_response(Request(scope), problems.INTERNAL_ERROR, detail)
             await response(scope, receive, send_with_id)
         finally:
             logs.request_id.reset(token)

@@ -187,5 +187,5 @@ def test_the_gates_exit_codes_tell_a_ci_system_what_happened(
         )
         assert queued.returncode == 0 and len(queued.stdout.strip()) == 32  # the job id, for a later step
     nobody = f"http://127.0.0.1:{free_port()}"
-    unreachable = _gate(nobody, model, probes, tmp_path / "gone", "--wait", "--retries", "0")
+    unreachable = _gate(nobody, model, probes, tmp_path / "gone", "--wait", "--ride-out", "0")
     assert unreachable.returncode == 3 and "ConnectError" in unreachable.stderr

@@ -141,16 +141,16 @@ def test_an_attempt_presumed_lost_can_no_longer_write(store: JobStore) -> None:
 
 def test_queued_jobs_no_worker_will_take_are_due_for_dispatch(store: JobStore) -> None:
     job, _ = _job(store)
-    due = [(job.id, "cpu", 0)]
     assert store.jobs_to_dispatch(grace_s=3600, redispatch_after_s=3600) == []  # its request dispatches it
-    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == due
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == [(job.id, "cpu", 0, False)]
     store.mark_dispatched(job.id, attempts=0)
     assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == []
-    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=0) == due  # handed over, never started
+    handed = [(job.id, "cpu", 0, True)]
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=0) == handed  # handed over, never started
     _claim(store, job.id)
     _recover(store)
     store.mark_dispatched(job.id, attempts=0)  # a dispatch from before the attempt: does not count
-    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == [(job.id, "cpu", 1)]
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == [(job.id, "cpu", 1, False)]
 
 
 def test_a_job_running_before_the_lease_upgrade_is_settled_after_it(tmp_path: Path) -> None:

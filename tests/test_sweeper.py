@@ -1,6 +1,8 @@
 """The sweeper hands again to workers the jobs nobody holds, on SQLite and PostgreSQL."""
 
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +34,10 @@ class RecordingDispatcher:
         if self.down:
             raise DispatchError("the broker is unreachable (test)")
         self.handed.append((job_id, work_queue))
+
+    def waiting(self, work_queue: WorkQueue) -> int:
+        """Messages handed but not taken: a test takes them by clearing ``handed``."""
+        return sum(1 for _, queue in self.handed if queue is work_queue)
 
     def check(self) -> None:
         pass
@@ -89,6 +95,28 @@ def test_jobs_the_broker_refused_are_dispatched_by_a_later_sweep(
     assert sweeper.sweep() == 2 and dispatcher.handed == [(job.id, WorkQueue.cpu) for job in jobs]
 
 
+def test_a_handed_job_no_worker_started_is_handed_again_once_its_queue_holds_no_message(
+    store: JobStore, dispatcher: RecordingDispatcher
+) -> None:
+    """A worker that took the message and gave up during a job-store outage leaves the job queued."""
+    waiting, lost = (store.create_job("local", {"model": "m"}, "hash", None, "cpu")[0] for _ in range(2))
+    sweeper = _sweeper(store, dispatcher, lease_s=1e-6, redispatch_after_s=1e-6)
+    assert sweeper.sweep() == 2
+    time.sleep(0.01)
+    assert sweeper.sweep() == 0  # two messages wait in the queue: either may be the job's own
+    dispatcher.handed.remove((lost.id, WorkQueue.cpu))  # a worker took one message and dropped it
+    assert sweeper.sweep() == 0  # one still waits: it may be either job's
+    dispatcher.handed.clear()  # the other was taken too: the queue is empty, both jobs still queued
+    time.sleep(0.01)
+    assert sweeper.sweep() == 2
+    assert {job_id for job_id, _ in dispatcher.handed} == {waiting.id, lost.id}
+    store.claim(waiting.id)
+    dispatcher.handed.clear()
+    time.sleep(0.01)
+    holding = _sweeper(store, dispatcher, lease_s=3600, redispatch_after_s=1e-6)  # the attempt is alive
+    assert holding.sweep() == 1 and dispatcher.handed == [(lost.id, WorkQueue.cpu)]  # a started job stays
+
+
 # --- retention -----------------------------------------------------------------------------------------
 
 
@@ -128,6 +156,30 @@ def test_artifacts_no_job_names_expire_and_a_blob_goes_with_its_last_owner(
     assert store.get_artifact("other", used, "model") is None  # no job of that tenant names it
     assert store.get_artifact("local", unused, "model") is None
     assert sweeper.storage.has_blob(used) and not sweeper.storage.has_blob(unused)
+
+
+def test_a_partial_upload_whose_receiving_process_died_is_removed_by_the_next_sweep(
+    store: JobStore, dispatcher: RecordingDispatcher
+) -> None:
+    """An API process killed mid-upload leaves its partial file; it does not wait for the hour-long rule."""
+    sweeper = _sweeper(store, dispatcher, lease_s=3600, abandoned_upload_s=3600)
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead_pid = child.pid
+    ours = sweeper.storage.new_upload(100, "model.onnx")
+    ours.write(b"partial")
+    orphan = ours.path.parent.with_name(ours.path.parent.name.replace(f"-{os.getpid()}-", f"-{dead_pid}-"))
+    shutil.copytree(ours.path.parent, orphan)
+    recent = sweeper.storage.new_upload(100, "probes.npz")
+    recent_orphan = recent.path.parent.with_name(f"upload-{dead_pid}-recent")
+    recent.path.parent.rename(recent_orphan)
+    quiet = time.time() - 60
+    for path in (orphan, *orphan.iterdir()):
+        os.utime(path, (quiet, quiet))
+    sweeper.expire()
+    assert not orphan.exists()
+    assert ours.path.exists()  # its process (this one) is alive
+    assert recent_orphan.exists()  # written to moments ago: maybe a process this one cannot see
 
 
 def test_abandoned_uploads_and_stale_work_folders_are_removed_but_not_a_running_attempts(

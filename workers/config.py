@@ -39,10 +39,28 @@ class Settings(BaseSettings):
         3, description="Attempts at one job before it is failed (a job whose worker dies is requeued)."
     )
     lease_s: Annotated[float, Field(gt=0)] = Field(
-        60, description="A running job whose worker has not renewed its lease for this long is presumed lost."
+        20, description="A running job whose worker has not renewed its lease for this long is presumed lost."
     )
     sweep_interval_s: Annotated[float, Field(gt=0)] = Field(
-        15, description="How often the API looks for lost attempts and jobs never handed to a worker."
+        5, description="How often the API looks for lost attempts and jobs never handed to a worker."
+    )
+    redispatch_after_s: Annotated[float, Field(gt=0)] = Field(
+        60,
+        description="A queued job handed to the broker this long ago and not started is handed over again "
+        "once its work queue holds no message (its own was lost, or dropped by a worker during an outage).",
+    )
+    store_retry_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        2,
+        description="A worker that cannot reach the job store, or has too little disk, tries the job again "
+        "after this pause, doubled (with jitter) at each failure up to a minute.",
+    )
+    store_retries: Annotated[int, Field(ge=0, le=1000)] = Field(
+        10, description="Tries of a worker at one delivery before it leaves the job to the sweeper."
+    )
+    min_free_disk_mib: Annotated[int, Field(ge=0)] = Field(
+        512,
+        description="Below this much free space in data_dir, /readyz says storage is degraded, uploads "
+        "answer 507 and workers take no new audit.",
     )
     soft_time_limit_s: Annotated[int, Field(ge=1)] = 4 * 3600
     hard_time_limit_s: Annotated[int, Field(ge=1)] = 4 * 3600 + 300

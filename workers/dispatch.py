@@ -37,6 +37,9 @@ class Dispatcher(Protocol):
     def queue_depth(self) -> dict[str, int]:
         """Jobs waiting in each work queue (metrics)."""
 
+    def waiting(self, work_queue: WorkQueue) -> int:
+        """Messages waiting in one work queue, not yet taken by a worker (raises when unreachable)."""
+
     def stop(self) -> None: ...
 
 
@@ -67,14 +70,16 @@ class CeleryDispatcher:
             connection.ensure_connection(max_retries=1, timeout=2)
 
     def queue_depth(self) -> dict[str, int]:
-        depth = {}
+        return {QUEUES[work_queue]: self.waiting(work_queue) for work_queue in QUEUES}
+
+    def waiting(self, work_queue: WorkQueue) -> int:
         with self.app.connection_for_read() as connection:
-            for name in QUEUES.values():
-                try:
-                    depth[name] = connection.default_channel.queue_declare(name, passive=True).message_count
-                except connection.channel_errors:  # Redis keeps no empty queue: nothing waits in it
-                    depth[name] = 0
-        return depth
+            try:
+                return connection.default_channel.queue_declare(
+                    QUEUES[work_queue], passive=True
+                ).message_count
+            except connection.channel_errors:  # Redis keeps no empty queue: nothing waits in it
+                return 0
 
     def stop(self) -> None:
         pass
@@ -107,6 +112,9 @@ class EmbeddedDispatcher:
 
     def queue_depth(self) -> dict[str, int]:
         return {self.name: self._jobs.qsize()}
+
+    def waiting(self, work_queue: WorkQueue) -> int:
+        return self._jobs.qsize()
 
     def stop(self) -> None:
         """Kills a running audit (its job is requeued through its lease) rather than wait for it."""

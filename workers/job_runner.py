@@ -18,7 +18,7 @@ from workers.engine.audit import Progress, run_audit
 from workers.engine.data_randomization import DataTestInputs
 from workers.engine.errors import AuditCancelled, AuditInputError
 from workers.engine.html_report import write_html_report
-from workers.object_store import StoreUnavailable
+from workers.outages import DISK, OUTAGES, outage_of
 from workers.requests import AuditRequest
 from workers.storage import Storage
 from workers.store.jobs import JobState, JobStore
@@ -30,7 +30,8 @@ PROGRESS_INTERVAL_S = 0.5  # at most two progress writes and two cancel reads pe
 
 def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> JobState | None:
     """Run the job if it is due; the state it ended in, or ``None`` when there was nothing to run. Every
-    log record written meanwhile names the job. Raises when the job store or the object store fails."""
+    log record written meanwhile names the job. Raises when the job store fails; a full disk or an
+    unreachable object store gives the job back to the queue."""
     with logs.bound_job(job_id):
         started = time.monotonic()
         state = _execute(job_id, store, storage, settings)
@@ -64,8 +65,6 @@ def _execute(job_id: str, store: JobStore, storage: Storage, settings: Settings)
             write_html_report(report, work / "out")
             result = storage.publish_results(job_id, attempt, work / "out")
             store.finish(job_id, JobState.succeeded, attempt=attempt, result=result)
-    except StoreUnavailable:
-        raise  # not the job's fault: its lease lapses and the sweeper runs it again
     except AuditCancelled:
         store.finish(job_id, JobState.cancelled, attempt=attempt)
     except AuditInputError as error:
@@ -73,15 +72,39 @@ def _execute(job_id: str, store: JobStore, storage: Storage, settings: Settings)
             problems.redact_paths(str(error), problems.server_roots(storage.root))
         )
         store.finish(job_id, JobState.failed, attempt=attempt, error=refused)
-    except Exception as error:  # the engine's own fault or the soft time limit: recorded; logged, not shown
-        log.exception("job %s attempt %d failed", job_id, attempt)
-        store.finish(
-            job_id, JobState.failed, attempt=attempt, error=_internal_error(error, job_id, attempt, settings)
-        )
+    except (
+        Exception
+    ) as error:  # a passing fault is released; the engine's own or the soft time limit recorded
+        outage = outage_of(error)
+        if outage is not None:
+            _release(store, job_id, attempt, settings, outage, error)
+        else:
+            log.exception("job %s attempt %d failed", job_id, attempt)
+            store.finish(
+                job_id,
+                JobState.failed,
+                attempt=attempt,
+                error=_internal_error(error, job_id, attempt, settings),
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     final = store.get_job(job_id)
     return None if final is None else final.state
+
+
+def _release(
+    store: JobStore, job_id: str, attempt: int, settings: Settings, outage: str, error: Exception
+) -> None:
+    """Not the job's fault: queued again (or failed as interrupted, a failure a resubmission reruns).
+    Where the job store itself is out, this raises too, the lease lapses, and the sweeper requeues it."""
+    OUTAGES.failed(outage, error, f"job {job_id} attempt {attempt}")
+    what = "the service's disk was full" if outage == DISK else f"the {outage} was unreachable"
+    detail = (
+        f"{what} at each of {attempt} attempts; nothing is wrong with the request: submit it again with "
+        "the same Idempotency-Key and it runs again"
+    )
+    state = store.release(job_id, attempt, settings.max_attempts, problems.AUDIT_INTERRUPTED.body(detail))
+    log.warning("job %s attempt %d stopped by a passing fault (%s): %s", job_id, attempt, what, state)
 
 
 def _internal_error(error: Exception, job_id: str, attempt: int, settings: Settings) -> dict[str, Any]:

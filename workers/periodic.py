@@ -4,12 +4,17 @@ import logging
 import threading
 from collections.abc import Callable
 
+from workers.outages import DATABASE, OUTAGES, outage_of
+
 log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
 
 
 class Periodic:
     """Runs ``work`` every ``interval_s`` until stopped. A round that raises is logged and the next one
-    tries again: the job store or the broker may be unreachable for a while."""
+    tries again; while a dependency is out (the job store, the disk), rounds back off, doubling their pause
+    up to ``MAX_BACKOFF_S``, and the outage is logged once, not at every round."""
 
     def __init__(
         self, name: str, interval_s: float, work: Callable[[], object], stop_wait_s: float = 5
@@ -27,10 +32,18 @@ class Periodic:
             self._thread.join(timeout=self.stop_wait_s)
 
     def _run(self) -> None:
+        pause = self.interval_s
         while True:
             try:
                 self.work()
-            except Exception:
-                log.exception("%s: the round failed; the next one tries again", self.name)
-            if self._stop.wait(self.interval_s):
+                OUTAGES.working(DATABASE)  # every round reads the job store
+                pause = self.interval_s
+            except Exception as error:
+                outage = outage_of(error)
+                if outage is None:
+                    log.exception("%s: the round failed; the next one tries again", self.name)
+                else:
+                    OUTAGES.failed(outage, error, self.name)
+                    pause = min(max(pause * 2, self.interval_s), max(MAX_BACKOFF_S, self.interval_s))
+            if self._stop.wait(pause):
                 return

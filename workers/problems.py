@@ -214,6 +214,21 @@ STORAGE_UNAVAILABLE = _kind(
     "The object store that keeps uploads and results could not be reached; nothing was changed.",
     "the object store is unreachable for now; retry later",
 )
+DATABASE_UNAVAILABLE = _kind(
+    "database-unavailable",
+    503,
+    "Database unavailable",
+    "The job store cannot be reached for now; nothing was changed. Retry after Retry-After seconds, with the "
+    "same Idempotency-Key for a submission.",
+    "the job store is unreachable for now; retry later",
+)
+INSUFFICIENT_STORAGE = _kind(
+    "insufficient-storage",
+    507,
+    "Insufficient storage",
+    "The service's disk is full for now; nothing was kept. Retry after Retry-After seconds.",
+    "the service's disk is full; nothing was kept, retry later",
+)
 INTERNAL_ERROR = _kind(
     "internal-error",
     500,
@@ -243,6 +258,15 @@ WORKER_LOST = _kind(
     "A failed job: its worker stopped (killed, out of memory, past the hard time limit) too often.",
     "the job was started 3 times and its worker was lost each time",
 )
+AUDIT_INTERRUPTED = _kind(
+    "audit-interrupted",
+    503,
+    "Audit interrupted",
+    "A failed job: a passing fault (a full disk, the job store or the object store unreachable) stopped "
+    "every attempt. Nothing is wrong with the request: submit it again with the same Idempotency-Key and it "
+    "runs again.",
+    "the service's disk was full at each of 3 attempts; submit again with the same Idempotency-Key",
+)
 AUDIT_PROCESS_STOPPED = _kind(
     "audit-process-stopped",
     422,
@@ -251,6 +275,10 @@ AUDIT_PROCESS_STOPPED = _kind(
     "was stopped by its memory or time limit, or died (often a model that needs more memory than allowed).",
     "the audit process was killed by signal 9 (the memory limit is 8192 MiB)",
 )
+
+
+# failed jobs that a submission with the same Idempotency-Key runs again
+RETRYABLE_FAILURES = frozenset({AUDIT_INTERRUPTED.type})
 
 
 def server_roots(data_dir: Path) -> tuple[str, ...]:

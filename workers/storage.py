@@ -8,6 +8,7 @@ worker's disk; what several machines read (stored artifacts, results) goes to th
 import contextlib
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -33,6 +34,11 @@ _FORMAT_SUFFIXES = {
 }
 
 
+# a partial upload whose receiving process is gone, and that nothing wrote to for this long, is removed
+# (quiet for a while too: a process of another PID namespace sharing the folder would look gone)
+ORPHAN_QUIET_S = 30.0
+
+
 class UploadTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"upload exceeds {limit} bytes")
@@ -47,7 +53,9 @@ class Upload:
         self.max_bytes = max_bytes
         self.size = 0
         self._hash = hashlib.sha256()
-        self.path = Path(tempfile.mkdtemp(dir=folder, prefix="upload-")) / name
+        # the receiving process's pid in the name: a folder whose process died (killed mid-upload) is
+        # removed by the next sweep on this machine, not an hour later
+        self.path = Path(tempfile.mkdtemp(dir=folder, prefix=f"upload-{os.getpid()}-")) / name
         self._file = self.path.open("wb")
 
     def write(self, chunk: bytes) -> None:
@@ -151,13 +159,19 @@ class Storage:
                 self.objects.delete(key)
 
     def remove_abandoned(self, older_than_s: float, attempts_in_use: set[str]) -> int:
-        """Partial uploads, and work folders of attempts that no longer hold their job, untouched for
-        ``older_than_s``; how many folders were removed."""
-        cutoff = time.time() - older_than_s
+        """Partial uploads whose receiving process is gone or that are untouched for ``older_than_s``, and
+        work folders of attempts that no longer hold their job, untouched as long; how many were removed."""
+        now = time.time()
+        cutoff = now - older_than_s
         removed = 0
         for folder in (*(self.root / "uploads").glob("upload-*"), *(self.root / "work").iterdir()):
             in_use = folder.parent.name == "work" and folder.name in attempts_in_use
-            if folder.is_dir() and not in_use and folder.stat().st_mtime < cutoff:
+            orphaned = (
+                folder.parent.name == "uploads"
+                and not _receiver_alive(folder.name)
+                and _last_written(folder) < now - ORPHAN_QUIET_S
+            )
+            if folder.is_dir() and not in_use and (orphaned or folder.stat().st_mtime < cutoff):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
         return removed
@@ -184,6 +198,27 @@ def _left_if_unreachable(what: str) -> Iterator[None]:
         yield
     except StoreUnavailable as error:
         log.warning("%s not removed (%s); remove it with the bucket's lifecycle rules", what, error)
+
+
+def _last_written(folder: Path) -> float:
+    try:
+        return max([folder.stat().st_mtime, *(entry.stat().st_mtime for entry in folder.iterdir())])
+    except OSError:  # removed meanwhile, or being written: not to be removed now
+        return time.time()
+
+
+def _receiver_alive(folder_name: str) -> bool:
+    """Whether the process named in a partial upload's folder (``upload-<pid>-...``) still runs here."""
+    pid = folder_name.split("-")[1]
+    if not pid.isdigit():
+        return True  # a folder of an older version: left to the age rule
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _blob_key(sha256: str) -> str:

@@ -44,11 +44,13 @@ def add_submit_arguments(submit: argparse.ArgumentParser) -> None:
         "--idempotency-key", help="resubmitting with the same key returns the same audit (default: a new key)"
     )
     add(
-        "--retries",
-        type=int,
-        default=6,
-        help="retries of a request met by 429, 502-504 or a connection failure, after the server's "
-        "Retry-After or a growing backoff (default: 6)",
+        "--ride-out",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="retry a request met by 429, 502-504, 507 or a connection failure, after the server's "
+        "Retry-After or a growing backoff, for up to this long (default: 300): a pipeline rides out an "
+        "outage of the service's database, broker or disk",
     )
 
 
@@ -58,7 +60,7 @@ def run_submit(args: argparse.Namespace, settings: AuditSettings) -> int:
     from service.client import AuditClient, ServiceError
 
     try:
-        with AuditClient(args.server, args.api_key, retries=args.retries) as client:
+        with AuditClient(args.server, args.api_key, ride_out_s=args.ride_out) as client:
             return _submit(client, args, settings)
     except ServiceError as error:
         print(f"saliency-audit: error: {error}", file=sys.stderr)

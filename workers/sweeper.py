@@ -1,10 +1,12 @@
 """Hand jobs to workers, and hand them again when no worker holds them.
 
-A job can be left without a worker in two ways: its API process stopped between recording it and
-dispatching it, or the worker running it died (killed, out of memory, past the hard time limit) and its
-lease lapsed. The sweeper, a thread of the API process, finds both in the job store and dispatches them
-again, so an accepted job is never lost. Several API processes may sweep one store: each lapsed attempt
-is settled by one conditional update, and a job delivered twice is claimed once.
+A job can be left without a worker in three ways: its API process stopped between recording it and
+dispatching it; the worker running it died (killed, out of memory, past the hard time limit) and its
+lease lapsed; or its message was lost before any worker claimed it (a broker that kept nothing, a worker
+that gave up its retries while the job store was down). The sweeper, a thread of the API process, finds
+each in the job store and dispatches it again, so an accepted job is never lost. Several API processes
+may sweep one store: each lapsed attempt is settled by one conditional update, and a job delivered twice
+is claimed once.
 
 It also applies retention: finished jobs and their results expire ``retention_s`` after they ended,
 artifacts no remaining job names expire as long after their upload, and partial uploads and stale work
@@ -53,12 +55,17 @@ class Sweeper:
             log.warning("job %s: its worker stopped renewing the lease; requeued", job_id)
         dispatched = 0
         # a job just submitted gets one lease to be dispatched by the request that made it; one handed
-        # over a hard time limit ago and still queued is handed over again
-        for job_id, work_queue, attempts in self.store.jobs_to_dispatch(
-            grace_s=settings.lease_s, redispatch_after_s=settings.hard_time_limit_s
+        # over a while ago and not started is handed over again once no message waits in its work queue
+        # (a message still waiting may be its own, behind others; none waiting means its own was lost)
+        empty: dict[WorkQueue, bool] = {}
+        for job_id, work_queue, attempts, handed in self.store.jobs_to_dispatch(
+            grace_s=settings.lease_s, redispatch_after_s=settings.redispatch_after_s
         ):
+            queue = WorkQueue(work_queue)
             try:
-                dispatch_job(self.store, self.dispatcher, job_id, WorkQueue(work_queue), attempts)
+                if handed and not empty.setdefault(queue, self.dispatcher.waiting(queue) == 0):
+                    continue
+                dispatch_job(self.store, self.dispatcher, job_id, queue, attempts)
             except DispatchError as error:
                 log.warning("jobs not dispatched yet (%s); the next sweep tries again", error)
                 break  # the broker is down: do not wait out its retries once per job

@@ -11,9 +11,9 @@ AUTHENTICATED = (problems.UNAUTHORIZED, problems.FORBIDDEN)
 
 def problem_responses(*kinds: ProblemKind) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problems a route can answer, one example per kind; every route may also
-    meet a request validation problem (422) and an internal error (500)."""
+    meet a request validation problem (422), an internal error (500) and a job-store outage (503)."""
     by_status: dict[int, list[ProblemKind]] = {}
-    for kind in (*kinds, problems.INVALID_REQUEST, problems.INTERNAL_ERROR):
+    for kind in (*kinds, problems.INVALID_REQUEST, problems.INTERNAL_ERROR, problems.DATABASE_UNAVAILABLE):
         if kind not in by_status.get(kind.status, []):
             by_status.setdefault(kind.status, []).append(kind)
     return {

@@ -51,6 +51,7 @@ def _add_routes(path: str, kind: ArtifactKind, what: str) -> None:
             problems.UNSUPPORTED_MEDIA_TYPE,
             problems.INVALID_ARTIFACT,
             problems.EMPTY_UPLOAD,
+            problems.INSUFFICIENT_STORAGE,
         ),
         openapi_extra=_RAW_BODY,
         summary=f"Upload {what}",

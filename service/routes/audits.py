@@ -66,8 +66,9 @@ def _job_headers(job: Job | JobView, runtime: Runtime) -> dict[str, str]:
     dependencies=[Depends(_require_json)],
     summary="Submit an audit",
     description="Answers at once with the queued job; poll its Location. With an Idempotency-Key, a retry "
-    "of the same request returns the same job, and the same key with another body is refused (422). A "
-    "tenant with as many queued and running audits as it may gets 429 with Retry-After.",
+    "of the same request returns the same job, and the same key with another body is refused (422); a job "
+    "that a passing fault failed (/problems/audit-interrupted) is queued again. A tenant with as many "
+    "queued and running audits as it may gets 429 with Retry-After.",
 )
 def submit(
     request: Annotated[AuditRequest, Body()],

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from service.runtime import RuntimeDep
 from service.schemas import Health
+from workers.outages import OUTAGES, free_bytes
 from workers.store.database import ping
 
 router = APIRouter(tags=["health"])
@@ -23,7 +24,8 @@ def healthz() -> Health:
     response_model=Health,
     responses={503: {"model": Health, "description": "A dependency is unreachable"}},
     summary="Database, broker (or embedded worker) and storage are reachable",
-    description="Each check reads 'ok' or 'unavailable'; the error itself goes to the service's log.",
+    description="Each check reads 'ok' or 'unavailable' (storage: 'degraded' below min_free_disk_mib free); "
+    "the error itself goes to the service's log, once per outage.",
 )
 def readyz(runtime: RuntimeDep) -> Health | JSONResponse:
     checks = {
@@ -36,9 +38,13 @@ def readyz(runtime: RuntimeDep) -> Health | JSONResponse:
         try:
             check()
             results[name] = "ok"
-        except Exception:  # any failure means not ready; the log keeps what it was
-            log.warning("readiness: %s unavailable", name, exc_info=True)
+            OUTAGES.working(name)
+        except Exception as error:  # any failure means not ready; the log keeps what it was
+            OUTAGES.failed(name, error, "/readyz")
             results[name] = "unavailable"
+    floor = runtime.settings.min_free_disk_mib
+    if results["storage"] == "ok" and free_bytes(runtime.storage.root) < floor * 1024**2:
+        results["storage"] = "degraded"  # less free space than uploads and new audits need
     health = Health(
         status="ok" if all(r == "ok" for r in results.values()) else "unavailable", checks=results
     )

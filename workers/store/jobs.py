@@ -485,6 +485,45 @@ class JobStore:
         values = _terminal_values(state, error, result)
         return self._transition(job_id, HELD_STATES, values, JobRow.attempts == attempt)
 
+    def release(self, job_id: str, attempt: int, max_attempts: int, error: dict[str, Any]) -> JobState | None:
+        """Give back a job whose attempt a passing fault stopped (a full disk, an unreachable store): queued
+        again for the sweeper to dispatch, cancelled if a cancel was asked for, or failed with ``error``
+        once ``max_attempts`` are spent. None unless ``attempt`` still holds the job."""
+        job = self.get_job(job_id)
+        if job is None or job.state not in HELD_STATES or job.attempts != attempt:
+            return None
+        if job.state is JobState.cancelling:
+            state, values = JobState.cancelled, _terminal_values(JobState.cancelled)
+        elif attempt >= max_attempts:
+            state, values = JobState.failed, _terminal_values(JobState.failed, error)
+        else:
+            state, values = JobState.queued, {"state": JobState.queued.value, "dispatched_at": None}
+        return state if self._transition(job_id, HELD_STATES, values, JobRow.attempts == attempt) else None
+
+    def rerun(self, job: Job) -> bool:
+        """Queue a failed job again from scratch (its failure was a passing fault, and its client submitted
+        it again with the same Idempotency-Key); ``False`` when it changed meanwhile."""
+        values = {
+            "state": JobState.queued.value,
+            "attempts": 0,
+            "error": None,
+            "failed_at": None,
+            "running_at": None,
+            "dispatched_at": None,
+            "queued_at": _now(),
+            "progress_phase": None,
+            "progress_done": 0,
+            "progress_total": 0,
+        }
+        if job.callback is not None:
+            values |= {
+                "callback_state": CallbackState.pending.value,
+                "callback_attempts": 0,
+                "callback_error": None,
+                "callback_next_at": None,
+            }
+        return self._transition(job.id, [JobState.failed], values, JobRow.version == job.version)
+
     # --- jobs, recovery ---------------------------------------------------------------------------
 
     def mark_dispatched(self, job_id: str, attempts: int) -> None:
@@ -499,8 +538,9 @@ class JobStore:
         with self._session.begin() as session:
             session.execute(statement)
 
-    def jobs_to_dispatch(self, grace_s: float, redispatch_after_s: float) -> list[tuple[str, str, int]]:
-        """Queued jobs no worker will take: id, queue and attempts, oldest first.
+    def jobs_to_dispatch(self, grace_s: float, redispatch_after_s: float) -> list[tuple[str, str, int, bool]]:
+        """Queued jobs no worker may take: id, queue, attempts and whether they were handed over before,
+        oldest first.
 
         Those never handed to a broker for ``grace_s`` (the request or sweep that queued them stopped
         before dispatching), and those handed over ``redispatch_after_s`` ago and still not started (the
@@ -510,12 +550,15 @@ class JobStore:
         never = JobRow.dispatched_at.is_(None) & (JobRow.created_at < now - timedelta(seconds=grace_s))
         long_ago = JobRow.dispatched_at < now - timedelta(seconds=redispatch_after_s)
         query = (
-            select(JobRow.id, JobRow.queue, JobRow.attempts)
+            select(JobRow.id, JobRow.queue, JobRow.attempts, JobRow.dispatched_at)
             .where(JobRow.state == JobState.queued.value, never | long_ago)
             .order_by(JobRow.seq)
         )
         with self._session() as session:
-            return [(job_id, queue, attempts) for job_id, queue, attempts in session.execute(query)]
+            return [
+                (job_id, queue, attempts, handed is not None)
+                for job_id, queue, attempts, handed in session.execute(query)
+            ]
 
     def queued_jobs(self) -> list[str]:
         """Ids of queued jobs, oldest first: what an embedded worker takes up again after a restart."""
