@@ -8,6 +8,7 @@ logged under the request id the client gets in ``X-Request-ID``.
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -106,6 +107,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreUnavailable)
     @app.exception_handler(DBAPIError)
+    @app.exception_handler(psycopg.Error)
     @app.exception_handler(OSError)
     async def _outage(request: Request, error: Exception) -> JSONResponse:
         answer = outage_response(request, error)

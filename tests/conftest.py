@@ -20,6 +20,7 @@ from workers.store.jobs import JobStore
 # first, so no worker starts one of them when the others are nearly done.
 LONG_MODULES = (
     "test_verdict_stability.py",
+    "test_fault_matrix.py",
     "test_architectures.py",
     "test_e2e_celery.py",
     "test_audit_cli.py",

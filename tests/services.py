@@ -1,10 +1,12 @@
 """Real services for the service tests: a Redis of their own, a PostgreSQL database, free-port processes."""
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,37 +40,81 @@ def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-unt
     raise TimeoutError(f"{what} not ready after {timeout} s")
 
 
+def _listening(port: int) -> bool:
+    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    return True
+
+
+class RedisServer:
+    """A private redis-server on a free port that a test may restart; with ``append_only`` it keeps its
+    data in an append-only file in ``folder`` across restarts, as a production broker should."""
+
+    def __init__(self, folder: Path, append_only: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        self._args += ["--dir", str(folder), "--appendonly", "yes" if append_only else "no"]
+        self._args += ["--appendfsync", "always"]
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(self._args, stdout=subprocess.DEVNULL)
+        wait_until(lambda: _listening(self.port), 10, "redis")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
 @contextmanager
 def redis_server(tmp: Path) -> Iterator[str]:
     """A private redis-server on a free port (nothing on disk); skips where Redis is not installed."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    server = RedisServer(tmp)
+    server.start()
     try:
-        wait_until(
-            lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close() is None, 10, "redis"
-        )
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.stop()
+
+
+class PostgresServer:
+    """A PostgreSQL instance of its own (initdb, pg_ctl; trust authentication) on a free port, which a test
+    may stop and start; as root it runs as the postgres user, as PostgreSQL requires."""
+
+    def __init__(self) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        binary = shutil.which("initdb")
+        self.bin = Path(binary).parent if binary else found[-1].parent if found else None
+        if self.bin is None:
+            pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+        self.folder = Path(tempfile.mkdtemp(prefix="saliency-pg-"))
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.folder, "postgres")
+        self._run("initdb", "-D", str(self.folder / "data"), "-U", "postgres", "-A", "trust", "--no-sync")
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run([*self._as, str(self.bin / program), *args], check=True, capture_output=True)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.folder / "server.log")
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @contextmanager

@@ -2,7 +2,8 @@
 answered as temporary (503, 507, a retried attempt), and logged once per outage, not once per failure.
 
 A database outage reaches the code as SQLAlchemy's ``OperationalError``/``InterfaceError`` (connection
-refused, dropped, server shutting down) or a ``DBAPIError`` that invalidated its connection; a full disk
+refused, dropped, server shutting down), psycopg's own where the API polls without SQLAlchemy, or a
+``DBAPIError`` that invalidated its connection; a full disk
 as an ``OSError`` with ``ENOSPC`` or ``EDQUOT``, often wrapped by the library that was writing. Torch-free.
 """
 
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from workers.object_store import StoreUnavailable
@@ -24,6 +26,8 @@ DATABASE = "database"
 DISK = "disk"
 OBJECT_STORE = "object store"
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+# psycopg's own, raised where the API polls PostgreSQL without SQLAlchemy (``store.polls``)
+_PSYCOPG_OUTAGES = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -39,7 +43,7 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 def outage_of(error: BaseException) -> str | None:
     """Which dependency's temporary failure ``error`` is (DATABASE, DISK, OBJECT_STORE), or None."""
     for link in _chain(error):
-        if isinstance(link, (OperationalError, InterfaceError)) or (
+        if isinstance(link, (OperationalError, InterfaceError, *_PSYCOPG_OUTAGES)) or (
             isinstance(link, DBAPIError) and link.connection_invalidated
         ):
             return DATABASE
