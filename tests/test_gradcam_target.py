@@ -114,3 +114,28 @@ def test_gradcam_refuses_a_target_not_known_to_be_a_feature_map() -> None:
         method = create_method("gradcam", MethodContext(AuditSettings(), unknown))
         with pytest.raises(AuditInputError, match="not known to be a feature map"):
             method.check_supported(graph, X[:1])
+
+
+class _GroupNormHead(torch.nn.Module):
+    """Conv, GroupNorm, ReLU, pooling: torch exports the GroupNorm as Reshape, InstanceNormalization,
+    Reshape back, Mul and Add; the block's output is still the ReLU after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(2, 8)
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.norm(self.conv2(torch.relu(self.conv1(x)))))
+        return self.head(features.mean((2, 3)))
+
+
+def test_a_groupnorm_spelled_with_reshapes_keeps_the_block_output_as_the_default_target() -> None:
+    example = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    graph = converted(_GroupNormHead().eval(), example)
+    target = choose_target(graph, example[:1], None)
+    step = graph.producer(target.value)
+    assert step.op_type == "Relu" and target.layout == "NCHW"
+    assert any(s.op_type == "Reshape" for s in graph.steps)  # the export did spell it with reshapes

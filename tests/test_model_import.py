@@ -567,6 +567,24 @@ def test_pre_softmax_output_gives_the_logits() -> None:
     assert torch.allclose(module(x), x @ torch.from_numpy(weights(3, 4)).T, atol=1e-6)
 
 
+def test_a_softmax_is_found_behind_identities_and_reshapes_only_over_n_by_classes() -> None:
+    behind = [
+        node("Gemm", ["x", "w"], ["logits"], transB=1),
+        node("Softmax", ["logits"], ["p"], axis=-1),
+        node("Identity", ["p"], ["q"]),
+        node("Flatten", ["q"], ["y"]),
+    ]
+    module = onnx_to_torch(graph_model(behind, (4,), {"w": weights(3, 4)}))
+    assert module.pre_softmax_output() == "logits"
+    spatial = [
+        node("Conv", ["x", "w"], ["scores"]),
+        node("Softmax", ["scores"], ["p"], axis=1),
+        node("Flatten", ["p"], ["y"]),
+    ]
+    kept = onnx_to_torch(graph_model(spatial, (4, 1, 1), {"w": weights(3, 4, 1, 1)}))
+    assert kept.pre_softmax_output() is None  # its logits would be [N, 3, 1, 1]: the softmax stays
+
+
 class TwoHeads(nn.Module):
     """An auxiliary head, as Inception v3 and GoogLeNet export: the first output is the main one."""
 

@@ -109,3 +109,54 @@ def test_layer_lists_do_not_depend_on_the_weights_values() -> None:
     learned = _conv_then([node("Add", ["c", "embedding"], ["n"])], {"embedding": weights(C, 8, 8, seed=3)})
     assert _layers(zeros) == _layers(learned)
     assert [kind for _, kind in _layers(zeros)] == ["Conv2d", "LearnedTensor", "Linear"]
+
+
+def test_a_baked_in_input_normalization_is_never_a_layer_whatever_its_values() -> None:
+    """``Normalize((0.5,) * 3, (0.5,) * 3)`` in the graph: constants that scale the input, not weights."""
+    nodes = [node("Sub", ["x", "mean"], ["s"]), node("Div", ["s", "std"], ["c"])]
+    half = np.full((1, 3, 1, 1), 0.5, np.float32)
+    model = graph_model(
+        [*nodes, node("Flatten", ["c"], ["f"]), node("MatMul", ["f", "fc"], ["y"])],
+        (3, 8, 8),
+        {"mean": half, "std": half, "fc": weights(3 * 8 * 8, 5)},
+    )
+    assert [kind for _, kind in _layers(model)] == ["Linear"]
+
+
+def test_a_shared_convolution_followed_by_different_affine_maps_is_not_shared_after_folding() -> None:
+    """``c(x) + k`` and ``c(x) - k`` share a conv, but folding makes two different layers of it."""
+    nodes = [
+        node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+        node("Add", ["a", "k"], ["p"]),
+        node("Conv", ["x2", "w"], ["b"], pads=[1, 1, 1, 1]),
+        node("Sub", ["b", "k"], ["q"]),
+        node("Add", ["p", "q"], ["n"]),
+        node("Flatten", ["n"], ["f"]),
+        node("MatMul", ["f", "fc"], ["y"]),
+    ]
+    constants = {
+        "w": weights(C, 3, 3, 3),
+        "k": _per_channel(weights(C, seed=2)),
+        "fc": weights(C * 8 * 8, 5, seed=3),
+        "two": np.array(2.0, np.float32),
+    }
+    model = graph_model([node("Mul", ["x", "two"], ["x2"]), *nodes], (3, 8, 8), constants)
+    _matches_onnxruntime(model)
+
+
+def test_an_attention_scale_and_bias_are_not_a_normalization_layer() -> None:
+    """A per-head scale ``[h, 1, 1]`` and a relative position bias ``[1, h, T, T]`` (SwinV2)."""
+    nodes = [
+        node("MatMul", ["x", "x"], ["scores"]),
+        node("Mul", ["scores", "scale"], ["scaled"]),
+        node("Add", ["scaled", "bias"], ["biased"]),
+        node("Flatten", ["biased"], ["f"]),
+        node("MatMul", ["f", "fc"], ["y"]),
+    ]
+    constants = {
+        "scale": weights(2, 1, 1),
+        "bias": weights(1, 2, 4, 4, seed=1),
+        "fc": weights(2 * 4 * 4, 5, seed=2),
+    }
+    module = onnx_to_torch(graph_model(nodes, (2, 4, 4), constants))
+    assert not [m for m in module.modules() if isinstance(m, ChannelAffine)]

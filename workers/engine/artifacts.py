@@ -94,8 +94,10 @@ def load_model(
             "probe images to lower it to ONNX; pass the probes along with the model"
         )
     example = torch.from_numpy(np.ascontiguousarray(example_input, dtype=np.float32))
+    if layout == "NHWC":  # the program takes its own layout; the probes are [N, C, H, W]
+        example = example.permute(0, 2, 3, 1).contiguous()
     loader = _load_torchscript if kind == "torchscript" else _load_torch_export
-    return loader(data, path.name, digest, example, output)
+    return loader(data, path.name, digest, example, output, layout)
 
 
 # --- recognizing the bytes ------------------------------------------------------------------------------
@@ -111,12 +113,7 @@ def _load_onnx(
     if module.opset != original_opset:
         notes.append(f"ONNX opset {original_opset} was converted to opset {module.opset} before the rebuild")
     _drop_final_softmax(module, notes)
-    if module.input_layout == "NHWC":
-        notes.append(
-            f"the model takes channels-last input {_shape_text(module.input_shape, 'NHWC')}: probe "
-            "arrays are read as [N, H, W, C] unless their layout is given; maps are computed, compared "
-            "and archived as [N, C, H, W]"
-        )
+    notes += _layout_notes(module)
     session = _onnxruntime_session(model, data, module.output_name, filename)
     input_name, output_name = module.source_input_name, module.output_name
     channels_last = module.input_layout == "NHWC"
@@ -171,7 +168,7 @@ def _onnxruntime_session(
 
 
 def _load_torchscript(
-    data: bytes, filename: str, digest: str, example: Tensor, output: str | None
+    data: bytes, filename: str, digest: str, example: Tensor, output: str | None, layout: str | None
 ) -> LoadedModel:
     """Through torch.export (as a .pt2 file goes), so both program formats give the same graph and layer
     names; programs the TorchScript converter cannot take go through the TorchScript ONNX exporter."""
@@ -184,7 +181,7 @@ def _load_torchscript(
             with _native_output_discarded():
                 model = _torchscript_onnx_export(program, example)
     runtime = f"torch.jit {torch.__version__}"
-    return _from_program(model, program, filename, digest, "torchscript", runtime, output)
+    return _from_program(model, program, filename, digest, "torchscript", runtime, output, layout)
 
 
 @contextlib.contextmanager
@@ -220,14 +217,14 @@ def _torchscript_onnx_export(program: torch.jit.ScriptModule, example: Tensor) -
 
 
 def _load_torch_export(
-    data: bytes, filename: str, digest: str, example: Tensor, output: str | None
+    data: bytes, filename: str, digest: str, example: Tensor, output: str | None, layout: str | None
 ) -> LoadedModel:
     with _lowering(filename, "torch.export"):
         exported = torch.export.load(io.BytesIO(data))
         model = torch.onnx.export(exported, (example,), dynamo=True, verbose=False).model_proto
         program = exported.module()
     runtime = f"torch.export {torch.__version__}"
-    return _from_program(model, program, filename, digest, "torch_export", runtime, output)
+    return _from_program(model, program, filename, digest, "torch_export", runtime, output, layout)
 
 
 @contextlib.contextmanager
@@ -264,13 +261,15 @@ def _from_program(
     kind: ArtifactFormat,
     runtime: str,
     output: str | None,
+    layout: str | None,
 ) -> LoadedModel:
-    module = _convert(model, filename, kind, output)
+    module = _convert(model, filename, kind, output, layout)
     _name_layers_from_state(module, program)
     notes = [
         *_output_notes(module),
         f"{format_label(kind)} program lowered in memory to ONNX opset {module.opset} with torch.onnx and "
         "rebuilt with hookable layers; the rebuild is verified against the program itself",
+        *_layout_notes(module),
     ]
     final = module.output_name
     reference_output = None
@@ -279,9 +278,17 @@ def _from_program(
         notes.append("the conversion check compares softmax outputs: the program exposes no logits")
     return LoadedModel(
         module=module,
-        artifact=ArtifactInfo(filename=filename, sha256=digest, format=kind, opset=module.opset),
+        artifact=ArtifactInfo(
+            filename=filename,
+            sha256=digest,
+            format=kind,
+            opset=module.opset,
+            input_layout=module.input_layout,
+        ),
         reference_runtime=runtime,
-        reference=_program_reference(program, module.graph_outputs.index(module.selected_output)),
+        reference=_program_reference(
+            program, module.graph_outputs.index(module.selected_output), module.input_layout == "NHWC"
+        ),
         notes=notes,
         reference_output=reference_output,
     )
@@ -305,10 +312,14 @@ def _name_layers_from_state(module: OnnxGraphModule, program: Callable[[Tensor],
                 break
 
 
-def _program_reference(program: Callable[[Tensor], Any], position: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The program's output at ``position`` among its tensors, in the order ONNX lists the outputs."""
+def _program_reference(
+    program: Callable[[Tensor], Any], position: int, channels_last: bool
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The program's output at ``position`` among its tensors, in the order ONNX lists the outputs, fed
+    [N, C, H, W] probes in its own layout."""
 
     def reference(x: np.ndarray) -> np.ndarray:
+        x = x.transpose(0, 2, 3, 1) if channels_last else x
         with torch.no_grad():
             outputs = tree_leaves(program(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))))
         out = outputs[position] if position < len(outputs) else None
@@ -372,6 +383,16 @@ def _drop_final_softmax(module: OnnxGraphModule, notes: list[str]) -> bool:
     module.output_name = logits
     notes.append(f"final Softmax dropped: maps explain the logits ({logits!r}), not the probabilities")
     return True
+
+
+def _layout_notes(module: OnnxGraphModule) -> list[str]:
+    if module.input_layout != "NHWC":
+        return []
+    return [
+        f"the model takes channels-last input {_shape_text(module.input_shape, 'NHWC')}: probe arrays are "
+        "read as [N, H, W, C] unless their layout is given; maps are computed, compared and archived as "
+        "[N, C, H, W]"
+    ]
 
 
 def _shape_text(shape: tuple[int | None, ...], axes: str) -> str:

@@ -292,9 +292,12 @@ def _load_inputs(
             model_layout=Layout(loaded.module.input_layout),
         )
         return loaded, probes
-    probes = load_probes(probes_path, settings.preprocessing, None, settings.max_images)
+    stated = settings.model_layout  # a program's layout shows only once it is lowered: stated, or NCHW
+    layout = stated or Layout.nchw
+    probes = load_probes(probes_path, settings.preprocessing, None, settings.max_images, model_layout=layout)
     example = probes.x[: min(2, len(probes.x))]
-    return load_model(model_path, example_input=example, output=settings.output), probes
+    model = load_model(model_path, example_input=example, output=settings.output, layout=stated)
+    return model, probes
 
 
 def resolve_device(requested: str) -> torch.device:

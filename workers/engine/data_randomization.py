@@ -467,7 +467,9 @@ class DataSetup:
     def _client_model(
         self, path: Path, probes: ProbeSet, classes: int, check_methods: Callable[[nn.Module], None]
     ) -> tuple[nn.Module, ArtifactInfo, ConversionCheck]:
-        loaded = load_model(path, example_input=probes.x[:2], output=self.settings.output)
+        loaded = load_model(
+            path, example_input=probes.x[:2], output=self.settings.output, layout=self.settings.model_layout
+        )
         check = verify_conversion(
             loaded,
             probes.x,

@@ -31,6 +31,9 @@ from workers.engine.onnx_import.prepare import (
 
 # Ops through which a constant tensor joins the data path as a learned tensor rather than a weight.
 _LEARNED_TENSOR_READERS = frozenset({"Add", "Sub", "Mul", "Div", "Concat", "Expand", "Tile", "Where"})
+# Ops of the input's own scaling (a Normalize baked into the graph), before any layer: their constants
+# normalize the input and are never learned tensors.
+_INPUT_SCALING = frozenset({"Sub", "Div", "Mul", "Add", "Cast", "Identity", "Transpose", "Pad"})
 
 ModuleBuilder = Callable[["Builder", NodeProto, Attrs], None]
 FunctionBuilder = Callable[["Builder", NodeProto, Attrs], Fn]
@@ -61,6 +64,7 @@ class Builder:
         self.fused: set[str] = set()  # outputs of nodes folded into the layer before them
         self.reused: dict[tuple[Any, ...], str] = {}
         self.learned: dict[str, str] = {}  # constant name -> value name of its LearnedTensor
+        self.input_scaling: set[str] = {input_spec[0]}  # the input and its scaled copies, before any layer
         self.index = 0
 
     def add(self, node: NodeProto, index: int) -> None:
@@ -133,11 +137,18 @@ class Builder:
         else:
             inputs = tuple(self._learned_value(node, name) for name in node.input)
             self.module.steps.append(self._step(node, inputs=inputs, fn=fn))
+            if node.op_type in _INPUT_SCALING and self.scales_input(node):
+                self.input_scaling.update(node.output)
+
+    def scales_input(self, node: NodeProto) -> bool:
+        """Whether ``node`` works on the input (or its scaled copy) with nothing but constants besides."""
+        data = [name for name in node.input if name and name not in self.consts]
+        return bool(data) and all(name in self.input_scaling for name in data)
 
     def _learned_value(self, node: NodeProto, name: str) -> str:
         """``name`` itself, or the value of a LearnedTensor when ``name`` is a constant that looks learned:
-        float, at least two finite values, entering the data path (not the raw model input, which a
-        constant normalizes). The rule reads no values beyond finiteness, so that an untrained model
+        float, at least two finite values, entering the data path (not the input's own scaling, such as a
+        baked-in mean and std). The rule reads no values beyond finiteness, so that an untrained model
         (a layer scale of ones, a position embedding of zeros) has the same layers as a trained one."""
         if name in self.learned:
             return self.learned[name]
@@ -145,7 +156,7 @@ class Builder:
         if (
             value is None
             or node.op_type not in _LEARNED_TENSOR_READERS
-            or self.module.input_name in node.input
+            or self.scales_input(node)
             or not value.is_floating_point()
             or value.numel() < 2
             or not bool(torch.isfinite(value).all())

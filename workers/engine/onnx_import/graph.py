@@ -63,6 +63,7 @@ class OnnxGraphModule(nn.Module):
         self.steps: list[Step] = []
         self.constant_buffers: dict[str, str] = {}  # ONNX value name -> buffer attribute
         self.taps: dict[str, str] = {}  # ONNX value name -> attribute of the nn.Identity run on it
+        self.static_ranks: dict[str, int] = {}  # value -> rank, where ONNX shape inference tells
 
     def take_channels_first_input(self) -> None:
         """Make a channels-last graph ([N, H, W, C] input, as Keras and Flax export) take [N, C, H, W] like
@@ -145,11 +146,16 @@ class OnnxGraphModule(nn.Module):
         else None."""
         producers = self.producers()
         step = producers.get(self.output_name)
+        reshaped = False
         while step is not None and step.op_type in ("Identity", "Cast", "Reshape", "Flatten", "Squeeze"):
+            reshaped = reshaped or step.op_type not in ("Identity", "Cast")
             step = producers.get(step.inputs[0])
-        if step is not None and step.op_type in ("Softmax", "LogSoftmax"):
-            return step.inputs[0]
-        return None
+        if step is None or step.op_type not in ("Softmax", "LogSoftmax"):
+            return None
+        logits = step.inputs[0]
+        if reshaped and (self.static_ranks.get(logits) != 2 or step.attrs.get("axis", -1) not in (1, -1)):
+            return None  # a softmax over something other than [N, classes] (grouped, spatial): kept
+        return logits
 
     def select_output(self, choice: str | None) -> None:
         """Audit the graph output named ``choice`` (or at that 0-based position; default the first) and

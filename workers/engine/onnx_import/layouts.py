@@ -40,15 +40,41 @@ def value_layouts(module: OnnxGraphModule, shapes: dict[str, tuple[int, ...]]) -
     ("NHWC": channels last). ``shapes`` gives each value's shape (from one forward pass)."""
     data = module.data_values()
     layouts: dict[str, str] = {}
+    reshaped: dict[str, str] = {}  # a value reshaped from one of known layout -> that value
     if len(shapes.get(module.input_name, ())) == 4:
         layouts[module.input_name] = CHANNELS_FIRST
     for step in module.steps:
         carried = [name for name in step.inputs if name in data]
         layout = _output_layout(step, carried, layouts, shapes) if carried else None
+        origin = _round_trip(step, carried, layouts, reshaped, shapes)
+        if layout is None and origin in layouts and shapes.get(step.outputs[0]) == shapes.get(origin):
+            layout = layouts[origin]  # reshaped back to where it came from (GroupNorm as torch exports it)
+        elif origin is not None:
+            reshaped[step.outputs[0]] = origin
         for name in step.outputs:
             if layout is not None and len(shapes.get(name, ())) == 4:
                 layouts[name] = layout
     return layouts
+
+
+def _round_trip(
+    step: Step,
+    carried: list[str],
+    layouts: dict[str, str],
+    reshaped: dict[str, str],
+    shapes: dict[str, tuple[int, ...]],
+) -> str | None:
+    """The value of known layout that ``step``'s output is a reshape of, with every element where the
+    reshape put it: a Reshape of it, then ops that keep each element in place (same shape in and out)."""
+    if len(carried) != 1:
+        return None
+    source = carried[0]
+    if step.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        return source if source in layouts else reshaped.get(source)
+    keeps_places = step.op_type in _AXES_KEPT or step.op_type == "InstanceNormalization"
+    if keeps_places and source in reshaped and shapes.get(step.outputs[0]) == shapes.get(source):
+        return reshaped[source]
+    return None
 
 
 def _output_layout(
@@ -83,7 +109,7 @@ def channels_first_order(layout: str) -> tuple[int, ...]:
     return tuple(layout.index(axis) for axis in CHANNELS_FIRST)
 
 
-_PASSED_ON = frozenset({"Sub", "Div", "Mul", "Add", "Cast", "Identity", "Clip"})  # input scaling
+_PASSED_ON = frozenset({"Sub", "Div", "Mul", "Add", "Cast", "Identity", "Clip", "Pad"})  # input scaling
 _SMALL_CHANNELS = (1, 3, 4)
 
 

@@ -5,11 +5,13 @@ Each exporter writes them its own way:
   the TorchScript-based one: node names such as ``/layer1/layer1.0/conv1/Conv``; weights named
   ``layer1.0.conv1.weight``.
 - tf2onnx (Keras): TensorFlow scopes in node and weight names, ``<model>/<layer>/<op>...``, e.g.
-  ``cnn_1/conv2d_2_1/BiasAdd`` for Keras layer ``conv2d_2``. Keras 3 traces the model inside a scope it
-  has already entered once, so every scope gets the suffix ``_1``: when the model's scope and every
-  layer's scope end with ``_1``, it is removed. New nodes of tf2onnx's optimizer (``Conv__308``) keep no
-  scope, so a layer is named by its weight's scope first.
-- paddle2onnx: parameter names ``conv2d_0.w_0`` (layer ``conv2d_0``).
+  ``cnn_1/conv2d_2_1/BiasAdd`` for Keras layer ``conv2d_2``, possibly under wrappers
+  (``StatefulPartitionedCall/``) and nested models (``model/mobilenetv2_1.00_224/Conv1/convolution``). The
+  layer is the deepest scope above the op that is not one of TensorFlow's own op scopes (``batchnorm``,
+  ``convolution``...). Keras 3 traces the model inside a scope it has already entered once, so every
+  scope gets the suffix ``_1``: when every layer scope carries it, it is removed. New nodes of tf2onnx's
+  optimizer (``Conv__308``) keep no scope, so a layer is named by its weight's scope first.
+- paddle2onnx: parameter names ``conv2d_0.w_0`` (layer ``conv2d_0``); values named ``p2o.*``.
 - jax2onnx: no module paths (``node_Conv_1``); the node names are all there is.
 """
 
@@ -24,17 +26,28 @@ _TRACE_SUFFIX = "_1"
 _PADDLE_PARAMETER = re.compile(r"\.[wb]_\d+$")
 
 
+# scopes TensorFlow opens inside a Keras layer for its own ops, and wrappers around the whole model
+_TF_OP_SCOPES = frozenset(
+    {
+        "batchnorm", "convolution", "depthwise", "Cast", "BiasAdd", "MatMul", "Tensordot", "ReadVariableOp",
+        "FusedBatchNormV3", "Conv2D", "BatchMatMulV2", "Reshape", "Shape", "strided_slice", "transpose",
+    }
+)  # fmt: skip
+_TF_WRAPPERS = frozenset({"StatefulPartitionedCall", "PartitionedCall", "ConstantFolding"})
+
+
 class Naming:
     def __init__(self, model: onnx.ModelProto):
         graph = model.graph
         names = [node.name for node in graph.node] + [tensor.name for tensor in graph.initializer]
-        scoped = [name.split("/") for name in names if "/" in name and not name.startswith("/")]
-        self.tensorflow = "tf2onnx" in model.producer_name.lower() and bool(scoped)
+        values = [name for node in graph.node for name in node.output]
+        self.tensorflow = "tf2onnx" in model.producer_name.lower()
+        self.paddle = "paddle" in model.producer_name.lower() or any(v.startswith("p2o.") for v in values)
+        scoped = [self._scopes(name) for name in names if "/" in name and not name.startswith("/")]
+        scoped = [parts for parts in scoped if parts]
         self._root = Counter(parts[0] for parts in scoped).most_common(1)[0][0] if scoped else ""
-        layers = {parts[1] for parts in scoped if parts[0] == self._root and len(parts) > 2}
-        self._strip_trace_suffix = self._root.endswith(_TRACE_SUFFIX) and all(
-            layer.endswith(_TRACE_SUFFIX) for layer in layers
-        )
+        layers = {parts[-1] for parts in scoped if len(parts) > 1}
+        self._strip_trace_suffix = bool(layers) and all(layer.endswith(_TRACE_SUFFIX) for layer in layers)
 
     def scope(self, node: NodeProto) -> str:
         """The module or layer of the source model a node was exported from, or "" where the file does not
@@ -51,16 +64,25 @@ class Naming:
             keras = self._keras_layer(weight_name or "") or self._keras_layer(node.name)
             return keras or node.name or f"{node.op_type.lower()}_{index}"
         if weight_name and "." in weight_name and not weight_name.startswith("onnx::"):
-            return _PADDLE_PARAMETER.sub("", weight_name.removesuffix(".weight"))
+            name = weight_name.removesuffix(".weight")
+            return _PADDLE_PARAMETER.sub("", name) if self.paddle else name
         return _torch_scope(node) or node.name or weight_name or f"{node.op_type.lower()}_{index}"
 
-    def _keras_layer(self, name: str) -> str:
-        parts = name.split("/")
-        if parts[0] == self._root:
+    @staticmethod
+    def _scopes(name: str) -> list[str]:
+        """The scopes above the op in a TensorFlow name, wrappers and TensorFlow's own op scopes left out."""
+        parts = name.split("/")[:-1]
+        while parts and parts[0] in _TF_WRAPPERS:
             parts = parts[1:]
-        if len(parts) < 2:
+        while parts and parts[-1] in _TF_OP_SCOPES:
+            parts = parts[:-1]
+        return parts
+
+    def _keras_layer(self, name: str) -> str:
+        parts = self._scopes(name)
+        if len(parts) < 2 and (not parts or parts[0] == self._root):
             return ""
-        layer = parts[0]
+        layer = parts[-1]
         return layer.removesuffix(_TRACE_SUFFIX) if self._strip_trace_suffix else layer
 
 

@@ -38,7 +38,7 @@ def _affine_after(
     node = readers[0]
     if node.op_type == "BatchNormalization":
         if any(name not in b.consts for name in node.input[1:5]) or any(
-            b.consumers.get(name) for name in node.output[1:] if name
+            b.consumers.get(name) or name in b.module.graph_outputs for name in node.output[1:] if name
         ):
             return None
         if attributes(node).get("training_mode", 0):
@@ -66,7 +66,7 @@ def _affine_after(
 
 def _per_channel(const: Tensor, channels: int, spatial: int) -> Tensor | None:
     """``const`` as one float64 value per channel when it broadcasts that way against [N, C, ...]."""
-    if not const.is_floating_point():
+    if not const.is_floating_point() or const.dim() > spatial + 2:
         return None
     if const.numel() == 1:
         return const.double().reshape(1).expand(channels).clone()
@@ -93,7 +93,7 @@ def _folded_affines(
         reader, scale, offset = affine
         factor, shift = factor * scale, shift * scale + offset
         b.fused.add(reader.output[0])
-        params = (*params, *(name for name in reader.input if name != output))
+        params = (*params, reader.op_type, *(name for name in reader.input if name != output))
         output, folded = reader.output[0], True
     if not folded:
         return weight, bias, output, params

@@ -47,9 +47,9 @@ class InstanceNormalization(nn.Module):
 
 
 class ChannelAffine(nn.Module):
-    """``x * weight + bias`` with constant tensors of at least two values each: an inference-mode batch
-    norm as tf2onnx writes it where no convolution comes before it, made one normalization layer (not two
-    anonymous learned tensors) so that it is re-initialized as every other normalization."""
+    """``x * weight + bias`` with one value per channel in each: an inference-mode batch norm as tf2onnx
+    writes it where no convolution comes before it, made one normalization layer (not two anonymous learned
+    tensors) so that it is re-initialized as every other normalization."""
 
     def __init__(self, weight: Tensor, bias: Tensor) -> None:
         super().__init__()
@@ -64,8 +64,9 @@ class ChannelAffine(nn.Module):
 
 
 def channel_affine(b: Builder, node: NodeProto, attrs: Attrs) -> None:
-    """A Mul by a constant whose only reader adds (or subtracts) a constant: one ChannelAffine layer.
-    Anything else is the elementwise product. Scalars (a hard sigmoid's 1/6 and 0.5) are not layers."""
+    """A Mul by a per-channel constant whose only reader adds (or subtracts) one of the same shape: one
+    ChannelAffine layer. Anything else is the elementwise product: scalars (a hard sigmoid's 1/6 and 0.5),
+    constants over more than one axis (an attention bias), and the input's own scaling."""
     constant = next((name for name in node.input if name in b.consts), None)
     data = next((name for name in node.input if name not in b.consts), None)
     shift = b.sole_reader(node.output[0], "Add") or b.sole_reader(node.output[0], "Sub")
@@ -73,16 +74,17 @@ def channel_affine(b: Builder, node: NodeProto, attrs: Attrs) -> None:
     if (
         constant is None
         or data is None
-        or data == b.module.input_name
+        or b.scales_input(node)
         or shift is None
         or offset is None
         or (shift.op_type == "Sub" and shift.input[1] != offset)
-        or min(b.consts[constant].numel(), b.consts[offset].numel()) < 2
-        or not (b.consts[constant].is_floating_point() and b.consts[offset].is_floating_point())
+        or not _per_channel(b.consts[constant])
+        or b.consts[offset].shape != b.consts[constant].shape
+        or not b.consts[offset].is_floating_point()
     ):
         b.add_function(node, b.function_builders[node.op_type](b, node, attrs))
         return
-    weight, bias = torch.broadcast_tensors(b.consts[constant], b.consts[offset])
+    weight, bias = b.consts[constant], b.consts[offset]
     bias = -bias if shift.op_type == "Sub" else bias
     b.fused.add(shift.output[0])
     b.add_module(
@@ -90,9 +92,15 @@ def channel_affine(b: Builder, node: NodeProto, attrs: Attrs) -> None:
         lambda: ChannelAffine(weight, bias),
         data,
         shift.output[0],
-        (constant, offset),
+        (constant, offset, shift.op_type),
         attrs,
     )
+
+
+def _per_channel(const: Tensor) -> bool:
+    """Float, at least two values, all along one axis: ``[C]``, ``[C, 1, 1]``, ``[1, C, 1, 1]``..."""
+    sizes = [size for size in const.shape if size != 1]
+    return const.is_floating_point() and len(sizes) == 1 and sizes[0] >= 2
 
 
 def _no_extra_outputs(b: Builder, node: NodeProto) -> None:
