@@ -20,10 +20,11 @@ from PIL import Image
 from service.app import create_app
 from tests.conftest import TrainedDigits
 from tests.services import free_port
+from workers import problems
 from workers.config import Settings
 from workers.requests import AuditRequest
 from workers.store.database import make_engine
-from workers.store.jobs import JobStore
+from workers.store.jobs import JobState, JobStore
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -375,3 +376,23 @@ def test_the_exported_openapi_document_matches_the_app() -> None:
 def test_the_service_does_not_import_torch() -> None:
     code = "import sys, service.app, service.routes.audits; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_job_a_passing_fault_failed_runs_again_when_submitted_with_its_key(
+    client: TestClient, uploaded: dict[str, str], database_url: str
+) -> None:
+    headers = {"Idempotency-Key": "interrupted-1"}
+    first = client.post("/v1/audits", json=uploaded, headers=headers).json()
+    store = JobStore(make_engine(database_url))
+    claimed = store.claim(first["id"])
+    assert claimed is not None
+    interrupted = problems.AUDIT_INTERRUPTED.body("the service's disk was full at each of 1 attempts")
+    assert store.release(first["id"], claimed.attempts, max_attempts=1, error=interrupted) is JobState.failed
+    assert client.get(f"/v1/audits/{first['id']}").json()["state"] == "failed"
+    again = client.post("/v1/audits", json=uploaded, headers=headers)
+    assert again.status_code == 202 and again.json()["id"] == first["id"]
+    assert again.json()["state"] == "queued" and again.json()["attempts"] == 0
+    refused = problems.AUDIT_REFUSED.body("probes contain NaN")
+    claimed = store.claim(first["id"])
+    assert claimed is not None and store.finish(first["id"], JobState.failed, attempt=1, error=refused)
+    assert client.post("/v1/audits", json=uploaded, headers=headers).json()["state"] == "failed"  # for good

@@ -220,3 +220,31 @@ def test_a_poll_survives_the_database_dropping_its_connection(store: JobStore) -
         return versions
 
     assert asyncio.run(polls()) == [1, 1, None]
+
+
+def test_an_attempt_a_passing_fault_stopped_gives_the_job_back_then_fails_it_as_interrupted(
+    store: JobStore,
+) -> None:
+    job, _ = _job(store)
+    interrupted = {"type": "/problems/audit-interrupted", "title": "Audit interrupted", "status": 503}
+    _claim(store, job.id)
+    assert store.release(job.id, 2, max_attempts=2, error=interrupted) is None  # not its attempt
+    assert store.release(job.id, 1, max_attempts=2, error=interrupted) is JobState.queued
+    requeued = store.get_job(job.id)
+    assert requeued is not None and requeued.attempts == 1
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == [(job.id, "cpu", 1, False)]
+    _claim(store, job.id)
+    assert store.release(job.id, 2, max_attempts=2, error=interrupted) is JobState.failed
+    failed = store.get_job(job.id)
+    assert failed is not None and failed.error == interrupted
+    assert store.rerun(failed) and not store.rerun(failed)  # the second is stale: it changed meanwhile
+    again = store.get_job(job.id)
+    assert again is not None and again.state is JobState.queued and again.attempts == 0
+    assert again.error is None and JobState.failed not in again.timestamps
+
+
+def test_a_cancel_asked_while_a_fault_stopped_the_attempt_cancels_the_job(store: JobStore) -> None:
+    job, _ = _job(store)
+    _claim(store, job.id)
+    store.request_cancel("local", job.id)
+    assert store.release(job.id, 1, max_attempts=3, error={}) is JobState.cancelled
