@@ -38,7 +38,8 @@ class Dispatcher(Protocol):
         """Jobs waiting in each work queue (metrics)."""
 
     def waiting(self, work_queue: WorkQueue) -> int:
-        """Messages waiting in one work queue, not yet taken by a worker (raises when unreachable)."""
+        """Messages waiting in one work queue, not yet taken by a worker (``DispatchError`` when the broker
+        is unreachable)."""
 
     def stop(self) -> None: ...
 
@@ -73,13 +74,15 @@ class CeleryDispatcher:
         return {QUEUES[work_queue]: self.waiting(work_queue) for work_queue in QUEUES}
 
     def waiting(self, work_queue: WorkQueue) -> int:
-        with self.app.connection_for_read() as connection:
-            try:
-                return connection.default_channel.queue_declare(
-                    QUEUES[work_queue], passive=True
-                ).message_count
-            except connection.channel_errors:  # Redis keeps no empty queue: nothing waits in it
-                return 0
+        try:
+            with self.app.connection_for_read() as connection:
+                try:
+                    channel = connection.default_channel
+                    return channel.queue_declare(QUEUES[work_queue], passive=True).message_count
+                except connection.channel_errors:  # Redis keeps no empty queue: nothing waits in it
+                    return 0
+        except Exception as error:  # kombu raises transport-specific errors
+            raise DispatchError(f"the broker is unreachable ({type(error).__name__})") from error
 
     def stop(self) -> None:
         pass

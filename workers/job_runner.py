@@ -175,8 +175,12 @@ class _Lease:
         while not self._stop.wait(self.interval_s):
             try:
                 self.lost = not self.store.heartbeat(self.job_id, self.attempt)
-            except Exception:  # the store is unreachable for now: the next renewal tries again
-                log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
+            except Exception as error:  # the store is unreachable for now: the next renewal tries again
+                outage = outage_of(error)
+                if outage is None:
+                    log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
+                else:
+                    OUTAGES.failed(outage, error, f"lease of job {self.job_id}")
             if self.lost:
                 log.warning("job %s: attempt %d no longer holds the job; stopping", self.job_id, self.attempt)
                 return

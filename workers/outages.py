@@ -23,6 +23,7 @@ from workers.object_store import StoreUnavailable
 log = logging.getLogger(__name__)
 
 DATABASE = "database"
+BROKER = "broker"
 DISK = "disk"
 OBJECT_STORE = "object store"
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from workers.config import Settings
 from workers.dispatch import Dispatcher, DispatchError
+from workers.outages import BROKER, OUTAGES
 from workers.periodic import Periodic
 from workers.requests import WorkQueue
 from workers.storage import Storage
@@ -67,8 +68,9 @@ class Sweeper:
                     continue
                 dispatch_job(self.store, self.dispatcher, job_id, queue, attempts)
             except DispatchError as error:
-                log.warning("jobs not dispatched yet (%s); the next sweep tries again", error)
+                OUTAGES.failed(BROKER, error, "sweeper (jobs wait, the next sweep dispatches them)")
                 break  # the broker is down: do not wait out its retries once per job
+            OUTAGES.working(BROKER)
             dispatched += 1
         return dispatched
 
