@@ -54,6 +54,7 @@ def test_keras_layer_names_survive_wrappers_nested_models_and_the_trace_suffix()
     assert _names(_tf2onnx_cnn("StatefulPartitionedCall/sequential")) == ["conv2d", "dense"]
     assert _names(_tf2onnx_cnn("model/mobilenetv2_1.00_224")) == ["conv2d", "dense"]
     assert _names(_tf2onnx_cnn("cnn_1", suffix="_1")) == ["conv2d", "dense"]  # Keras 3's traced scopes
+    assert _names(_tf2onnx_cnn("cnn_1", suffix="_2")) == ["conv2d", "dense"]  # made unique once more
 
 
 class _FeedForward(torch.nn.Module):

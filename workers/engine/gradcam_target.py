@@ -151,9 +151,20 @@ def _pooled(producers: dict[str, Step], value: str) -> str | None:
 
 
 def _label(model: OnnxGraphModule, producers: dict[str, Step], value: str) -> str:
+    """The source model's name for the value; where the file names no module (paddle2onnx, jax2onnx), the
+    ONNX name and the last layer with parameters before it, which a reader can find in the layer list."""
     step = producers[value]
     where = model.layer_names.get(step.module or "", "") or step.scope
-    return f"{where or value} ({step.op_type} output)"
+    if where and (step.scope or _has_parameters(model, step)):
+        return f"{where} ({step.op_type} output)"
+    before = [s for s in model.steps[: model.steps.index(step)] if s.module and _has_parameters(model, s)]
+    after = f", after layer {model.layer_names.get(before[-1].module, before[-1].module)}" if before else ""
+    return f"{where or value} ({step.op_type} output{after})"
+
+
+def _has_parameters(model: OnnxGraphModule, step: Step) -> bool:
+    module = model.get_submodule(step.module) if step.module else None
+    return module is not None and any(True for _ in module.parameters(recurse=False))
 
 
 def _requested_value(

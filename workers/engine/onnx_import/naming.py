@@ -8,9 +8,11 @@ Each exporter writes them its own way:
   ``cnn_1/conv2d_2_1/BiasAdd`` for Keras layer ``conv2d_2``, possibly under wrappers
   (``StatefulPartitionedCall/``) and nested models (``model/mobilenetv2_1.00_224/Conv1/convolution``). The
   layer is the deepest scope above the op that is not one of TensorFlow's own op scopes (``batchnorm``,
-  ``convolution``...). Keras 3 traces the model inside a scope it has already entered once, so every
-  scope gets the suffix ``_1``: when every layer scope carries it, it is removed. New nodes of tf2onnx's
-  optimizer (``Conv__308``) keep no scope, so a layer is named by its weight's scope first.
+  ``convolution``...). Keras 3 traces the model in a graph where its scopes were entered before, so
+  TensorFlow makes every scope unique with a suffix (``conv2d_1`` for ``conv2d``, ``conv_1_2`` for
+  ``conv_1``): when every layer scope ends in ``_<n>`` and removing it keeps them apart, it is removed.
+  New nodes of tf2onnx's optimizer (``Conv__308``) keep no scope, so a layer is named by its weight's
+  scope first.
 - paddle2onnx: parameter names ``conv2d_0.w_0`` (layer ``conv2d_0``); values named ``p2o.*``.
 - jax2onnx: no module paths (``node_Conv_1``); the node names are all there is.
 """
@@ -22,7 +24,7 @@ from collections import Counter
 import onnx
 from onnx import NodeProto
 
-_TRACE_SUFFIX = "_1"
+_TRACE_SUFFIX = re.compile(r"_\d+$")
 _PADDLE_PARAMETER = re.compile(r"\.[wb]_\d+$")
 
 
@@ -47,7 +49,9 @@ class Naming:
         scoped = [parts for parts in scoped if parts]
         self._root = Counter(parts[0] for parts in scoped).most_common(1)[0][0] if scoped else ""
         layers = {parts[-1] for parts in scoped if len(parts) > 1}
-        self._strip_trace_suffix = bool(layers) and all(layer.endswith(_TRACE_SUFFIX) for layer in layers)
+        stripped = {_TRACE_SUFFIX.sub("", layer) for layer in layers}
+        suffixed = bool(layers) and all(_TRACE_SUFFIX.search(layer) for layer in layers)
+        self._strip_trace_suffix = suffixed and len(stripped) == len(layers)
 
     def scope(self, node: NodeProto) -> str:
         """The module or layer of the source model a node was exported from, or "" where the file does not
@@ -83,7 +87,7 @@ class Naming:
         if len(parts) < 2 and (not parts or parts[0] == self._root):
             return ""
         layer = parts[-1]
-        return layer.removesuffix(_TRACE_SUFFIX) if self._strip_trace_suffix else layer
+        return _TRACE_SUFFIX.sub("", layer) if self._strip_trace_suffix else layer
 
 
 def _torch_scope(node: NodeProto) -> str:

@@ -71,9 +71,17 @@ def input_spec(graph: onnx.GraphProto) -> tuple[str, Shape]:
     inputs = [value for value in graph.input if value.name not in initializers]
     if len(inputs) != 1:
         names = ", ".join(repr(value.name) for value in inputs)
+        small = [value.name for value in inputs if 0 < _size(value) <= 64]
+        hint = (
+            f"; {', '.join(repr(name) for name in small)} look like constants the exporter left as inputs "
+            "(tf2onnx does so with an unadapted Keras Normalization layer): re-export with them as "
+            "constants"
+            if small and len(small) == len(inputs) - 1
+            else ""
+        )
         raise ModelConversionError(
             f"the graph has {len(inputs)} inputs ({names}); the engine audits image classifiers with one "
-            "image input"
+            f"image input{hint}"
         )
     value = inputs[0]
     tensor_type = value.type.tensor_type
@@ -84,6 +92,12 @@ def input_spec(graph: onnx.GraphProto) -> tuple[str, Shape]:
     if not tensor_type.HasField("shape"):
         raise ModelConversionError(f"input {value.name!r} declares no shape")
     return value.name, dims(tensor_type.shape)
+
+
+def _size(value: onnx.ValueInfoProto) -> int:
+    """Elements of a fully known shape, else 0."""
+    sizes = dims(value.type.tensor_type.shape) if value.type.tensor_type.HasField("shape") else (None,)
+    return 0 if None in sizes else int(np.prod(sizes))
 
 
 def dims(shape: onnx.TensorShapeProto) -> Shape:
