@@ -139,3 +139,32 @@ def test_a_groupnorm_spelled_with_reshapes_keeps_the_block_output_as_the_default
     step = graph.producer(target.value)
     assert step.op_type == "Relu" and target.layout == "NCHW"
     assert any(s.op_type == "Reshape" for s in graph.steps)  # the export did spell it with reshapes
+
+
+class _SmallInputMobileNet(torch.nn.Module):
+    """MobileNetV2's tail at an input so small that its last stage is 1x1: a residual block at 2x2, then the
+    next block's expansion at 2x2, padded and convolved with stride 2 to 1x1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.block = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.expand = torch.nn.Conv2d(8, 16, 1)
+        self.depthwise = torch.nn.Conv2d(16, 16, 3, stride=2, groups=16)
+        self.project = torch.nn.Conv2d(16, 8, 1)
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = x + self.block(x)
+        y = torch.nn.functional.relu6(self.expand(x))
+        y = torch.nn.functional.relu6(self.depthwise(torch.nn.functional.pad(y, (0, 1, 0, 1))))
+        return self.head(self.project(y).flatten(1))
+
+
+def test_when_the_last_stage_is_1x1_the_default_is_the_last_residual_block_with_positions() -> None:
+    example = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    graph = converted(_SmallInputMobileNet().eval(), example)
+    target = choose_target(graph, example[:1], None)
+    assert graph.producer(target.value).op_type == "Add" and "1x1" in target.reason
+    assert graph.value_shapes(example[:1])[target.value] == (1, 8, 2, 2)

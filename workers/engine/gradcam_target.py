@@ -90,14 +90,16 @@ def choose_target(model: OnnxGraphModule, example: Tensor, requested: str | None
     while maps and _pooled(producers, maps[-1]) in maps:  # read before a trailing pooling, at full detail
         maps = maps[: maps.index(_pooled(producers, maps[-1])) + 1]
     last_map = maps[-1] if maps else None
+    reason = "the last feature map (the last block's output)"
+    if last_map is not None and _convolved_to_one_position(order, last_map, shapes, layouts, producers):
+        block = _last_residual_output(maps, last_map, shapes, layouts, producers)
+        if block is not None:
+            last_map = block
+            reason = "the last residual block's output with more than one position (the input is so small "
+            reason += "that the last stage's maps are 1x1)"
     for name in reversed(order):
         if name == last_map:
-            return GradCamTarget(
-                name,
-                _label(model, producers, name),
-                "the last feature map (the last block's output)",
-                layout=layouts[name],
-            )
+            return GradCamTarget(name, _label(model, producers, name), reason, layout=layouts[name])
         if producers[name].op_type == "Add" and len(shapes[name]) == 3:
             stream = _readable(
                 name, _label(model, producers, name), "the last residual stream", shapes[name], size, None
@@ -105,6 +107,40 @@ def choose_target(model: OnnxGraphModule, example: Tensor, requested: str | None
             if stream is not None:
                 return stream
     return None
+
+
+def _convolved_to_one_position(
+    order: list[str],
+    last_map: str,
+    shapes: dict[str, tuple[int, ...]],
+    layouts: dict[str, str],
+    producers: dict[str, Step],
+) -> bool:
+    """Whether convolutions go on after ``last_map`` on maps of one position: the last stage of a net
+    made for larger inputs, whose block ``last_map`` sits inside (e.g. MobileNetV2 at 32 x 32)."""
+    later = order[order.index(last_map) + 1 :]
+    return any(
+        producers[name].op_type == "Conv" and name in layouts and _positions(shapes[name], layouts[name]) == 1
+        for name in later
+    )
+
+
+def _last_residual_output(
+    maps: list[str],
+    last_map: str,
+    shapes: dict[str, tuple[int, ...]],
+    layouts: dict[str, str],
+    producers: dict[str, Step],
+) -> str | None:
+    """At ``last_map``'s resolution, the last residual sum (or the activation reading only it)."""
+    size = _positions(shapes[last_map], layouts[last_map])
+    same = [name for name in maps if _positions(shapes[name], layouts[name]) == size]
+    sums = [name for name in same if producers[name].op_type in ("Add", "Sum")]
+    if not sums:
+        return None
+    after = [name for name in same if producers[name].inputs and producers[name].inputs[0] == sums[-1]]
+    activated = [name for name in after if producers[name].op_type in ("Relu", "Clip")]
+    return activated[0] if activated else sums[-1]
 
 
 def _positions(shape: tuple[int, ...], layout: str) -> int:
