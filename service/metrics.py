@@ -7,6 +7,7 @@ or the embedded worker's); upload bytes are counted by the process that received
 registry of its own (several apps may live in one test process).
 """
 
+import contextlib
 from collections.abc import Iterator
 
 from fastapi import FastAPI
@@ -15,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
 
-from workers.dispatch import Dispatcher
+from workers.dispatch import Dispatcher, DispatchError
 from workers.store.jobs import JobState, JobStore
 
 DURATION_BUCKETS_S = (10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0)
@@ -49,8 +50,9 @@ class _StoreCollector(Collector):
             jobs.add_metric([state.value], counts.get(state, 0))
         yield jobs
         depth = GaugeMetricFamily("saliency_queue_depth", "Jobs waiting in a work queue", labels=["queue"])
-        for queue, waiting in self.dispatcher.queue_depth().items():
-            depth.add_metric([queue], waiting)
+        with contextlib.suppress(DispatchError):  # the broker is out: no sample, the rest still scraped
+            for queue, waiting in self.dispatcher.queue_depth().items():
+                depth.add_metric([queue], waiting)
         yield depth
         durations = sorted(self.store.audit_durations_s())
         buckets = [(str(bound), sum(1 for d in durations if d <= bound)) for bound in DURATION_BUCKETS_S]
