@@ -9,6 +9,7 @@ why), 130 interrupted. Baselines such as the edge detector are never judged, so 
 import argparse
 import sys
 from enum import Enum
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
 from workers.engine.settings import (
-    METHOD_NAMES,
+    METHOD_SUMMARIES,
     AuditSettings,
     IgBaseline,
     LayerOrder,
@@ -208,6 +209,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="saliency-audit",
         description="Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018) on an image classifier.",
     )
+    parser.add_argument("--version", action="version", version=f"saliency-audit {version('saliency-audit')}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
@@ -256,7 +258,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--tests", default="cascading,independent,data", help="comma-separated tests (default: all three)"
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    commands.add_parser("methods", help="list the saliency methods")
+    commands.add_parser("methods", help="list the saliency methods, one line each")
     commands.add_parser("schema", help="print the JSON Schema of report.json")
     serve = commands.add_parser(
         "serve",
@@ -347,6 +349,36 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
     return AuditSettings.model_validate(merged)
 
 
+def _refusal(args: argparse.Namespace) -> str | None:
+    """What is wrong with a run's or demo's arguments, found before torch is imported (seconds)."""
+    if args.command == "run":
+        named = [("model", args.model), ("probes", args.probes), ("--settings", args.settings)]
+        named += [("--train-data", args.train_data)]
+        named += [("--twin", path) for path in args.twin or ()] + [
+            ("--control", p) for p in args.control or ()
+        ]
+        for what, path in named:
+            if path is not None and not path.exists():
+                return f"{what} {path} does not exist"
+    try:
+        _settings(args) if args.command == "run" else _demo_settings(args)
+    except ValidationError as error:
+        return validation_message(error)
+    except (OSError, ValueError) as error:  # an unreadable --settings file
+        return str(error)
+    return None
+
+
+def validation_message(error: ValidationError) -> str:
+    """One line per field, without pydantic's links: what a user has to change."""
+    parts = []
+    for entry in error.errors():
+        where = ".".join(str(part) for part in entry["loc"])
+        message = entry["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
 def _run(args: argparse.Namespace) -> int:
     from workers.engine.data_randomization import DataTestInputs
 
@@ -370,11 +402,15 @@ def _demo(args: argparse.Namespace) -> int:
     if not args.quiet:
         print("training a small CNN on scikit-learn's digits...", file=sys.stderr)
     inputs = build_demo_inputs(args.out / "inputs")
-    chosen = {"methods": args.methods and args.methods.split(","), "tests": args.tests.split(",")}
-    settings = AuditSettings.model_validate({k: v for k, v in chosen.items() if v})
+    settings = _demo_settings(args)
     data = DataTestInputs(training_data=inputs.training_data) if "data" in settings.tests else None
     _audit(inputs.model, inputs.probes, settings, args.out, data, args.quiet)
     return 0
+
+
+def _demo_settings(args: argparse.Namespace) -> AuditSettings:
+    chosen = {"methods": args.methods and args.methods.split(","), "tests": args.tests.split(",")}
+    return AuditSettings.model_validate({k: v for k, v in chosen.items() if v})
 
 
 def _audit(
@@ -466,9 +502,13 @@ def _is_loopback(host: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own usage, not the top-level one
+        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "methods":  # the names known without torch (a test keeps them in step)
-        print("\n".join(sorted(METHOD_NAMES)))
+        width = max(map(len, METHOD_SUMMARIES))
+        print("\n".join(f"{name:<{width}}  {summary}" for name, summary in METHOD_SUMMARIES.items()))
         return 0
     if args.command == "schema":
         import json
@@ -485,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = _settings(args)
         except ValidationError as error:
-            print(f"saliency-audit: error: {error}", file=sys.stderr)
+            print(f"saliency-audit: error: {validation_message(error)}", file=sys.stderr)
             return EXIT_REFUSED
         return run_submit(args, settings)
     if args.command == "openapi":
@@ -495,6 +535,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(create_app().openapi(), indent=2))
         return 0
+    refused = _refusal(args)
+    if refused is not None:
+        print(f"saliency-audit: error: {refused}", file=sys.stderr)
+        return EXIT_REFUSED
     from workers.engine.errors import AuditInputError
 
     try:
@@ -504,6 +548,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
 
 
 if __name__ == "__main__":

@@ -157,6 +157,14 @@ def load_probes(
 
 
 def inspect_probe_file(path: Path, max_images: int, max_total_pixels: int) -> ProbeFileInfo:
+    """``_inspect_probe_file``, and a set too small for any audit refused at once."""
+    info = _inspect_probe_file(path, max_images, max_total_pixels)
+    if info.images < MIN_IMAGES:
+        raise ProbeError(f"{path.name}: {info.images} probe image(s); at least {MIN_IMAGES} are needed")
+    return info
+
+
+def _inspect_probe_file(path: Path, max_images: int, max_total_pixels: int) -> ProbeFileInfo:
     """Check an uploaded image set whatever its name, from its headers: what ``load_probes`` would refuse
     without knowing the settings (not yet known at upload), short of decoding.
 

@@ -20,17 +20,18 @@ ChannelValue = Annotated[float, Field(ge=-1e6, le=1e6)]
 
 # The saliency methods' registry names, known here without torch so the service can refuse a typo at once
 # (a test keeps this in step with the registry in workers.engine.methods).
-METHOD_NAMES = (
-    "gradient",
-    "gradient_x_input",
-    "integrated_gradients",
-    "smoothgrad",
-    "vargrad",
-    "guided_backprop",
-    "gradcam",
-    "guided_gradcam",
-    "edge_detector",
-)
+METHOD_SUMMARIES = {
+    "gradient": "d logit / d input, signed",
+    "gradient_x_input": "the gradient times the input",
+    "integrated_gradients": "gradients averaged along a path from a black image (50 steps)",
+    "smoothgrad": "the gradient averaged over 50 noisy copies of the input",
+    "vargrad": "the variance of the gradient over the same noisy copies",
+    "guided_backprop": "backward through ReLUs passing only positive gradients (ReLU-only models)",
+    "gradcam": "the last feature map weighted by its mean gradient, upsampled",
+    "guided_gradcam": "guided_backprop times gradcam (ReLU-only models)",
+    "edge_detector": "Sobel edges of the input: the model-free baseline",
+}
+METHOD_NAMES = tuple(METHOD_SUMMARIES)
 
 
 class RandomizationTest(StrEnum):
