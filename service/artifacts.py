@@ -13,7 +13,7 @@ from service.runtime import Runtime
 from service.validation import validate_artifact
 from workers import problems
 from workers.engine.errors import AuditInputError
-from workers.outages import free_bytes
+from workers.outages import DISK, OBJECT_STORE, OUTAGES, free_bytes
 from workers.requests import ArtifactKind
 from workers.storage import UploadTooLarge
 from workers.store.jobs import Artifact
@@ -54,11 +54,11 @@ async def receive_artifact(
     if upload.size == 0:
         upload.discard()
         raise Problem(problems.EMPTY_UPLOAD, "the request body is empty; send the file's bytes as the body")
-    known = runtime.store.get_artifact(caller.tenant, sha256, kind)
-    if known is not None and await run_in_threadpool(runtime.storage.has_blob, sha256):
-        upload.discard()
-        return known, False
     try:
+        known = runtime.store.get_artifact(caller.tenant, sha256, kind)
+        if known is not None and await run_in_threadpool(runtime.storage.has_blob, sha256):
+            upload.discard()
+            return known, False
         format, details = await run_in_threadpool(
             validate_artifact,
             upload.path,
@@ -73,6 +73,7 @@ async def receive_artifact(
         upload.discard()
         raise
     await run_in_threadpool(runtime.storage.keep, upload, sha256)
+    OUTAGES.working(DISK, OBJECT_STORE)
     return runtime.store.add_artifact(caller.tenant, sha256, kind.value, format, upload.size, details)
 
 

@@ -45,7 +45,7 @@ def submit_audit(
     if idempotency_key is not None:
         earlier = runtime.store.get_job_by_key(caller.tenant, idempotency_key)
         if earlier is not None:
-            return _replay(earlier, digest, runtime), False
+            return _replay(earlier, digest, caller, runtime), False
     _check_inputs(request, caller, runtime)
     if request.callback_url is not None:
         refused = refusal(str(request.callback_url), runtime.webhooks.allowed)
@@ -56,7 +56,7 @@ def submit_audit(
         caller.tenant, request.model_dump(mode="json"), digest, idempotency_key, request.queue
     )
     if not created:
-        return _replay(job, digest, runtime), False
+        return _replay(job, digest, caller, runtime), False
     with logs.bound_job(job.id):
         log.info("audit queued for tenant %s on %s", caller.tenant, request.queue.value)
     try:
@@ -71,7 +71,7 @@ def submit_audit(
     return job, True
 
 
-def _replay(job: Job, digest: str, runtime: Runtime) -> Job:
+def _replay(job: Job, digest: str, caller: Caller, runtime: Runtime) -> Job:
     """The job the key made; one that a passing fault failed (``audit-interrupted``) is queued again."""
     if job.request_hash != digest:
         raise Problem(
@@ -80,6 +80,8 @@ def _replay(job: Job, digest: str, runtime: Runtime) -> Job:
             "for a new request",
         )
     retryable = job.state is JobState.failed and (job.error or {}).get("type") in problems.RETRYABLE_FAILURES
+    if retryable:
+        _check_active_jobs(caller, runtime)
     if retryable and runtime.store.rerun(job):
         with logs.bound_job(job.id):
             log.info("audit queued again: its last run was interrupted by a passing fault")

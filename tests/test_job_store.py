@@ -232,7 +232,8 @@ def test_an_attempt_a_passing_fault_stopped_gives_the_job_back_then_fails_it_as_
     assert store.release(job.id, 1, max_attempts=2, error=interrupted) is JobState.queued
     requeued = store.get_job(job.id)
     assert requeued is not None and requeued.attempts == 1
-    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == [(job.id, "cpu", 1, False)]
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == []  # not before the fault passes
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=0) == [(job.id, "cpu", 1, True)]
     _claim(store, job.id)
     assert store.release(job.id, 2, max_attempts=2, error=interrupted) is JobState.failed
     failed = store.get_job(job.id)

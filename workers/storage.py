@@ -71,8 +71,12 @@ class Upload:
         return self._hash.hexdigest()
 
     def discard(self) -> None:
-        self._file.close()
-        shutil.rmtree(self.path.parent, ignore_errors=True)
+        """Remove what was received; closing may fail again on a full disk (the buffer is flushed)."""
+        try:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        finally:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 RESULT_MEDIA_TYPES = {

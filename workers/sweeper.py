@@ -22,7 +22,7 @@ from workers.outages import BROKER, OUTAGES
 from workers.periodic import Periodic
 from workers.requests import WorkQueue
 from workers.storage import Storage
-from workers.store.jobs import JobStore
+from workers.store.jobs import JobStore, WrongState
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,23 @@ class Sweeper:
         # a job just submitted gets one lease to be dispatched by the request that made it; one handed
         # over a while ago and not started is handed over again once no message waits in its work queue
         # (a message still waiting may be its own, behind others; none waiting means its own was lost)
+        # (one handed over a hard time limit ago is handed over again whatever waits: a queue that never
+        # empties must not hold a lost job for good)
         empty: dict[WorkQueue, bool] = {}
+        overdue = {
+            job_id
+            for job_id, *_ in self.store.jobs_to_dispatch(
+                grace_s=settings.lease_s, redispatch_after_s=settings.hard_time_limit_s
+            )
+        }
         for job_id, work_queue, attempts, handed in self.store.jobs_to_dispatch(
             grace_s=settings.lease_s, redispatch_after_s=settings.redispatch_after_s
         ):
             queue = WorkQueue(work_queue)
             try:
-                if handed and not empty.setdefault(queue, self.dispatcher.waiting(queue) == 0):
+                if queue not in empty and handed and job_id not in overdue:
+                    empty[queue] = self.dispatcher.waiting(queue) == 0
+                if handed and job_id not in overdue and not empty[queue]:
                     continue
                 dispatch_job(self.store, self.dispatcher, job_id, queue, attempts)
             except DispatchError as error:
@@ -79,7 +89,11 @@ class Sweeper:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.retention_s)
         deleted = 0
         for job_id in self.store.expired_jobs(cutoff):
-            if self.store.delete_finished_job(job_id) is not None:
+            try:
+                finished = self.store.delete_finished_job(job_id)
+            except WrongState:  # queued again meanwhile (a resubmission reran it)
+                continue
+            if finished is not None:
                 self.storage.remove_results(job_id)
                 deleted += 1
         for sha256 in self.store.delete_unused_artifacts(cutoff):

@@ -56,5 +56,5 @@ def run_job(self: Task, job_id: str) -> None:
             log.warning("job %s: %d tries failed; the sweeper hands it over later", job_id, tries)
             return
         pause = pause_s(settings.store_retry_s, tries, random.Random())
-        raise self.retry(countdown=pause, max_retries=None) from error
+        raise self.retry(countdown=pause, max_retries=settings.store_retries) from error
     OUTAGES.working(DATABASE, DISK, OBJECT_STORE)

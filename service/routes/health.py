@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from service.runtime import RuntimeDep
 from service.schemas import Health
-from workers.outages import OUTAGES, free_bytes
+from workers.outages import BROKER, DATABASE, DISK, OBJECT_STORE, OUTAGES, free_bytes
 from workers.store.database import ping
 
 router = APIRouter(tags=["health"])
@@ -28,23 +28,25 @@ def healthz() -> Health:
     "the error itself goes to the service's log, once per outage.",
 )
 def readyz(runtime: RuntimeDep) -> Health | JSONResponse:
-    checks = {
-        "database": lambda: ping(runtime.store.engine),
-        runtime.dispatcher.name: runtime.dispatcher.check,
-        "storage": runtime.storage.check,
+    checks = {  # name shown -> (the outage it is, the check)
+        "database": (DATABASE, lambda: ping(runtime.store.engine)),
+        runtime.dispatcher.name: (BROKER, runtime.dispatcher.check),
+        "storage": (OBJECT_STORE, runtime.storage.check),
     }
     results = {}
-    for name, check in checks.items():
+    for name, (outage, check) in checks.items():
         try:
             check()
             results[name] = "ok"
-            OUTAGES.working(name)
-        except Exception as error:  # any failure means not ready; the log keeps what it was
-            OUTAGES.failed(name, error, "/readyz")
+            OUTAGES.working(outage)
+        except Exception as error:  # any failure means not ready; the log keeps what it was, once
+            OUTAGES.failed(outage, error, "/readyz")
             results[name] = "unavailable"
     floor = runtime.settings.min_free_disk_mib
     if results["storage"] == "ok" and free_bytes(runtime.storage.root) < floor * 1024**2:
         results["storage"] = "degraded"  # less free space than uploads and new audits need
+    elif results["storage"] == "ok":
+        OUTAGES.working(DISK)
     health = Health(
         status="ok" if all(r == "ok" for r in results.values()) else "unavailable", checks=results
     )

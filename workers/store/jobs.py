@@ -496,9 +496,11 @@ class JobStore:
             state, values = JobState.cancelled, _terminal_values(JobState.cancelled)
         elif attempt >= max_attempts:
             state, values = JobState.failed, _terminal_values(JobState.failed, error)
-        else:
-            state, values = JobState.queued, {"state": JobState.queued.value, "dispatched_at": None}
-        return state if self._transition(job_id, HELD_STATES, values, JobRow.attempts == attempt) else None
+        else:  # handed over "now": the sweeper sends it again once the fault has had time to pass
+            state, values = JobState.queued, {"state": JobState.queued.value, "dispatched_at": _now()}
+        if self._transition(job_id, [job.state], values, JobRow.attempts == attempt):
+            return state
+        return self.release(job_id, attempt, max_attempts, error)  # a cancel landed meanwhile
 
     def rerun(self, job: Job) -> bool:
         """Queue a failed job again from scratch (its failure was a passing fault, and its client submitted
