@@ -65,3 +65,28 @@ def test_an_upload_whose_last_write_met_a_full_disk_leaves_nothing(
     monkeypatch.setattr(upload, "_file", FullDisk(upload._file))
     upload.discard()
     assert not upload.path.parent.exists()
+
+
+def test_a_job_store_blip_does_not_stop_a_running_audit_but_a_code_fault_does() -> None:
+    from workers.engine.audit import Progress
+    from workers.job_runner import _Lease, _Throttle
+
+    blip = _raised(lambda: create_engine("postgresql+psycopg://x@127.0.0.1:1/x").connect())
+
+    class Store:
+        failure: BaseException = blip
+
+        def report_progress(self, *_: object) -> None:
+            raise self.failure
+
+        def cancel_requested(self, _: str) -> bool:
+            raise self.failure
+
+    store = Store()
+    lease = _Lease(store, "job", 1, lease_s=60)  # type: ignore[arg-type]
+    throttle = _Throttle(store, "job", 1, lease)  # type: ignore[arg-type]
+    throttle.progress(Progress("gradient: trained model", 1, 9))
+    assert throttle.cancel_requested() is False
+    store.failure = KeyError("a fault of the code")
+    with pytest.raises(KeyError):
+        throttle.progress(Progress("gradient: cascading", 2, 9))

@@ -5,10 +5,12 @@ it runs; the engine writes into a work folder of this attempt; results are publi
 into the attempt's own results folder before the job is marked succeeded.
 """
 
+import contextlib
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +202,8 @@ class _Throttle:
         changed = progress.phase != self._phase or progress.done == progress.total
         if changed or now - self._last_write >= PROGRESS_INTERVAL_S:
             done, total = progress.done, progress.total
-            self.store.report_progress(self.job_id, self.attempt, progress.phase, done, total)
+            with self._outage_passed_over("progress"):
+                self.store.report_progress(self.job_id, self.attempt, progress.phase, done, total)
             self._last_write, self._phase = now, progress.phase
 
     def cancel_requested(self) -> bool:
@@ -208,6 +211,19 @@ class _Throttle:
             return True
         now = time.monotonic()
         if not self._cancel and now - self._last_read >= PROGRESS_INTERVAL_S:
-            self._cancel = self.store.cancel_requested(self.job_id)
+            with self._outage_passed_over("cancel check"):
+                self._cancel = self.store.cancel_requested(self.job_id)
             self._last_read = now
         return self._cancel
+
+    @contextlib.contextmanager
+    def _outage_passed_over(self, what: str) -> Iterator[None]:
+        """A job-store blip does not stop the audit: its progress shows later, a cancel is read next time
+        (and an outage longer than the lease ends the attempt through the lease anyway)."""
+        try:
+            yield
+        except Exception as error:
+            outage = outage_of(error)
+            if outage is None:
+                raise
+            OUTAGES.failed(outage, error, f"{what} of job {self.job_id}")
