@@ -154,6 +154,7 @@ def test_summary_table_shows_draws_outcomes_and_reasons(paper_audit: tuple[Path,
     assert rows["gradient"].split()[1] in ("3", "6", "9")  # each row says how many draws it took
     assert rows["edge_detector"].endswith("baseline")
     assert "why:" in stdout and "gradient_x_input, cascading: mean 0.9" in stdout
+    assert "Parameter tests judge the 'curve'" in stdout and "data test" not in stdout  # none ran
 
 
 def _run(*args: str | Path) -> int:
@@ -297,6 +298,7 @@ def test_demo_needs_no_file_and_writes_the_html_report(
     assert main(["demo", "--out", str(out), "--methods", "gradient,edge_detector", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.html'}" in printed
+    assert "The data test judges the twins" in printed  # the legend explains the tests that ran
     report = _report(out)
     assert [t.test.value for t in report.methods[0].tests] == ["cascading", "independent", "data"]
     assert report.data_randomization is not None and report.data_randomization.source == "trained"

@@ -108,12 +108,29 @@ def _reasons(report: AuditReport) -> str:
     return "\n".join(lines) if len(lines) > 1 else "why: every judged method passed"
 
 
+def _legend_of_outcomes(report: AuditReport, by_test: dict[RandomizationTest, list]) -> str:
+    """How outcomes are decided, for the tests that ran."""
+    rule = report.settings.verdict
+    parts = [
+        f"outcome: PASS when the upper 95% bound (over images and draws) of the judged {rule.metric.value} "
+        f"is below {rule.threshold}, FAIL when its lower bound is not, INCONCLUSIVE otherwise."
+    ]
+    if any(test is not RandomizationTest.data for test in by_test):
+        parts.append("Parameter tests judge the 'curve' (each image's mean over the randomized stages).")
+    if RandomizationTest.data in by_test:
+        parts.append(
+            f"The data test judges the twins, also more than {rule.retrain_gap} below the retrain floor by "
+            "the 95% interval of that distance."
+        )
+    parts.append("Baselines need no model: never judged.")
+    return " ".join(parts)
+
+
 def format_summary(report: AuditReport) -> str:
     by_test: dict[RandomizationTest, list[tuple[MethodResult, TestResult]]] = {}
     for method in report.methods:
         for result in method.tests:
             by_test.setdefault(result.test, []).append((method, result))
-    rule = report.settings.verdict
     tables = [
         _data_table(report, rows) if test is RandomizationTest.data else _test_table(report, test, rows)
         for test, rows in by_test.items()
@@ -127,11 +144,7 @@ def format_summary(report: AuditReport) -> str:
         report.target_policy_note,
         *_skipped(report),
         *tables,
-        f"outcome: PASS when the upper 95% bound (over images and draws) of the judged {rule.metric.value} "
-        f"is below {rule.threshold}, FAIL when its lower bound is not, INCONCLUSIVE otherwise. Parameter "
-        "tests judge the 'curve' (each image's mean over the randomized stages); the data test judges the "
-        f"twins, also more than {rule.retrain_gap} below the retrain floor by the 95% interval of that "
-        "distance. Baselines need no model: never judged.",
+        _legend_of_outcomes(report, by_test),
         _reasons(report),
     ]
     return "\n\n".join(parts)
