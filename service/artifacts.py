@@ -1,7 +1,6 @@
 """Receiving uploads: streamed with a size cap and the tenant's storage quota, validated from headers,
 stored once per sha256 (the blob is shared; each tenant records its own artifact)."""
 
-import errno
 import re
 from collections.abc import AsyncIterator
 
@@ -13,7 +12,7 @@ from service.runtime import Runtime
 from service.validation import validate_artifact
 from workers import problems
 from workers.engine.errors import AuditInputError
-from workers.outages import DISK, OBJECT_STORE, OUTAGES, free_bytes
+from workers.outages import DISK, OBJECT_STORE, OUTAGES, require_free_disk
 from workers.requests import ArtifactKind
 from workers.storage import UploadTooLarge
 from workers.store.jobs import Artifact
@@ -34,9 +33,8 @@ async def receive_artifact(
     limit = min(runtime.settings.max_upload_bytes, max(room, 0))
     if content_length is not None and content_length > limit:
         raise _too_large(runtime, room)
-    floor = runtime.settings.min_free_disk_mib
-    if await run_in_threadpool(free_bytes, runtime.storage.root) < floor * 1024**2:
-        raise OSError(errno.ENOSPC, f"less than {floor} MiB free in the data dir")  # answered 507
+    # answered 507 below the floor
+    await run_in_threadpool(require_free_disk, runtime.storage.root, runtime.settings.min_free_disk_mib)
     name = _SAFE_NAME.sub("_", filename or "").lstrip(".")[:100] or kind.value
     upload = runtime.storage.new_upload(limit, name)
     try:

@@ -142,15 +142,15 @@ def test_an_attempt_presumed_lost_can_no_longer_write(store: JobStore) -> None:
 def test_queued_jobs_no_worker_will_take_are_due_for_dispatch(store: JobStore) -> None:
     job, _ = _job(store)
     assert store.jobs_to_dispatch(grace_s=3600, redispatch_after_s=3600) == []  # its request dispatches it
-    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == [(job.id, "cpu", 0, False)]
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == [(job.id, "cpu", 0, None)]
     store.mark_dispatched(job.id, attempts=0)
     assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == []
-    handed = [(job.id, "cpu", 0, True)]
-    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=0) == handed  # handed over, never started
+    (handed,) = store.jobs_to_dispatch(grace_s=0, redispatch_after_s=0)  # handed over, never started
+    assert handed[:3] == (job.id, "cpu", 0) and handed[3] is not None and handed[3] <= datetime.now(UTC)
     _claim(store, job.id)
     _recover(store)
     store.mark_dispatched(job.id, attempts=0)  # a dispatch from before the attempt: does not count
-    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == [(job.id, "cpu", 1, False)]
+    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == [(job.id, "cpu", 1, None)]
 
 
 def test_a_job_running_before_the_lease_upgrade_is_settled_after_it(tmp_path: Path) -> None:
@@ -233,7 +233,8 @@ def test_an_attempt_a_passing_fault_stopped_gives_the_job_back_then_fails_it_as_
     requeued = store.get_job(job.id)
     assert requeued is not None and requeued.attempts == 1
     assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=3600) == []  # not before the fault passes
-    assert store.jobs_to_dispatch(grace_s=0, redispatch_after_s=0) == [(job.id, "cpu", 1, True)]
+    (handed,) = store.jobs_to_dispatch(grace_s=0, redispatch_after_s=0)
+    assert handed[:3] == (job.id, "cpu", 1) and handed[3] is not None
     _claim(store, job.id)
     assert store.release(job.id, 2, max_attempts=2, error=interrupted) is JobState.failed
     failed = store.get_job(job.id)

@@ -4,7 +4,6 @@ so that no model takes the API process down and no job is left running with nobo
 """
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -17,7 +16,7 @@ from typing import Any
 from workers import logs, problems
 from workers.audit_process import EXIT_STORE_FAILED, MODULE
 from workers.config import Settings
-from workers.outages import DISK, OUTAGES, free_bytes
+from workers.outages import DISK, OUTAGES, require_free_disk
 from workers.storage import Storage
 from workers.store.jobs import HELD_STATES, JobState, JobStore
 
@@ -43,8 +42,9 @@ class AuditSupervisor:
         job = self.store.get_job(job_id)
         if job is None or job.state is not JobState.queued:
             return  # finished, cancelled or held by another attempt: not worth starting an interpreter
-        if free_bytes(self.storage.root) < self.settings.min_free_disk_mib * 1024**2:
-            low = OSError(errno.ENOSPC, f"less than {self.settings.min_free_disk_mib} MiB free")
+        try:
+            require_free_disk(self.storage.root, self.settings.min_free_disk_mib)
+        except OSError as low:
             OUTAGES.failed(DISK, low, f"embedded worker, job {job_id}")
             return  # left queued: the sweeper hands it over again once no message waits
         OUTAGES.working(DISK)

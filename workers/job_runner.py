@@ -74,9 +74,8 @@ def _execute(job_id: str, store: JobStore, storage: Storage, settings: Settings)
             problems.redact_paths(str(error), problems.server_roots(storage.root))
         )
         store.finish(job_id, JobState.failed, attempt=attempt, error=refused)
-    except (
-        Exception
-    ) as error:  # a passing fault is released; the engine's own or the soft time limit recorded
+    except Exception as error:
+        # a passing fault gives the job back; the engine's own fault or the soft time limit is recorded
         outage = outage_of(error)
         if outage is not None:
             _release(store, job_id, attempt, settings, outage, error)

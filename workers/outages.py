@@ -75,8 +75,11 @@ def outage_of(error: BaseException) -> str | None:
     return None
 
 
-def free_bytes(folder: Path) -> int:
-    return shutil.disk_usage(folder).free
+def require_free_disk(folder: Path, floor_mib: int) -> None:
+    """Raise ENOSPC (a full disk, to every caller) when ``folder`` has less than ``floor_mib`` MiB free:
+    an upload or a new audit there would fill it."""
+    if shutil.disk_usage(folder).free < floor_mib * 1024**2:
+        raise OSError(errno.ENOSPC, f"less than {floor_mib} MiB free in the data dir")
 
 
 class OutageLog:

@@ -61,21 +61,17 @@ class Sweeper:
         # (one handed over a hard time limit ago is handed over again whatever waits: a queue that never
         # empties must not hold a lost job for good)
         empty: dict[WorkQueue, bool] = {}
-        overdue = {
-            job_id
-            for job_id, *_ in self.store.jobs_to_dispatch(
-                grace_s=settings.lease_s, redispatch_after_s=settings.hard_time_limit_s
-            )
-        }
-        for job_id, work_queue, attempts, handed in self.store.jobs_to_dispatch(
+        overdue = datetime.now(UTC) - timedelta(seconds=settings.hard_time_limit_s)
+        for job_id, work_queue, attempts, handed_at in self.store.jobs_to_dispatch(
             grace_s=settings.lease_s, redispatch_after_s=settings.redispatch_after_s
         ):
             queue = WorkQueue(work_queue)
             try:
-                if queue not in empty and handed and job_id not in overdue:
-                    empty[queue] = self.dispatcher.waiting(queue) == 0
-                if handed and job_id not in overdue and not empty[queue]:
-                    continue
+                if handed_at is not None and handed_at > overdue:
+                    if queue not in empty:
+                        empty[queue] = self.dispatcher.waiting(queue) == 0
+                    if not empty[queue]:
+                        continue
                 dispatch_job(self.store, self.dispatcher, job_id, queue, attempts)
             except DispatchError as error:
                 OUTAGES.failed(BROKER, error, "sweeper (jobs wait, the next sweep dispatches them)")

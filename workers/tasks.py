@@ -1,6 +1,5 @@
 """The Celery task: a thin shell around ``execute_job``; the job store, not the task, records outcomes."""
 
-import errno
 import logging
 import random
 from functools import cache
@@ -10,14 +9,13 @@ from celery import Task
 from workers.celery_app import TASK_NAME, app
 from workers.config import Settings
 from workers.job_runner import execute_job
-from workers.outages import DATABASE, DISK, OBJECT_STORE, OUTAGES, free_bytes, outage_of
+from workers.outages import DATABASE, DISK, OBJECT_STORE, OUTAGES, outage_of, require_free_disk
 from workers.storage import Storage
 from workers.store.database import make_engine
 from workers.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
-MIB = 1024**2
 MAX_PAUSE_S = 60.0
 
 
@@ -43,8 +41,7 @@ def run_job(self: Task, job_id: str) -> None:
     the message is dropped: the sweeper hands a queued job no worker started over again."""
     store, storage, settings = _runtime()
     try:
-        if free_bytes(storage.root) < settings.min_free_disk_mib * MIB:
-            raise OSError(errno.ENOSPC, f"less than {settings.min_free_disk_mib} MiB free: no new audit")
+        require_free_disk(storage.root, settings.min_free_disk_mib)  # no new audit below the floor
         execute_job(job_id, store, storage, settings)
     except Exception as error:
         outage = outage_of(error)

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from service.runtime import RuntimeDep
 from service.schemas import Health
-from workers.outages import BROKER, DATABASE, DISK, OBJECT_STORE, OUTAGES, free_bytes
+from workers.outages import BROKER, DATABASE, DISK, OBJECT_STORE, OUTAGES, require_free_disk
 from workers.store.database import ping
 
 router = APIRouter(tags=["health"])
@@ -42,11 +42,12 @@ def readyz(runtime: RuntimeDep) -> Health | JSONResponse:
         except Exception as error:  # any failure means not ready; the log keeps what it was, once
             OUTAGES.failed(outage, error, "/readyz")
             results[name] = "unavailable"
-    floor = runtime.settings.min_free_disk_mib
-    if results["storage"] == "ok" and free_bytes(runtime.storage.root) < floor * 1024**2:
-        results["storage"] = "degraded"  # less free space than uploads and new audits need
-    elif results["storage"] == "ok":
-        OUTAGES.working(DISK)
+    if results["storage"] == "ok":
+        try:
+            require_free_disk(runtime.storage.root, runtime.settings.min_free_disk_mib)
+            OUTAGES.working(DISK)
+        except OSError:
+            results["storage"] = "degraded"  # less free space than uploads and new audits need
     health = Health(
         status="ok" if all(r == "ok" for r in results.values()) else "unavailable", checks=results
     )

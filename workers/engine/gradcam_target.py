@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from workers.engine.errors import MethodUnsupportedError
+from workers.engine.layers import has_own_parameters
 from workers.engine.onnx_import import OnnxGraphModule
 from workers.engine.onnx_import.graph import Step
 from workers.engine.onnx_import.layouts import CHANNELS_FIRST, channels_first_order, value_layouts
@@ -199,8 +200,7 @@ def _label(model: OnnxGraphModule, producers: dict[str, Step], value: str) -> st
 
 
 def _has_parameters(model: OnnxGraphModule, step: Step) -> bool:
-    module = model.get_submodule(step.module) if step.module else None
-    return module is not None and any(True for _ in module.parameters(recurse=False))
+    return step.module is not None and has_own_parameters(model.get_submodule(step.module))
 
 
 def _requested_value(

@@ -36,7 +36,7 @@ def forward_with_hooks(model: nn.Module, example: Tensor, handles: list[Removabl
             handle.remove()
 
 
-def _has_own_parameters(module: nn.Module) -> bool:
+def has_own_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False))
 
 
@@ -47,7 +47,7 @@ def layers_in_forward_order(
     order: list[str] = []
     handles = []
     for path, module in model.named_modules():
-        if _has_own_parameters(module):
+        if has_own_parameters(module):
 
             def record(*_: object, path: str = path) -> None:
                 if path not in order:

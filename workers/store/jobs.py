@@ -540,9 +540,11 @@ class JobStore:
         with self._session.begin() as session:
             session.execute(statement)
 
-    def jobs_to_dispatch(self, grace_s: float, redispatch_after_s: float) -> list[tuple[str, str, int, bool]]:
-        """Queued jobs no worker may take: id, queue, attempts and whether they were handed over before,
-        oldest first.
+    def jobs_to_dispatch(
+        self, grace_s: float, redispatch_after_s: float
+    ) -> list[tuple[str, str, int, datetime | None]]:
+        """Queued jobs no worker may take: id, queue, attempts and when they were last handed over (None:
+        never), oldest first.
 
         Those never handed to a broker for ``grace_s`` (the request or sweep that queued them stopped
         before dispatching), and those handed over ``redispatch_after_s`` ago and still not started (the
@@ -558,7 +560,7 @@ class JobStore:
         )
         with self._session() as session:
             return [
-                (job_id, queue, attempts, handed is not None)
+                (job_id, queue, attempts, None if handed is None else _utc(handed))
                 for job_id, queue, attempts, handed in session.execute(query)
             ]
 

@@ -14,7 +14,7 @@ from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from torch import Tensor, nn
 
 from workers.engine.errors import MethodUnsupportedError
-from workers.engine.gradcam_target import as_feature_map
+from workers.engine.gradcam_target import GradCamTarget, as_feature_map
 from workers.engine.methods.base import SaliencyMethod
 from workers.engine.onnx_import import OnnxGraphModule
 from workers.engine.onnx_import.nonlinearities import non_relu_nonlinearities
@@ -31,6 +31,22 @@ def refuse_non_relu(method: str, model: nn.Module) -> None:
             f"{method}: the model has nonlinearities other than ReLU ({listed}); guided backpropagation is "
             "defined only where every nonlinearity is a ReLU, and would return plain gradients through "
             "these. Leave this method out for this model."
+        )
+
+
+def refuse_unreadable_target(method: str, target: GradCamTarget | None, model: nn.Module) -> None:
+    """GradCAM needs a value of the model known to be a feature map [N, C, H, W] (or a patch grid)."""
+    if target is None:
+        raise MethodUnsupportedError(
+            f"{method}: the model has no feature map [N, C, H, W] and no token sequence that tiles the "
+            "input, so GradCAM has nothing to read; name one with gradcam_layer or leave GradCAM methods out"
+        )
+    if not isinstance(model, OnnxGraphModule) or model.producer(target.value) is None:
+        raise MethodUnsupportedError(f"{method}: the model has no value {target.label!r} to read")
+    if not target.is_feature_map:
+        raise MethodUnsupportedError(
+            f"{method}: {target.label} is not known to be a feature map [N, C, H, W] (layout "
+            f"{target.layout!r}); GradCAM would average its gradients over the wrong axes"
         )
 
 
@@ -65,20 +81,7 @@ class GradCam(SaliencyMethod):
         }
 
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
-        target = self.context.gradcam
-        if target is None:
-            raise MethodUnsupportedError(
-                f"{self.name}: the model has no feature map [N, C, H, W] and no token sequence that tiles "
-                "the input, so GradCAM has nothing to read; name one with gradcam_layer or leave GradCAM "
-                "methods out"
-            )
-        if not isinstance(model, OnnxGraphModule) or model.producer(target.value) is None:
-            raise MethodUnsupportedError(f"{self.name}: the model has no value {target.label!r} to read")
-        if not target.is_feature_map:
-            raise MethodUnsupportedError(
-                f"{self.name}: {target.label} is not known to be a feature map [N, C, H, W] (layout "
-                f"{target.layout!r}); GradCAM would average its gradients over the wrong axes"
-            )
+        refuse_unreadable_target(self.name, self.context.gradcam, model)
 
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
@@ -120,10 +123,7 @@ class GuidedGradCam(SaliencyMethod):
 
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
         refuse_non_relu(self.name, model)
-        try:
-            self._cam.check_supported(model, example)
-        except MethodUnsupportedError as error:
-            raise MethodUnsupportedError(str(error).replace(self._cam.name, self.name, 1)) from None
+        refuse_unreadable_target(self.name, self.context.gradcam, model)
 
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator

@@ -34,7 +34,6 @@ def onnx_to_torch(model: onnx.ModelProto, layout: str | None = None) -> OnnxGrap
     for index, node in enumerate(graph.node):
         builder.add(node, index)
     module = builder.finish()
-    module.static_ranks = {name: len(shape) for name, shape in builder.shapes.items()}
     if layout is not None and layout != "NCHW" and len(module.input_shape) != 4:
         raise ModelConversionError(
             f"model layout {layout} was given, but the input {module.input_name!r} has "

@@ -91,6 +91,7 @@ class Builder:
 
     def finish(self) -> OnnxGraphModule:
         module = self.module
+        module.static_ranks = {name: len(shape) for name, shape in self.shapes.items()}
         used = {name for step in module.steps for name in step.inputs} | set(module.graph_outputs)
         for name in sorted(used & self.consts.keys()):
             attr = self.attribute_name(f"const_{name}")
@@ -113,13 +114,17 @@ class Builder:
         has_input = position < len(node.input) and node.input[position]
         return self.const(node, position, what) if has_input else None
 
-    def sole_reader(self, value: str, op_type: str) -> NodeProto | None:
-        """The node reading ``value``, when it is the only reader, of type ``op_type``, and ``value`` is not a
-        graph output (so that it can be folded into the node producing ``value``)."""
+    def sole_reader(self, value: str, *op_types: str) -> NodeProto | None:
+        """The node reading ``value``, when it is the only reader, of one of ``op_types``, and ``value`` is
+        not a graph output (so that it can be folded into the node producing ``value``)."""
         readers = self.consumers.get(value, [])
-        if len(readers) != 1 or readers[0].op_type != op_type or value in self.module.graph_outputs:
+        if len(readers) != 1 or readers[0].op_type not in op_types or self.is_read(value, by_a_node=False):
             return None
         return readers[0]
+
+    def is_read(self, value: str, by_a_node: bool = True) -> bool:
+        """Whether the graph gives ``value`` out, or (``by_a_node``) a node reads it."""
+        return value in self.module.graph_outputs or (by_a_node and bool(self.consumers.get(value)))
 
     # steps
 

@@ -32,21 +32,21 @@ def _affine_after(
     Exporters spell an inference-mode batch norm as BatchNormalization, or as Mul then Add (tf2onnx), or as
     Sub then Div; each is exact to fold.
     """
-    readers = b.consumers.get(value, [])
-    if len(readers) != 1 or value in b.module.graph_outputs:
+    node = b.sole_reader(value, "BatchNormalization", "Mul", "Div", "Add", "Sub")
+    if node is None:
         return None
-    node = readers[0]
     if node.op_type == "BatchNormalization":
-        if any(name not in b.consts for name in node.input[1:5]) or any(
-            b.consumers.get(name) or name in b.module.graph_outputs for name in node.output[1:] if name
+        attrs = attributes(node)
+        if (
+            any(name not in b.consts for name in node.input[1:5])
+            or any(b.is_read(name) for name in node.output[1:] if name)
+            or attrs.get("training_mode", 0)
         ):
             return None
-        if attributes(node).get("training_mode", 0):
-            return None
         scale, shift, mean, var = (b.consts[name].double() for name in node.input[1:5])
-        factor = scale / torch.sqrt(var + attributes(node).get("epsilon", 1e-5))
+        factor = scale / torch.sqrt(var + attrs.get("epsilon", 1e-5))
         return node, factor, shift - mean * factor
-    if node.op_type not in ("Mul", "Div", "Add", "Sub") or len(node.input) != 2:
+    if len(node.input) != 2:
         return None
     position = list(node.input).index(value) if value in node.input else -1
     other = node.input[1 - position] if position in (0, 1) else ""

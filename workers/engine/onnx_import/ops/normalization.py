@@ -69,7 +69,7 @@ def channel_affine(b: Builder, node: NodeProto, attrs: Attrs) -> None:
     constants over more than one axis (an attention bias), and the input's own scaling."""
     constant = next((name for name in node.input if name in b.consts), None)
     data = next((name for name in node.input if name not in b.consts), None)
-    shift = b.sole_reader(node.output[0], "Add") or b.sole_reader(node.output[0], "Sub")
+    shift = b.sole_reader(node.output[0], "Add", "Sub")
     offset = next((name for name in shift.input if name in b.consts), None) if shift is not None else None
     if (
         constant is None
@@ -78,7 +78,7 @@ def channel_affine(b: Builder, node: NodeProto, attrs: Attrs) -> None:
         or shift is None
         or offset is None
         or (shift.op_type == "Sub" and shift.input[1] != offset)
-        or not _per_channel(b.consts[constant])
+        or not _along_one_axis(b.consts[constant])
         or b.consts[offset].shape != b.consts[constant].shape
         or not b.consts[offset].is_floating_point()
     ):
@@ -97,7 +97,7 @@ def channel_affine(b: Builder, node: NodeProto, attrs: Attrs) -> None:
     )
 
 
-def _per_channel(const: Tensor) -> bool:
+def _along_one_axis(const: Tensor) -> bool:
     """Float, at least two values, all along one axis: ``[C]``, ``[C, 1, 1]``, ``[1, C, 1, 1]``..."""
     sizes = [size for size in const.shape if size != 1]
     return const.is_floating_point() and len(sizes) == 1 and sizes[0] >= 2
@@ -105,7 +105,7 @@ def _per_channel(const: Tensor) -> bool:
 
 def _no_extra_outputs(b: Builder, node: NodeProto) -> None:
     """Statistics outputs that no node reads (some exporters list them) are left out; read ones refused."""
-    if any(b.consumers.get(name) or name in b.module.graph_outputs for name in node.output[1:] if name):
+    if any(b.is_read(name) for name in node.output[1:] if name):
         raise ModelConversionError(f"{describe(node)}: the saved mean and variance outputs are not supported")
 
 
