@@ -246,9 +246,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "demo",
         help="audit a small CNN trained here on scikit-learn's digits, every test, and write the HTML report",
         description="No files needed: trains a small CNN on scikit-learn's bundled digits (seconds), exports "
-        "it to ONNX and runs every test on 64 held-out digits with the default settings, the data test "
-        "training its random-label twins here. Writes the model, probes and training data it used, "
-        "report.html, report.json, figures/ and maps.zip into --out. About 3.5 minutes on a 2-core CPU.",
+        "it to ONNX and runs every test on 64 held-out digits, the data test training its random-label "
+        "twins and true-label controls on 200 digits here. It uses 16 Integrated Gradients steps and "
+        "noise samples (run: 50) and a training learning rate of 0.003 (run: 0.001). Writes the model, "
+        "probes and training data it used, report.html, report.json, figures/ and maps.zip into --out. "
+        "About a minute on a 2-core CPU.",
     )
     demo.add_argument(
         "--out", type=Path, default=Path("demo-out"), help="directory for the results (default: demo-out)"
@@ -408,9 +410,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# What the demo changes from the defaults to show every test in about a minute on 2 CPU cores: 16 IG steps
+# and noise samples instead of the paper's 50 (the same outcomes on the demo's CNN), and a learning rate
+# with which its twins memorize random labels in about 45 epochs instead of 70. `run` keeps the defaults.
+DEMO_SETTINGS = {"ig_steps": 16, "noise_samples": 16, "training": {"learning_rate": 3e-3}}
+
+
 def _demo_settings(args: argparse.Namespace) -> AuditSettings:
     chosen = {"methods": args.methods and args.methods.split(","), "tests": args.tests.split(",")}
-    return AuditSettings.model_validate({k: v for k, v in chosen.items() if v})
+    return AuditSettings.model_validate(DEMO_SETTINGS | {k: v for k, v in chosen.items() if v})
 
 
 def _audit(

@@ -92,7 +92,6 @@ class _Run:
     edge_maps: PreparedMaps  # the model-free Sobel baseline every method is compared with
     partners: np.ndarray  # image i's cross-image floor compares it with image partners[i]
     checks: list[SanityCheck]  # the requested randomization tests, in the order requested
-    extend_work: Callable[[int], None]  # more units of work than planned: extra draws of an undecided test
     memory: MemoryPlan
     record: ForwardRecord  # the trained model's forward passes, for stages to start from
     _masks: dict[int, PreparedMaps] = field(default_factory=dict)
@@ -197,8 +196,7 @@ def run_audit(
         if data_inputs is not None
         else None
     )
-    total = data_setup.training_steps() if data_setup is not None else 0
-    done = 0
+    total, done = 0, 0
 
     def report_progress(phase: str, advance: int = 1) -> None:
         nonlocal done
@@ -206,25 +204,14 @@ def run_audit(
         if on_progress is not None:
             on_progress(Progress(phase, done, total))
 
-    def extend_work(units: int) -> None:
-        nonlocal total
-        total += units
-
     out_dir.mkdir(parents=True, exist_ok=True)
     with MapArchive(out_dir / ARCHIVE_FILE) as archive:
         archive.add_array("inputs.npy", probes.x, kind="inputs")
         edges = prepare(sobel_magnitude(x))
         cancelled = should_cancel or _never
-        pool = (
-            TwinPool(data_setup, archive, report_progress, extend_work, cancelled)
-            if data_setup is not None
-            else None
-        )
+        pool = TwinPool(data_setup, archive, report_progress, cancelled) if data_setup is not None else None
         checks = [create_check(test, CheckContext(model, layers, settings, pool)) for test in settings.tests]
-        per_method = sum(
-            check.draws() * check.stage_count() + check.reference_count(check.draws()) for check in checks
-        )
-        extend_work(sum(1 + m.stochastic + per_method for m in methods))
+        total = _planned_units(checks, methods, pool)
         if pool is not None:
             pool.start()
         run = _Run(
@@ -239,12 +226,13 @@ def run_audit(
             edges,
             partners,
             checks,
-            extend_work,
             memory,
             ForwardRecord.for_layers(model, layers, memory.record_bytes),
         )
         with nondeterminism_noted(device) as nondeterministic:
             results = _audit_methods(run, methods)
+        if pool is not None:
+            pool.skip_untrained()
         report = AuditReport(
             created_at=datetime.now(UTC),
             model=loaded.artifact,
@@ -272,6 +260,21 @@ def run_audit(
         archive.commit()
     _write_atomically(out_dir / REPORT_FILE, report_json)
     return report
+
+
+def _planned_units(checks: list[SanityCheck], methods: list[SaliencyMethod], pool: TwinPool | None) -> int:
+    """Progress units of the most work the audit may do, so the total never moves.
+
+    Draws an undecided verdict may add (and the twins they train) are counted from the start; what a
+    verdict settled early leaves undone is skipped, so progress only goes forward.
+    """
+    per_method = sum(_check_units(check, check.max_draws()) for check in checks)
+    training = pool.planned_units() if pool is not None else 0
+    return training + sum(1 + m.stochastic + per_method for m in methods)
+
+
+def _check_units(check: SanityCheck, draws: int) -> int:
+    return draws * check.stage_count() + check.reference_count(draws)
 
 
 def _never() -> bool:
@@ -605,12 +608,14 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
     pending = [state for state in states if _undecided(outcomes[state.name][0])]
     while pending and draws < check.max_draws():
         more = min(check.draws(), check.max_draws() - draws)
-        added_references = check.reference_count(draws + more) - check.reference_count(draws)
-        run.extend_work(len(pending) * (more * check.stage_count() + added_references))
         add_draws(pending, draws, draws + more)
         draws += more
         outcomes.update({state.name: (*judged(state, draws), draws) for state in pending})
         pending = [state for state in pending if _undecided(outcomes[state.name][0])]
+    most = _check_units(check, check.max_draws())
+    unused = sum(most - _check_units(check, used) for *_, used in outcomes.values())
+    if unused:
+        run.report_progress(f"{test}: every verdict settled", unused)
     return {
         state.name: TestResult(
             test=check.test,

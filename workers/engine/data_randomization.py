@@ -309,15 +309,10 @@ class TwinPool:
         setup: "DataSetup",
         archive: MapArchive,
         report_progress: Callable[[str, int], None],
-        extend_work: Callable[[int], None],
         should_cancel: Callable[[], bool],
     ) -> None:
         self.setup, self.archive = setup, archive
-        self.report_progress, self.extend_work, self.should_cancel = (
-            report_progress,
-            extend_work,
-            should_cancel,
-        )
+        self.report_progress, self.should_cancel = report_progress, should_cancel
         self._twins: list[nn.Module] = []
         self._controls: list[nn.Module] = []
         self._runs: list[TrainingRun] = []
@@ -346,6 +341,16 @@ class TwinPool:
         recipe = self.setup.settings.training
         return max(recipe.models, recipe.max_models)
 
+    def planned_units(self) -> int:
+        """Progress units of training: one per twin and control the test may train."""
+        return 0 if self.setup.client is not None else 2 * self.limit
+
+    def skip_untrained(self) -> None:
+        """Every verdict is in: the twins and controls left untrained are work not done."""
+        untrained = self.planned_units() - (len(self._runs) if self.setup.client is None else 0)
+        if untrained:
+            self.report_progress("data: no more twins needed", untrained)
+
     def twin(self, index: int) -> nn.Module:
         if index >= len(self._twins):
             self._grow(index + 1)
@@ -366,8 +371,6 @@ class TwinPool:
         batch = setup.settings.training.models
         start = len(self._twins)
         end = min(self.limit, start + batch * -(-(count - start) // batch))
-        if start > 0:
-            self.extend_work(2 * (end - start))
         twins, controls, self._heldout = train_models(
             setup.architecture,
             setup.layers,
@@ -484,7 +487,3 @@ class DataSetup:
             raise AuditInputError(f"{path.name} has {own_classes} classes; the audited model has {classes}")
         check_methods(module)
         return module, loaded.artifact, check
-
-    def training_steps(self) -> int:
-        """Units of progress for the first batch of training: one per trained model."""
-        return 2 * self.settings.training.models if self.training is not None else 0

@@ -34,7 +34,7 @@ def _test_table(
     what = (
         f"layers randomized {first.order.value.replace('_', '-')}, up to"
         if test is RandomizationTest.cascading
-        else "only layer"
+        else "only"
     )
     width = max(len(method.name) for method, _ in rows)
     header = f"{'method':<{width}}  draws  trained " + " ".join(
