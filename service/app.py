@@ -7,16 +7,15 @@ Run it with ``saliency-audit serve`` (embedded worker unless SALIENCY_BROKER_URL
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from service.body_limit import BodyLimitMiddleware
 from service.job_views import JobViews
 from service.key_cache import KeyCache
 from service.metrics import ServiceMetrics
-from service.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from service.openapi import openapi_document, operation_id
+from service.problems import install_problem_handlers
 from service.request_ids import RequestIdMiddleware
 from service.routes import artifacts, audits, health, keys, problem_types, webhooks
 from service.runtime import Runtime
@@ -85,6 +84,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         version=version("saliency-audit"),
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.runtime = runtime
     app.state.server_roots = server_roots(settings.data_dir)
@@ -94,22 +94,5 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     runtime.metrics.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, upload_paths=UPLOAD_PATHS)
     app.add_middleware(RequestIdMiddleware)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, with problem responses described under application/problem+json only (FastAPI
-    puts a response model under application/json)."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        for path in schema["paths"].values():
-            for operation in path.values():
-                for response in operation.get("responses", {}).values():
-                    content = response.get("content", {})
-                    if PROBLEM_MEDIA_TYPE in content and "application/json" in content:
-                        content[PROBLEM_MEDIA_TYPE]["schema"] = content.pop("application/json")["schema"]
-        app.openapi_schema = schema
-    return app.openapi_schema

@@ -69,10 +69,13 @@ class WebhookSecretOut(BaseModel):
 
 
 class JobLinks(BaseModel):
+    """Paths of the job's operations; the results answer 409 until the audit has succeeded."""
+
     self: str
     cancel: str
-    report: str
-    archive: str
+    report: str = Field(description="The JSON report")
+    archive: str = Field(description="The map archive (zip)")
+    report_html: str = Field(description="The HTML report")
 
 
 class JobOut(BaseModel):
@@ -107,7 +110,11 @@ class JobOut(BaseModel):
             created_at=job.created_at,
             updated_at=job.updated_at,
             links=JobLinks(
-                self=base, cancel=f"{base}/cancel", report=f"{base}/report", archive=f"{base}/archive"
+                self=base,
+                cancel=f"{base}/cancel",
+                report=f"{base}/report",
+                archive=f"{base}/archive",
+                report_html=f"{base}/report.html",
             ),
         )
 

@@ -189,6 +189,18 @@ def process(
                 child.wait()
 
 
+def create_api_key(env: dict[str, str], tenant: str, scopes: str = "read,submit") -> str:
+    """An API key made as an operator makes one (``saliency-audit keys create``) in the job store that
+    ``env`` names; the store is created if it does not exist yet."""
+    return subprocess.run(
+        [str(VENV_BIN / "saliency-audit"), "keys", "create", "--tenant", tenant, "--scopes", scopes],
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 @contextmanager
 def api_server(
     env: dict[str, str], log: Path, cwd: Path | None = None

@@ -5,6 +5,8 @@ Every client mistake must be a 4xx problem+json that says what is wrong, and mus
 
 import base64
 import io
+import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -22,6 +24,7 @@ from tests.conftest import TrainedDigits
 from tests.services import free_port
 from workers import problems
 from workers.config import Settings
+from workers.engine.settings import METHOD_NAMES
 from workers.requests import AuditRequest
 from workers.store.database import make_engine
 from workers.store.jobs import JobState, JobStore
@@ -194,6 +197,7 @@ def test_a_submitted_audit_is_accepted_at_once(client: TestClient, uploaded: dic
     job = response.json()
     assert job["state"] == "queued" and job["queue"] == "cpu" and "queued" in job["timestamps"]
     assert response.headers["location"] == f"/v1/audits/{job['id']}" == job["links"]["self"]
+    assert job["links"]["report_html"] == f"/v1/audits/{job['id']}/report.html"
     assert int(response.headers["retry-after"]) > 0
     polled = client.get(response.headers["location"])
     assert polled.json()["id"] == job["id"] and polled.headers["etag"] == response.headers["etag"]
@@ -257,6 +261,13 @@ def test_invalid_settings_are_refused_with_the_field_named(
         "settings.methods",
     )
     assert "unknown saliency method 'lime'" in body["detail"] and body["errors"]
+    assert "available: edge_detector, gradcam, gradient," in body["detail"]
+    body = _problem(
+        client.post("/v1/audits", json=uploaded | {"settings": {"tests": ["sideways"]}}),
+        422,
+        "settings.tests",
+    )
+    assert "'cascading', 'independent' or 'data'" in body["detail"]
     _problem(client.post("/v1/audits", json=uploaded | {"settings": {"tests": ["data"]}}), 422, "twin")
     _problem(
         client.post("/v1/audits", content=b"{", headers={"Content-Type": "application/json"}), 422, "JSON"
@@ -371,6 +382,73 @@ def test_the_exported_openapi_document_matches_the_app() -> None:
         [sys.executable, "-m", "workers.cli", "openapi"], capture_output=True, text=True, check=True
     ).stdout
     assert exported.read_text() == current, "run: saliency-audit openapi > openapi/openapi.json"
+
+
+def _document() -> dict:
+    return json.loads((Path(__file__).parents[1] / "openapi" / "openapi.json").read_text())
+
+
+def _operations(document: dict) -> Iterator[tuple[str, dict]]:
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            yield f"{method.upper()} {path}", operation
+
+
+def test_every_operation_has_a_clean_unique_id() -> None:
+    """Generated clients name their functions after operation ids: a verb and a resource, never FastAPI's
+    path-derived ``submit_v1_audits_post``."""
+    ids = [operation["operationId"] for _, operation in _operations(_document())]
+    assert len(ids) == len(set(ids))
+    assert all(re.fullmatch(r"[a-z]+(_[a-z]+)+", id_) and "v1" not in id_ for id_ in ids), ids
+    assert {"submit_audit", "get_audit", "get_report", "get_report_html", "get_archive"} <= set(ids)
+
+
+def test_results_are_typed_and_the_report_schema_is_the_engines() -> None:
+    document = _document()
+    content = {
+        path: methods["get"]["responses"]["200"]["content"]
+        for path, methods in document["paths"].items()
+        if path.startswith("/v1/audits/{job_id}/") and "get" in methods
+    }
+    report_schema = content["/v1/audits/{job_id}/report"]["application/json"]["schema"]
+    assert report_schema == {"$ref": "#/components/schemas/AuditReport"}
+    assert content["/v1/audits/{job_id}/archive"] == {
+        "application/zip": {"schema": {"type": "string", "format": "binary"}}
+    }
+    assert content["/v1/audits/{job_id}/report.html"] == {"text/html": {"schema": {"type": "string"}}}
+    assert "report_html" in document["components"]["schemas"]["JobLinks"]["required"]
+    # the report's components are openapi/report.schema.json, the engine's model (FastAPI omits null defaults)
+    exported = json.loads((Path(__file__).parents[1] / "openapi" / "report.schema.json").read_text())
+    models = exported.pop("$defs") | {"AuditReport": exported}
+    text = json.dumps(models).replace("#/$defs/", "#/components/schemas/")
+    for name, schema in json.loads(text).items():
+        for field in schema.get("properties", {}).values():
+            if field.get("default", ...) is None:
+                del field["default"]
+        assert document["components"]["schemas"][name] == schema, name
+    methods = document["components"]["schemas"]["AuditSettings"]["properties"]["methods"]["anyOf"][0]
+    assert methods["items"] == {"$ref": "#/components/schemas/MethodName"}
+    assert document["components"]["schemas"]["MethodName"]["enum"] == list(METHOD_NAMES)
+
+
+def test_every_header_the_service_sends_is_declared() -> None:
+    document = _document()
+    for name, operation in _operations(document):
+        for status, response in operation["responses"].items():
+            headers = response["headers"]
+            assert headers["X-Request-ID"] == {"$ref": "#/components/headers/X-Request-ID"}, (name, status)
+            required = {header for header, spec in headers.items() if spec.get("required")}
+            if status == "307":
+                assert {"Location", "X-Checksum-SHA256", "Repr-Digest"} <= required, name
+            if status in ("429", "503", "507") and name != "GET /readyz":
+                assert "Retry-After" in required, (name, status)
+    responses = {name: operation["responses"] for name, operation in _operations(document)}
+    assert {"Location", "ETag"} <= set(responses["POST /v1/audits"]["202"]["headers"])
+    assert "Retry-After" in responses["POST /v1/audits"]["202"]["headers"]
+    assert "ETag" in responses["GET /v1/audits/{job_id}"]["304"]["headers"]
+    assert {"X-Checksum-SHA256", "Repr-Digest", "Content-Length"} <= set(
+        responses["GET /v1/audits/{job_id}/archive"]["200"]["headers"]
+    )
 
 
 def test_the_service_does_not_import_torch() -> None:

@@ -3,7 +3,6 @@ deployment (uvicorn API, Celery worker, Redis, PostgreSQL) for the client, the e
 gate's exit codes."""
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -15,7 +14,14 @@ import pytest
 
 from service.client import AuditClient, ServiceError
 from tests.conftest import TrainedDigits
-from tests.services import VENV_BIN, api_server, distributed_deployment, free_port, new_bucket
+from tests.services import (
+    VENV_BIN,
+    api_server,
+    create_api_key,
+    distributed_deployment,
+    free_port,
+    new_bucket,
+)
 from workers.engine.report import AuditReport
 from workers.engine.settings import AuditSettings
 from workers.requests import ArtifactKind, AuditRequest
@@ -42,24 +48,6 @@ def _sample(metrics: str, name: str) -> float:
     return float(next(line for line in metrics.splitlines() if line.startswith(name)).rsplit(" ", 1)[1])
 
 
-def _create_key(env: dict[str, str]) -> str:
-    return subprocess.run(
-        [
-            str(VENV_BIN / "saliency-audit"),
-            "keys",
-            "create",
-            "--tenant",
-            "pipeline",
-            "--scopes",
-            "read,submit",
-        ],
-        env=os.environ | env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-
-
 def test_the_client_audits_on_the_distributed_service_and_skips_bytes_the_server_has(
     trained_digits: TrainedDigits, tmp_path: Path, redis_url: str, postgres_url: str, s3_endpoint: str
 ) -> None:
@@ -74,8 +62,8 @@ def test_the_client_audits_on_the_distributed_service_and_skips_bytes_the_server
     }
     deployment = distributed_deployment(tmp_path, redis_url, postgres_url, settings, shared_data_dir=False)
     with deployment as (url, _):
-        key = _create_key(
-            {"SALIENCY_DATABASE_URL": postgres_url, "SALIENCY_DATA_DIR": str(tmp_path / "data")}
+        key = create_api_key(
+            {"SALIENCY_DATABASE_URL": postgres_url, "SALIENCY_DATA_DIR": str(tmp_path / "data")}, "pipeline"
         )
         transport = RecordingTransport()
         seen: list[JobState] = []

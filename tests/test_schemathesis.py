@@ -2,12 +2,11 @@
 requests, valid and not, must meet no server error, and every answer must conform to the OpenAPI document
 (status codes, content types, headers and bodies)."""
 
-import os
 import re
 import subprocess
 from pathlib import Path
 
-from tests.services import VENV_BIN, api_server
+from tests.services import VENV_BIN, api_server, create_api_key
 
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
@@ -17,13 +16,7 @@ CHECKS = (
 
 def test_generated_requests_meet_no_server_error_and_conform_to_the_schema(tmp_path: Path) -> None:
     env = {"SALIENCY_DATA_DIR": str(tmp_path / "data"), "SALIENCY_AUTH": "keys"}
-    token = subprocess.run(  # not admin: the fuzzer would revoke its own key
-        [str(VENV_BIN / "saliency-audit"), "keys", "create", "--tenant", "fuzz", "--scopes", "read,submit"],
-        env=os.environ | env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    token = create_api_key(env, "fuzz", "read,submit")  # not admin: the fuzzer would revoke its own key
     with api_server(env, tmp_path / "api.log", cwd=tmp_path) as (url, _):
         result = subprocess.run(
             [

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from service.artifacts import receive_artifact
 from service.auth import Reader, Submitter
+from service.openapi import response_headers
 from service.problems import Problem, not_found
 from service.routes import AUTHENTICATED, problem_responses
 from service.runtime import RuntimeDep
@@ -21,29 +22,35 @@ _RAW_BODY = {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
-_KINDS = (
-    ("/models", ArtifactKind.model, "an ONNX, TorchScript (.pt) or torch.export (.pt2) model"),
+_KINDS = (  # path, kind, resource (in operation ids), what the file is
+    ("/models", ArtifactKind.model, "model", "an ONNX, TorchScript (.pt) or torch.export (.pt2) model"),
     (
         "/probe-sets",
         ArtifactKind.probes,
+        "probe_set",
         "probe images: .npy/.npz (x, optional labels y) or a zip of PNG/JPEG",
     ),
     (
         "/training-sets",
         ArtifactKind.training_data,
+        "training_set",
         "training data: .npz with x and y, or a zip of class folders",
     ),
 )
+_LOCATION = {"headers": response_headers("Location")}
 _NOT_RAW = ("multipart/", "application/json", "application/x-www-form-urlencoded", "text/")
 Sha256Path = Annotated[str, Path(max_length=64, description="sha256 of the artifact")]
 
 
-def _add_routes(path: str, kind: ArtifactKind, what: str) -> None:
+def _add_routes(path: str, kind: ArtifactKind, resource: str, what: str) -> None:
     @router.post(
         path,
         status_code=201,
         response_model=ArtifactOut,
-        responses={200: {"description": "The same bytes were uploaded before", "model": ArtifactOut}}
+        responses={
+            201: _LOCATION,
+            200: {"description": "The same bytes were uploaded before", "model": ArtifactOut} | _LOCATION,
+        }
         | problem_responses(
             *AUTHENTICATED,
             problems.UPLOAD_TOO_LARGE,
@@ -58,7 +65,7 @@ def _add_routes(path: str, kind: ArtifactKind, what: str) -> None:
         description="Send the file's bytes as the body (Content-Type: application/octet-stream). Stored by "
         "sha256: uploading the same file again answers 200 with the stored artifact. Checked from its "
         "headers here; the worker reads it in full.",
-        operation_id=f"upload_{kind.value}",
+        name=f"upload_{resource}",
     )
     async def upload(
         request: Request,
@@ -68,7 +75,7 @@ def _add_routes(path: str, kind: ArtifactKind, what: str) -> None:
         filename: Annotated[
             str | None, Query(max_length=255, description="Name used in messages about the file")
         ] = None,
-        content_type: Annotated[str | None, Header()] = None,
+        content_type: Annotated[str | None, Header(include_in_schema=False)] = None,  # _RAW_BODY declares it
     ) -> ArtifactOut:
         if content_type is not None and content_type.lower().startswith(_NOT_RAW):
             raise Problem(
@@ -90,7 +97,7 @@ def _add_routes(path: str, kind: ArtifactKind, what: str) -> None:
         response_model=ArtifactOut,
         responses=problem_responses(*AUTHENTICATED, problems.NOT_FOUND),
         summary=f"Describe an uploaded {kind.value.replace('_', ' ')} artifact",
-        operation_id=f"get_{kind.value}",
+        name=f"get_{resource}",
     )
     def describe(sha256: Sha256Path, runtime: RuntimeDep, caller: Reader) -> ArtifactOut:
         artifact = runtime.store.get_artifact(caller.tenant, sha256, kind)
@@ -99,5 +106,5 @@ def _add_routes(path: str, kind: ArtifactKind, what: str) -> None:
         return ArtifactOut.of(artifact, f"/v1{path}/{sha256}")
 
 
-for _path, _kind, _what in _KINDS:
-    _add_routes(_path, _kind, _what)
+for _path, _kind, _resource, _what in _KINDS:
+    _add_routes(_path, _kind, _resource, _what)

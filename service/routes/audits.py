@@ -2,7 +2,7 @@
 
 import base64
 import hashlib
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
@@ -10,12 +10,13 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from service import audits
 from service.auth import Caller, Reader, Submitter
 from service.job_views import JobView
+from service.openapi import response_headers
 from service.problems import Problem
 from service.routes import AUTHENTICATED, problem_responses
 from service.runtime import Runtime, RuntimeDep
 from service.schemas import JobOut, JobPage
 from workers import problems
-from workers.engine.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE
+from workers.engine.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE, AuditReport
 from workers.requests import AuditRequest
 from workers.storage import file_sha256
 from workers.store.jobs import TERMINAL_STATES, Job, JobState
@@ -40,6 +41,11 @@ def _require_json(content_type: Annotated[str | None, Header(include_in_schema=F
         raise Problem(problems.UNSUPPORTED_MEDIA_TYPE, "send the audit request as JSON (application/json)")
 
 
+# what _job_headers sends, as the OpenAPI document declares it
+_JOB_HEADERS = {"headers": response_headers("ETag", "Location", optional=("Retry-After",))}
+_SUBMIT_OPTIONAL_HEADERS = ("Retry-After", "Idempotent-Replayed")
+
+
 def _job_headers(job: Job | JobView, runtime: Runtime) -> dict[str, str]:
     headers = {"ETag": f'"{job.id}.{job.version}"', "Location": f"/v1/audits/{job.id}"}
     if job.state not in TERMINAL_STATES:
@@ -51,7 +57,8 @@ def _job_headers(job: Job | JobView, runtime: Runtime) -> dict[str, str]:
     "",
     status_code=202,
     response_model=JobOut,
-    responses=problem_responses(
+    responses={202: {"headers": response_headers("ETag", "Location", optional=_SUBMIT_OPTIONAL_HEADERS)}}
+    | problem_responses(
         *AUTHENTICATED,
         problems.MALFORMED_BODY,
         problems.UNKNOWN_ARTIFACT,
@@ -70,7 +77,7 @@ def _job_headers(job: Job | JobView, runtime: Runtime) -> dict[str, str]:
     "that a passing fault failed (/problems/audit-interrupted) is queued again. A tenant with as many "
     "queued and running audits as it may gets 429 with Retry-After.",
 )
-def submit(
+def submit_audit(
     request: Annotated[AuditRequest, Body()],
     response: Response,
     runtime: RuntimeDep,
@@ -106,7 +113,10 @@ def list_audits(
 @router.get(
     "/{job_id}",
     response_model=JobOut,
-    responses={304: {"description": "Not modified since the ETag in If-None-Match"}}
+    responses={
+        200: _JOB_HEADERS,
+        304: {"description": "Not modified since the ETag in If-None-Match"} | _JOB_HEADERS,
+    }
     | problem_responses(*AUTHENTICATED, problems.NOT_FOUND),
     summary="Poll an audit",
     description="State, progress and a timestamp per state. With If-None-Match holding the last ETag, an "
@@ -133,12 +143,13 @@ def _etags(header: str) -> set[str]:
     "/{job_id}/cancel",
     status_code=202,
     response_model=JobOut,
-    responses=problem_responses(*AUTHENTICATED, problems.NOT_FOUND, problems.JOB_FINISHED),
+    responses={202: _JOB_HEADERS}
+    | problem_responses(*AUTHENTICATED, problems.NOT_FOUND, problems.JOB_FINISHED),
     summary="Cancel an audit",
     description="A queued audit is cancelled at once; a running one becomes 'cancelling' and stops at the "
     "worker's next stage boundary.",
 )
-def cancel(job_id: JobId, response: Response, runtime: RuntimeDep, caller: Submitter) -> JobOut:
+def cancel_audit(job_id: JobId, response: Response, runtime: RuntimeDep, caller: Submitter) -> JobOut:
     job = audits.cancel_job(job_id, caller, runtime)
     response.headers.update(_job_headers(job, runtime))
     return JobOut.of(job)
@@ -153,7 +164,7 @@ def cancel(job_id: JobId, response: Response, runtime: RuntimeDep, caller: Submi
     description="Removes the job, its report, HTML report and archive. Queued or running audits answer 409: "
     "cancel them first. Finished audits are also deleted on their own after the retention period.",
 )
-def delete(job_id: JobId, runtime: RuntimeDep, caller: Submitter) -> Response:
+def delete_audit(job_id: JobId, runtime: RuntimeDep, caller: Submitter) -> Response:
     audits.delete_job(job_id, caller, runtime)
     return Response(status_code=204)
 
@@ -204,38 +215,64 @@ def _digest_headers(digest: str | None) -> dict[str, str]:
     }
 
 
-def _add_result_route(name: str, file: str, media_type: str, description: str, operation: str) -> None:
+_DIGEST_HEADERS = ("ETag", "X-Checksum-SHA256", "Repr-Digest")
+_REDIRECT = {
+    307: {
+        "description": "Where the object store signs URLs: the file is at the signed URL in Location",
+        "headers": response_headers("Location", *_DIGEST_HEADERS),
+    }
+}
+
+
+def _add_result_route(
+    path: str, file: str, media_type: str, name: str, summary: str, ok: dict[str, Any]
+) -> None:
+    """``ok``: the 200 response's description and schema (a ``model``, or its ``content``)."""
+    headers = response_headers(*_DIGEST_HEADERS, "Content-Length", "Content-Disposition")
+    redirects = file != HTML_FILE  # as _result_response does
+
     @router.get(
-        f"/{{job_id}}/{name}",
+        f"/{{job_id}}/{path}",
         response_class=FileResponse,
-        responses={
-            200: {"content": {media_type: {}}, "description": description},
-            307: {"description": "Where the object store signs URLs: a signed URL of the file (Location)"},
-        }
+        responses={200: ok | {"headers": headers}}
+        | (_REDIRECT if redirects else {})
         | problem_responses(
             *AUTHENTICATED, problems.NOT_FOUND, problems.RESULT_FILE_MISSING, problems.RESULTS_NOT_AVAILABLE
         ),
-        summary=f"Download the {description.lower()} of a succeeded audit",
-        operation_id=f"get_audit_{operation}",
+        summary=summary,
+        name=name,
     )
     def download(job_id: JobId, runtime: RuntimeDep, caller: Reader) -> Response:
         return _result_response(job_id, file, media_type, caller, runtime)
 
 
 _add_result_route(
-    "report", REPORT_FILE, "application/json", "JSON report (openapi/report.schema.json)", "report"
+    "report",
+    REPORT_FILE,
+    "application/json",
+    "get_report",
+    "Download the JSON report of a succeeded audit",
+    {"model": AuditReport, "description": "The report (openapi/report.schema.json)"},
 )
 _add_result_route(
     "archive",
     ARCHIVE_FILE,
     "application/zip",
-    "Map archive: every map, the manifest, the report, the figures and the HTML report",
-    "archive",
+    "get_archive",
+    "Download the map archive of a succeeded audit",
+    {
+        "description": "Every map, the manifest, the report, the figures and the HTML report, as a zip",
+        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+    },
 )
 _add_result_route(
     "report.html",
     HTML_FILE,
     "text/html",
-    "HTML report: verdicts, figures, settings and provenance in one self-contained page",
-    "report_html",
+    "get_report_html",
+    "Download the HTML report of a succeeded audit",
+    {
+        "description": "Verdicts, figures, settings and provenance in one self-contained page (inline)",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    },
 )

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 @router.get("/healthz", response_model=Health, summary="The process is up")
-def healthz() -> Health:
+def get_health() -> Health:
     return Health(status="ok")
 
 
@@ -27,7 +27,7 @@ def healthz() -> Health:
     description="Each check reads 'ok' or 'unavailable' (storage: 'degraded' below min_free_disk_mib free); "
     "the error itself goes to the service's log, once per outage.",
 )
-def readyz(runtime: RuntimeDep) -> Health | JSONResponse:
+def get_readiness(runtime: RuntimeDep) -> Health | JSONResponse:
     checks = {  # name shown -> (the outage it is, the check)
         "database": (DATABASE, lambda: ping(runtime.store.engine)),
         runtime.dispatcher.name: (BROKER, runtime.dispatcher.check),

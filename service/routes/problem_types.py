@@ -31,7 +31,7 @@ def list_problem_types() -> list[ProblemTypeOut]:
     responses=problem_responses(problems.NOT_FOUND),
     summary="What a problem type means",
 )
-def describe_problem_type(slug: Annotated[str, Path(max_length=64)]) -> ProblemTypeOut:
+def get_problem_type(slug: Annotated[str, Path(max_length=64)]) -> ProblemTypeOut:
     kind = CATALOG.get(slug)
     if kind is None:
         raise not_found(f"problem type {slug!r}")

@@ -20,5 +20,5 @@ router = APIRouter(prefix="/v1/webhook-secret", tags=["webhooks"])
     "`webhook-signature` headers as Standard Webhooks defines them; verify them with this secret and any "
     "Standard Webhooks library. The secret is made on first use and is the same for every key of the tenant.",
 )
-async def webhook_secret(runtime: RuntimeDep, caller: Submitter) -> WebhookSecretOut:
+async def get_webhook_secret(runtime: RuntimeDep, caller: Submitter) -> WebhookSecretOut:
     return WebhookSecretOut(secret=await run_in_threadpool(runtime.keys.webhook_secret, caller.tenant))

@@ -32,6 +32,9 @@ METHOD_SUMMARIES = {
     "edge_detector": "Sobel edges of the input: the model-free baseline",
 }
 METHOD_NAMES = tuple(METHOD_SUMMARIES)
+# The same names as an enum, so the JSON Schema (and clients generated from the OpenAPI document) list them
+MethodName = StrEnum("MethodName", [(name, name) for name in METHOD_NAMES], module=__name__)
+MethodName.__doc__ = "A saliency method by its registry name (`saliency-audit methods` tells what each does)."
 
 
 class RandomizationTest(StrEnum):
@@ -194,7 +197,7 @@ class VerdictRule(BaseModel):
 class AuditSettings(BaseModel):
     model_config = _BOUNDED
 
-    methods: list[str] | None = Field(
+    methods: list[MethodName] | None = Field(
         None,
         max_length=len(METHOD_NAMES),
         description="Saliency methods to audit. Default: every method defined on the model; one that is "
@@ -290,10 +293,12 @@ class AuditSettings(BaseModel):
             raise ValueError("names must not repeat")
         return value
 
-    @field_validator("methods")
+    @field_validator("methods", mode="before")
     @classmethod
-    def _known_methods(cls, value: list[str] | None) -> list[str] | None:
-        unknown = [name for name in value or () if name not in METHOD_NAMES]
+    def _known_methods(cls, value: object) -> object:
+        """Before the enum's own check, so an unknown name is named with every valid one."""
+        names = value if isinstance(value, list) else []
+        unknown = [name for name in names if isinstance(name, str) and name not in METHOD_NAMES]
         if unknown:
             raise ValueError(
                 f"unknown saliency method {unknown[0]!r}; available: {', '.join(sorted(METHOD_NAMES))}"
