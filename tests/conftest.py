@@ -21,6 +21,7 @@ from workers.store.jobs import JobStore
 LONG_MODULES = (
     "test_verdict_stability.py",
     "test_fault_matrix.py",
+    "test_readme.py",
     "test_architectures.py",
     "test_e2e_celery.py",
     "test_audit_cli.py",
