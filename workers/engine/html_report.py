@@ -2,7 +2,9 @@
 
 Drawn after the audit from its report.json and maps.zip (``figures``), so a run pays for it once, at the
 end, and an audit's numbers never depend on it. The page embeds its figures as data URIs and holds no
-script and no external reference: it reads offline, from a mail attachment or an artifact store.
+script and no external reference: it reads offline, from a mail attachment or an artifact store. It reads
+on any screen without zooming or scrolling sideways: each figure comes in a wide drawing and a narrow one
+that narrow screens pick through a CSS media query (``<picture>``), each shown at its natural size.
 """
 
 import base64
@@ -13,8 +15,9 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from workers.engine.figures import FigureImage, render_figures
-from workers.engine.report import ARCHIVE_FILE, HTML_FILE, AuditReport
+from workers.engine.figures import TEST_TITLES, FigureImage, render_figures
+from workers.engine.report import ARCHIVE_FILE, HTML_FILE, AuditReport, MethodResult, TestResult
+from workers.engine.settings import RandomizationTest
 
 FIGURES_FOLDER = "figures"
 
@@ -28,21 +31,90 @@ _templates.filters["b64"] = lambda data: base64.b64encode(data).decode("ascii")
 
 
 def render_html(report: AuditReport, figures: list[FigureImage]) -> str:
-    verdicts = [(m, t) for m in report.methods for t in m.tests if t.verdict is not None]
+    tests = list(dict.fromkeys(t.test for m in report.methods for t in m.tests))
     return _templates.get_template("report.html.j2").render(
         report=report,
-        figures=figures,
-        verdicts=verdicts,
+        tests=tests,
+        verdict_rows=_verdict_rows(report, tests),
+        sections=_sections(figures, tests),
+        draws=_draws(report, tests),
         rule=report.settings.verdict,
         settings_json=report.settings.model_dump_json(indent=2),
     )
+
+
+def _verdict_rows(
+    report: AuditReport, tests: list[RandomizationTest]
+) -> list[tuple[MethodResult, list[TestResult | None]]]:
+    """Judged methods, each with its result per test (None where the test did not run for it)."""
+    rows = []
+    for method in report.methods:
+        by_test = {t.test: t for t in method.tests if t.verdict is not None}
+        if by_test:
+            rows.append((method, [by_test.get(test) for test in tests]))
+    return rows
+
+
+def _sections(
+    figures: list[FigureImage], tests: list[RandomizationTest]
+) -> list[tuple[str, list[tuple[FigureImage, bool]]]]:
+    """Each test's title and figures in the order drawn, each with whether it starts collapsed: the
+    diverging maps repeat the absolute ones with their sign, for readers who look for it. The verdict
+    overview stays a file: the page's verdict table shows the same, in text."""
+    return [
+        (TEST_TITLES[test.value], [(f, f.name.endswith("-diverging.png")) for f in figures if f.test == test])
+        for test in tests
+    ]
+
+
+def _draws(report: AuditReport, tests: list[RandomizationTest]) -> list[tuple[str, str]]:
+    """Provenance rows for what was drawn at random: re-initializations per stage of the parameter tests,
+    and the data test's twins and controls (its draws are twins, not re-initializations)."""
+    rows = []
+    parameter_tests = [test for test in tests if test is not RandomizationTest.data]
+    if parameter_tests:
+        text = "; ".join(
+            f"{test.value} {_counts(_draws_by_method(report, test))}" for test in parameter_tests
+        )
+        rows.append(("re-initializations per stage", text))
+    if RandomizationTest.data in tests:
+        rows.append(("random-label twins, true-label controls", _twins_and_controls(report)))
+    return rows
+
+
+def _draws_by_method(report: AuditReport, test: RandomizationTest) -> dict[str, int]:
+    return {m.name: t.draws for m in report.methods for t in m.tests if t.test is test and t.verdict}
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """One number when every method drew as many times, else each method's: adaptive draws stop early
+    for a method whose verdict is clear."""
+    if len(set(counts.values())) == 1:
+        return str(next(iter(counts.values())))
+    return "(" + ", ".join(f"{name} {count}" for name, count in counts.items()) + ")"
+
+
+def _twins_and_controls(report: AuditReport) -> str:
+    compared = _draws_by_method(report, RandomizationTest.data)
+    info = report.data_randomization
+    if info is None:
+        return f"twins compared {_counts(compared)}"
+    if info.source == "client":
+        twins, controls, made = len(info.twins), len(info.controls), "supplied with the request"
+    else:
+        twins = sum(run.role == "random_label_twin" for run in info.training)
+        controls = sum(run.role == "true_label_control" for run in info.training)
+        made = f"trained here on {info.training_data.filename}" if info.training_data else "trained here"
+    text = f"{twins} random-label twins and {controls} true-label controls, {made}"
+    return text if set(compared.values()) == {twins} else f"{text}; twins compared {_counts(compared)}"
 
 
 def write_html_report(report: AuditReport, out_dir: Path) -> Path:
     """Figures of ``report`` (the audit in ``out_dir``) into ``out_dir/figures`` and into maps.zip, then
     ``out_dir/report.html``; its path.
 
-    The archive gains ``figures/*.png`` and ``report.html`` after its manifest (which lists the arrays).
+    The archive gains ``figures/*.png`` (``*-narrow.png``: the phones' drawings) and ``report.html``
+    after its manifest (which lists the arrays).
     Drawing a folder again replaces them.
     """
     archive = out_dir / ARCHIVE_FILE
@@ -51,9 +123,10 @@ def write_html_report(report: AuditReport, out_dir: Path) -> Path:
     folder = out_dir / FIGURES_FOLDER
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
-    for figure in figures:
-        (folder / figure.name).write_bytes(figure.png)
-    files = {f"{FIGURES_FOLDER}/{figure.name}": figure.png for figure in figures} | {HTML_FILE: page.encode()}
+    drawn = {name: png for figure in figures for name, png in figure.files().items()}
+    for name, png in drawn.items():
+        (folder / name).write_bytes(png)
+    files = {f"{FIGURES_FOLDER}/{name}": png for name, png in drawn.items()} | {HTML_FILE: page.encode()}
     _extend_archive(archive, files)
     html = out_dir / HTML_FILE
     html.write_text(page, encoding="utf-8")
