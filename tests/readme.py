@@ -22,6 +22,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.services import process
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = re.compile(
     r"^<!-- readme: (?P<action>run|background|output of|not run)(?::| as)? ?(?P<arg>.*?) ?-->$"
@@ -144,31 +146,18 @@ def background(block: Block, folder: Path, environment: dict[str, str]) -> Itera
     port = int(re.search(r"--port (\d+)", block.text)[1])  # type: ignore[index]
     if serving(port):
         raise AssertionError(f"README.md line {block.first_line}: port {port} is already in use here")
-    log = (folder / "background.log").open("w")
-    process = subprocess.Popen(
-        ["bash", "-c", "exec " + block.text.strip()],
-        cwd=folder,
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    log = folder / "background.log"
+    with process(
+        ["bash", "-c", "exec " + block.text.strip()], environment, log, folder, inherit=False
+    ) as child:
         deadline = time.monotonic() + 120
         while not serving(port):
-            if process.poll() is not None or time.monotonic() > deadline:
+            if child.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(
-                    f"README.md line {block.first_line} did not serve:\n"
-                    + (folder / "background.log").read_text()[-3000:]
+                    f"README.md line {block.first_line} did not serve:\n{log.read_text()[-3000:]}"
                 )
             time.sleep(0.2)
         yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def run_readme(folder: Path, readme: str, timeout_s: float = 900) -> dict[str, str]:

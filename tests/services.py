@@ -174,10 +174,13 @@ def empty_tables(url: str) -> None:
 
 @contextmanager
 def process(
-    args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+    args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None, inherit: bool = True
 ) -> Iterator[subprocess.Popen]:
+    """A child process stopped on exit; ``env`` adds to this process's environment, or replaces it when
+    ``inherit`` is false."""
     with log.open("wb") as output:
-        child = subprocess.Popen(args, env=os.environ | env, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
+        environment = os.environ | env if inherit else env
+        child = subprocess.Popen(args, env=environment, stdout=output, stderr=subprocess.STDOUT, cwd=cwd)
         try:
             yield child
         finally:
