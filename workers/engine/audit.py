@@ -32,6 +32,7 @@ from workers.engine.methods import MethodContext, SaliencyMethod, create_method,
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.onnx_import import OnnxGraphModule
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
+from workers.engine.randomization import StageModel
 from workers.engine.report import (
     ARCHIVE_FILE,
     REPORT_FILE,
@@ -96,10 +97,9 @@ class _Run:
     record: ForwardRecord  # the trained model's forward passes, for stages to start from
     _masks: dict[int, PreparedMaps] = field(default_factory=dict)
 
-    def targets(self, model: nn.Module) -> Tensor:
-        return (
-            self.fixed_target if self.fixed_target is not None else predictions(model, self.x, self.settings)
-        )
+    def targets(self, model: nn.Module, inputs: Tensor | None = None) -> Tensor:
+        x = self.x if inputs is None else inputs
+        return self.fixed_target if self.fixed_target is not None else predictions(model, x, self.settings)
 
     def random_masks(self, channels: int) -> PreparedMaps:
         """The calibration row's random masks, of the maps' shape; the same for every method."""
@@ -123,6 +123,7 @@ class _MethodState:
 
     method: SaliencyMethod
     noise_seed: int
+    trained_raw: Tensor  # the maps as the method gave them, for tests that measure raw maps
     trained: PreparedMaps
     trained_stage: Stage
     channels: int  # of the maps (GradCAM's have one)
@@ -210,7 +211,9 @@ def run_audit(
         edges = prepare(sobel_magnitude(x))
         cancelled = should_cancel or _never
         pool = TwinPool(data_setup, archive, report_progress, cancelled) if data_setup is not None else None
-        checks = [create_check(test, CheckContext(model, layers, settings, pool)) for test in settings.tests]
+        explained = fixed_target if fixed_target is not None else predicted
+        context = CheckContext(model, layers, settings, pool, x, explained, classes)
+        checks = [create_check(test, context) for test in settings.tests]
         total = _planned_units(checks, methods, pool)
         if pool is not None:
             pool.start()
@@ -520,6 +523,7 @@ def _trained_state(run: _Run, method: SaliencyMethod, trained_forward: nn.Module
     return _MethodState(
         method,
         noise_seed,
+        trained_maps,
         trained,
         trained_stage,
         trained_maps.shape[1],
@@ -556,17 +560,30 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
     """
     test = check.test.value
 
-    def maps_of(state: _MethodState, model: nn.Module, name: str, draw: int, **about: object) -> PreparedMaps:
+    def raw_maps_of(
+        state: _MethodState, model: nn.Module, name: str, draw: int, at: StageModel | None, **about: object
+    ) -> Tensor:
         """``about``: what the manifest says of the array beyond method, test and draw (the stage)."""
         if run.should_cancel():
             raise AuditCancelled
         method, fixed = state.method, state.fixed_maps
-        maps = fixed if fixed is not None else _maps(run, method, model, state.noise_seed)
+        if fixed is not None:
+            maps = fixed
+        elif at is None:
+            maps = _maps(run, method, model, state.noise_seed)
+        else:  # ``at``: a stage that may give its own inputs, classes or method settings
+            if at.settings is not None:
+                method = create_method(method.name, MethodContext(at.settings, method.context.gradcam))
+            maps = _maps(run, method, model, state.noise_seed, at.inputs, at.targets)
         if draw == 0 or run.settings.archive_all_draws:
             folder = f"maps/{method.name}/{test}" + (f"/draw-{draw}" if draw else "")
             path = f"{folder}/{name}.npy"
             run.archive.add_array(path, _array(maps), method=method.name, test=test, draw=draw, **about)
-        return prepare(maps) if fixed is None else state.trained
+        return maps
+
+    def maps_of(state: _MethodState, model: nn.Module, name: str, draw: int) -> PreparedMaps:
+        maps = raw_maps_of(state, model, name, draw, None)
+        return prepare(maps) if state.fixed_maps is None else state.trained
 
     stages: dict[str, dict[int, StageValues]] = {state.name: {} for state in states}
 
@@ -579,10 +596,12 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
                 for state in pending:
                     started = time.perf_counter()
                     model = forward if state.method.reuses_forward else stage_model.model
-                    prepared = maps_of(state, model, stage_model.archive_name, draw, **about)
+                    raw = raw_maps_of(state, model, stage_model.archive_name, draw, stage_model, **about)
+                    prepared = prepare(raw) if state.fixed_maps is None else state.trained
                     values = stages[state.name].setdefault(stage_model.index, StageValues.of(stage_model))
                     similarity = compare_prepared(state.trained, prepared)
-                    values.add(similarity, compare_prepared(state.trained, prepared[run.partners]), prepared)
+                    cross = compare_prepared(state.trained, prepared[run.partners])
+                    values.add(similarity, cross, prepared, check.measure(state.trained_raw, raw))
                     state.seconds += time.perf_counter() - started
                     run.report_progress(f"{state.name}: {test} {stage_model.label}, draw {draw + 1}")
 
@@ -619,7 +638,7 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
     return {
         state.name: TestResult(
             test=check.test,
-            order=run.settings.order if check.test is not RandomizationTest.data else None,
+            order=run.settings.order if check.walks_layers else None,
             draws=outcomes[state.name][2],
             stages=[
                 state.trained_stage,
@@ -658,18 +677,28 @@ def _summarized(values: StageValues) -> Stage:
         cross_image_floor={metric: summarize(np.stack(t)) for metric, t in values.cross_image.items()},
         degenerate_maps=values.degenerate,
         non_finite_maps=values.non_finite,
+        measures={name: summarize(np.stack(tables)) for name, tables in values.measures.items()},
+        note=values.note,
     )
 
 
-def _maps(run: _Run, method: SaliencyMethod, model: nn.Module, noise_seed: int) -> Tensor:
+def _maps(
+    run: _Run,
+    method: SaliencyMethod,
+    model: nn.Module,
+    noise_seed: int,
+    inputs: Tensor | None = None,
+    targets: Tensor | None = None,
+) -> Tensor:
     """Maps of every probe, on the device; the same noise seed at every stage, so stages differ only by
-    the model."""
+    the model (or by the inputs or classes a test's stage gives instead of the probes')."""
     generator = torch.Generator().manual_seed(noise_seed)
-    targets = run.targets(model)
+    x = run.x if inputs is None else inputs
+    targets = run.targets(model, x) if targets is None else targets
     batch = run.settings.batch_size
     chunks = [
-        method.attribute(model, run.x[i : i + batch], targets[i : i + batch], generator).float()
-        for i in range(0, len(run.x), batch)
+        method.attribute(model, x[i : i + batch], targets[i : i + batch], generator).float()
+        for i in range(0, len(x), batch)
     ]
     return torch.cat(chunks)
 

@@ -4,7 +4,7 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 from workers.engine.layers import Layer, layer_seed, reinitialize
 from workers.engine.settings import AuditSettings, LayerOrder
@@ -17,6 +17,12 @@ class StageModel:
     randomized: list[Layer]
     model: nn.Module
     archive_name: str  # the map file's name in maps.zip, without the suffix
+    # what the methods see at this stage where it is not the audit's own (input invariance: the shifted
+    # probes and the settings whose black moved with them; random logit: other classes to explain)
+    inputs: Tensor | None = None
+    targets: Tensor | None = None
+    settings: AuditSettings | None = None
+    note: str | None = None  # what the report should say of how this stage was built
 
 
 def walk_order(layers: list[Layer], order: LayerOrder) -> list[Layer]:

@@ -41,6 +41,9 @@ class RandomizationTest(StrEnum):
     cascading = "cascading"  # model parameters, from the top layer down, cumulatively
     independent = "independent"  # model parameters, one layer at a time
     data = "data"  # the same architecture trained on permuted labels (the random-label twin)
+    # later sanity checks (docs/decisions/0023)
+    input_invariance = "input_invariance"  # inputs shifted by a constant, the first bias compensating
+    random_logit = "random_logit"  # the map of the explained class vs the map of another class
 
 
 PARAMETER_TESTS = (RandomizationTest.cascading, RandomizationTest.independent)
@@ -266,6 +269,28 @@ class AuditSettings(BaseModel):
         description="Memory the audit may use on its device, in MiB; batch sizes and the trained model's "
         "recorded forward passes follow from it. Default: a quarter of the machine's memory (at most "
         "8 GiB) on the CPU, half of the GPU's memory on a GPU.",
+    )
+    invariance_shift: Annotated[float, Field(ge=-10, le=10)] = Field(
+        -1.0,
+        description="Input invariance: the constant m added to every probe, in units of each channel's value "
+        "range over the probe set (max - min); -1 moves digits in [0, 1] to [-1, 0], as Kindermans et al. "
+        "did. The first layer's bias absorbs it, so the shifted model computes the same logits.",
+    )
+    invariance_tolerance: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.01,
+        description="Input invariance: a method is invariant when the upper 95% bound of the relative L2 "
+        "difference ||A(f2, x + m) - A(f1, x)|| / ||A(f1, x)|| lies below this, and not when its lower "
+        "bound does not (docs/decisions/0023).",
+    )
+    random_logit_metric: Metric = Field(
+        Metric.ssim,
+        description="Random logit: how the map of the explained class is compared with the map of a "
+        "uniformly drawn other class (Sixt et al. 2020 and Quantus use SSIM).",
+    )
+    random_logit_threshold: Annotated[float, Field(gt=-1, le=1)] = Field(
+        0.5,
+        description="Random logit: a method passes when the upper 95% bound of that similarity lies below "
+        "this (its maps depend on the class), fails when the lower bound does not.",
     )
     max_images: Annotated[int, Field(ge=2, le=10_000)] = 1000
     conversion_atol: Annotated[float, Field(gt=0, le=0.1)] = Field(

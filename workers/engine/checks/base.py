@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
 from workers.engine.data_randomization import TwinPool
 from workers.engine.errors import AuditInputError
@@ -31,6 +31,9 @@ class CheckContext:
     layers: list[Layer]
     settings: AuditSettings
     pool: TwinPool | None = None  # data test: the random-label twins and true-label controls
+    inputs: Tensor | None = None  # the probes as the model sees them
+    targets: Tensor | None = None  # the class each trained-model map explains, per probe
+    classes: int = 0  # logits of the model
 
 
 @dataclass
@@ -43,21 +46,29 @@ class StageValues:
     randomized: list[Layer]
     similarity: dict[Metric, list[np.ndarray]] = field(default_factory=dict)
     cross_image: dict[Metric, list[np.ndarray]] = field(default_factory=dict)
+    measures: dict[str, list[np.ndarray]] = field(default_factory=dict)  # a test's own, per image
+    note: str | None = None
     degenerate: int = 0
     non_finite: int = 0
 
     def add(
-        self, similarity: dict[Metric, np.ndarray], cross: dict[Metric, np.ndarray], maps: PreparedMaps
+        self,
+        similarity: dict[Metric, np.ndarray],
+        cross: dict[Metric, np.ndarray],
+        maps: PreparedMaps,
+        measures: dict[str, np.ndarray] | None = None,
     ) -> None:
         for metric, values in similarity.items():
             self.similarity.setdefault(metric, []).append(values)
             self.cross_image.setdefault(metric, []).append(cross[metric])
+        for name, values in (measures or {}).items():
+            self.measures.setdefault(name, []).append(values)
         self.degenerate += int(maps.constant.sum())
         self.non_finite += int(maps.non_finite.sum())
 
     @classmethod
     def of(cls, stage: StageModel) -> "StageValues":
-        return cls(stage.index, stage.label, stage.randomized)
+        return cls(stage.index, stage.label, stage.randomized, note=stage.note)
 
     def table(self, metric: Metric, cross: bool = False) -> np.ndarray:
         return np.stack((self.cross_image if cross else self.similarity)[metric])
@@ -89,6 +100,7 @@ class SanityCheck(ABC):
     # stage models hold the trained weights below their randomized layers, so stages may start from the
     # trained model's recorded forward passes there (``reuse``)
     shares_trained: ClassVar[bool] = False
+    walks_layers: ClassVar[bool] = False  # stages follow ``settings.order`` through the layers
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -119,6 +131,11 @@ class SanityCheck(ABC):
         self, trained: Stage, stages: list[StageValues], retrain_floor: "RetrainFloor | None"
     ) -> Verdict:
         """The verdict on the comparisons of every draw and stage with the trained maps."""
+
+    def measure(self, trained: Tensor, stage: Tensor) -> dict[str, np.ndarray]:
+        """Per-image measures of the raw maps beyond the similarity metrics (input invariance: how far
+        the shifted maps lie from the trained ones); [images] each, NaN where undefined."""
+        return {}
 
     def reference_count(self, draws: int) -> int:
         """Further models whose maps the test needs after ``draws`` draws (for progress)."""

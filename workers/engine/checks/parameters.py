@@ -25,6 +25,7 @@ def curve_mean(tables: list[np.ndarray]) -> np.ndarray:
 class _ParameterCheck(SanityCheck):
     cumulative: bool
     shares_trained = True
+    walks_layers = True
 
     def draws(self) -> int:
         return self.context.settings.draws
