@@ -11,7 +11,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -32,7 +32,7 @@ from workers.engine.methods import MethodContext, SaliencyMethod, create_method,
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.onnx_import import OnnxGraphModule
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
-from workers.engine.randomization import StageModel
+from workers.engine.randomization import Smoothing, StageModel
 from workers.engine.report import (
     ARCHIVE_FILE,
     REPORT_FILE,
@@ -511,15 +511,7 @@ def _trained_state(run: _Run, method: SaliencyMethod, trained_forward: nn.Module
     )
     trained = prepare(trained_maps)
     run.report_progress(f"{method.name}: trained model")
-    trained_stage = Stage(
-        index=0,
-        label="trained model",
-        randomized_layers=[],
-        similarity=summarize_all(compare_prepared(trained, trained)),
-        cross_image_floor=summarize_all(compare_prepared(trained, trained[run.partners])),
-        degenerate_maps=int(trained.constant.sum()),
-        non_finite_maps=int(trained.non_finite.sum()),
-    )
+    trained_stage = _stage_zero(run, trained, "trained model")
     return _MethodState(
         method,
         noise_seed,
@@ -529,6 +521,19 @@ def _trained_state(run: _Run, method: SaliencyMethod, trained_forward: nn.Module
         trained_maps.shape[1],
         None if method.uses_model else trained_maps,
         time.perf_counter() - started,
+    )
+
+
+def _stage_zero(run: _Run, trained: PreparedMaps, label: str, note: str | None = None) -> Stage:
+    return Stage(
+        index=0,
+        label=label,
+        randomized_layers=[],
+        similarity=summarize_all(compare_prepared(trained, trained)),
+        cross_image_floor=summarize_all(compare_prepared(trained, trained[run.partners])),
+        degenerate_maps=int(trained.constant.sum()),
+        non_finite_maps=int(trained.non_finite.sum()),
+        note=note,
     )
 
 
@@ -571,10 +576,13 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
             maps = fixed
         elif at is None:
             maps = _maps(run, method, model, state.noise_seed)
-        else:  # ``at``: a stage that may give its own inputs, classes or method settings
+        else:  # ``at``: a stage that may give its own inputs, classes, method settings or noise
             if at.settings is not None:
                 method = create_method(method.name, MethodContext(at.settings, method.context.gradcam))
-            maps = _maps(run, method, model, state.noise_seed, at.inputs, at.targets)
+            if at.smoothing is not None:
+                maps = _smoothed_maps(run, method, model, state.noise_seed, at.smoothing)
+            else:
+                maps = _maps(run, method, model, state.noise_seed, at.inputs, at.targets)
         if draw == 0 or run.settings.archive_all_draws:
             folder = f"maps/{method.name}/{test}" + (f"/draw-{draw}" if draw else "")
             path = f"{folder}/{name}.npy"
@@ -585,6 +593,9 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
         maps = raw_maps_of(state, model, name, draw, None)
         return prepare(maps) if state.fixed_maps is None else state.trained
 
+    originals, reference = states, check.reference()
+    if reference is not None:  # the check's own reference maps replace the trained ones in its comparisons
+        states = [_referenced(run, state, reference, raw_maps_of) for state in states]
     stages: dict[str, dict[int, StageValues]] = {state.name: {} for state in states}
 
     def add_draws(pending: list[_MethodState], first: int, last: int) -> None:
@@ -631,6 +642,8 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
         draws += more
         outcomes.update({state.name: (*judged(state, draws), draws) for state in pending})
         pending = [state for state in pending if _undecided(outcomes[state.name][0])]
+    for original, state in zip(originals, states, strict=True):
+        original.seconds = state.seconds
     most = _check_units(check, check.max_draws())
     unused = sum(most - _check_units(check, used) for *_, used in outcomes.values())
     if unused:
@@ -638,7 +651,7 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
     return {
         state.name: TestResult(
             test=check.test,
-            order=run.settings.order if check.walks_layers else None,
+            order=check.order(),
             draws=outcomes[state.name][2],
             stages=[
                 state.trained_stage,
@@ -649,6 +662,43 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
         )
         for state in states
     }
+
+
+def _referenced(
+    run: _Run,
+    state: _MethodState,
+    reference: StageModel,
+    raw_maps_of: Callable[..., Tensor],
+) -> _MethodState:
+    """A copy of ``state`` whose reference maps are ``reference``'s (a baseline's stay as they are)."""
+    if state.fixed_maps is not None:
+        return replace(state)
+    started = time.perf_counter()
+    raw = raw_maps_of(state, reference.model, reference.archive_name, 0, reference, stage=0)
+    prepared = prepare(raw)
+    run.report_progress(f"{state.name}: {reference.label}")
+    stage = _stage_zero(run, prepared, reference.label, reference.note)
+    seconds = state.seconds + time.perf_counter() - started
+    return replace(state, trained_raw=raw, trained=prepared, trained_stage=stage, seconds=seconds)
+
+
+def _smoothed_maps(
+    run: _Run, method: SaliencyMethod, model: nn.Module, noise_seed: int, smoothing: Smoothing
+) -> Tensor:
+    """The mean of the method's maps over noisy copies of the probes (Hedström et al.'s smooth MPRT);
+    the copies come from ``smoothing.seed`` alone, so every stage sees the same ones."""
+    generator = torch.Generator().manual_seed(smoothing.seed)
+    flat = run.x.reshape(len(run.x), -1)
+    std = smoothing.level * (flat.max(dim=1).values - flat.min(dim=1).values)
+    std = std.view(-1, *([1] * (run.x.dim() - 1)))
+    targets = run.targets(model)
+    total: Tensor | None = None
+    for _ in range(smoothing.samples):
+        noise = torch.randn(run.x.shape, generator=generator).to(run.x.device)
+        maps = _maps(run, method, model, noise_seed, run.x + noise * std, targets)
+        total = maps if total is None else total + maps
+    assert total is not None
+    return total / smoothing.samples
 
 
 def _undecided(verdict: Verdict | None) -> bool:

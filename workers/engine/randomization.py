@@ -11,6 +11,16 @@ from workers.engine.settings import AuditSettings, LayerOrder
 
 
 @dataclass(frozen=True)
+class Smoothing:
+    """Maps averaged over noisy copies of the inputs (smooth MPRT): ``samples`` copies with noise of std
+    ``level`` x (max - min) of each image, drawn from ``seed``: the same copies at every stage."""
+
+    samples: int
+    level: float
+    seed: int
+
+
+@dataclass(frozen=True)
 class StageModel:
     index: int  # 1..L; stage 0 is the trained model itself
     label: str
@@ -23,6 +33,7 @@ class StageModel:
     targets: Tensor | None = None
     settings: AuditSettings | None = None
     note: str | None = None  # what the report should say of how this stage was built
+    smoothing: Smoothing | None = None
 
 
 def walk_order(layers: list[Layer], order: LayerOrder) -> list[Layer]:
@@ -31,7 +42,12 @@ def walk_order(layers: list[Layer], order: LayerOrder) -> list[Layer]:
 
 
 def randomized_stages(
-    model: nn.Module, layers: list[Layer], cumulative: bool, settings: AuditSettings, draw: int = 0
+    model: nn.Module,
+    layers: list[Layer],
+    cumulative: bool,
+    settings: AuditSettings,
+    draw: int = 0,
+    smoothing: Smoothing | None = None,
 ) -> Iterator[StageModel]:
     """Yield one randomized model per stage in ``settings.order``. The trained model is never touched.
 
@@ -50,4 +66,4 @@ def randomized_stages(
             label, randomized = f"{layer.name} and {direction}", walk[:index]
         else:
             label, randomized = f"{layer.name} only", [layer]
-        yield StageModel(index, label, randomized, target, f"{index:02d}")
+        yield StageModel(index, label, randomized, target, f"{index:02d}", smoothing=smoothing)

@@ -44,6 +44,8 @@ class RandomizationTest(StrEnum):
     # later sanity checks (docs/decisions/0023)
     input_invariance = "input_invariance"  # inputs shifted by a constant, the first bias compensating
     random_logit = "random_logit"  # the map of the explained class vs the map of another class
+    smooth_mprt = "smooth_mprt"  # cascading, on maps averaged over noisy copies of each input
+    efficient_mprt = "efficient_mprt"  # the rise of the maps' entropy from trained to fully randomized
 
 
 PARAMETER_TESTS = (RandomizationTest.cascading, RandomizationTest.independent)
@@ -291,6 +293,28 @@ class AuditSettings(BaseModel):
         0.5,
         description="Random logit: a method passes when the upper 95% bound of that similarity lies below "
         "this (its maps depend on the class), fails when the lower bound does not.",
+    )
+    smooth_mprt_samples: Annotated[int, Field(ge=1, le=1000)] = Field(
+        50,
+        description="Smooth MPRT: noisy copies of each probe whose maps are averaged, at every stage and "
+        "for the trained reference (Hedström et al. and Quantus: 50).",
+    )
+    smooth_mprt_noise: Annotated[float, Field(gt=0, le=2)] = Field(
+        0.1, description="Smooth MPRT: noise std as a fraction of each probe's value range (max - min)."
+    )
+    smooth_mprt_order: LayerOrder = Field(
+        LayerOrder.bottom_up,
+        description="Smooth MPRT: the order its cascade walks the layers (Hedström et al.: bottom-up).",
+    )
+    efficient_mprt_bins: Annotated[int, Field(ge=2, le=10_000)] = Field(
+        100, description="Efficient MPRT: histogram bins of the discrete entropy of each normalized map."
+    )
+    efficient_mprt_min_share: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.5,
+        description="Efficient MPRT: a method passes when the lower 95% bound of (H(random) - H(trained)) / "
+        "(H(random mask) - H(trained)), the share of the way to noise that the entropy of its maps rises "
+        "when every layer is randomized, lies above this, fails when its upper bound does not. Hedström et "
+        "al.'s relative rise (H(random) - H(trained)) / H(trained) is reported beside it.",
     )
     max_images: Annotated[int, Field(ge=2, le=10_000)] = 1000
     conversion_atol: Annotated[float, Field(gt=0, le=0.1)] = Field(

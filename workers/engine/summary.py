@@ -3,7 +3,9 @@
 from workers.engine.report import AuditReport, MethodResult, TestResult, Verdict
 from workers.engine.settings import PARAMETER_TESTS, RandomizationTest
 
-RELATIVE_L2 = "relative_l2_difference"  # workers.engine.checks.invariance (torch-free here)
+RELATIVE_L2 = "relative_l2_difference"  # workers.engine.checks.invariance and .mprt (torch-free here)
+ENTROPY = ("entropy_trained", "entropy_random", "entropy_random_mask", "entropy_rise", "entropy_rise_share")
+CURVE_TESTS = (*PARAMETER_TESTS, RandomizationTest.smooth_mprt)
 
 
 def _value(number: float | None) -> str:
@@ -35,15 +37,20 @@ def _test_table(
     labels = [stage.randomized_layers[-1] if stage.randomized_layers else "" for stage in first.stages[1:]]
     what = (
         f"layers randomized {first.order.value.replace('_', '-')}, up to"
-        if test is RandomizationTest.cascading
+        if test in (RandomizationTest.cascading, RandomizationTest.smooth_mprt)
         else "only"
     )
     width = max(len(method.name) for method, _ in rows)
     header = f"{'method':<{width}}  draws  trained " + " ".join(
         f"{f'#{i}':>6}" for i in range(1, len(labels) + 1)
     )
+    title = (
+        "smooth MPRT: cascading on maps averaged over noisy copies of each probe (Hedström et al.):"
+        if test is RandomizationTest.smooth_mprt
+        else f"{test.value} randomization:"
+    )
     lines = [
-        f"{test.value} randomization: mean {metric.value} vs trained maps over images and draws "
+        f"{title} mean {metric.value} vs trained maps over images and draws "
         f"(column #k: {what} layer k below)",
         header + "   curve  95% interval      outcome",
     ]
@@ -148,6 +155,24 @@ def _logit_table(report: AuditReport, rows: list[tuple[MethodResult, TestResult]
     return "\n".join(lines)
 
 
+def _entropy_table(report: AuditReport, rows: list[tuple[MethodResult, TestResult]]) -> str:
+    width = max(len(method.name) for method, _ in rows)
+    lines = [
+        f"efficient MPRT: entropy of the maps ({report.settings.efficient_mprt_bins}-bin histogram) of the "
+        "trained and the fully randomized model and of a random mask; rise = Hedström et al.'s "
+        "(H random - H trained) / H trained, share = (H random - H trained) / (H mask - H trained), judged",
+        f"{'method':<{width}}  draws  trained  random    mask    rise   share  95% interval      outcome",
+    ]
+    for method, result in rows:
+        measures = result.stages[-1].measures
+        cells = " ".join(_value(measures[name].mean if name in measures else None) for name in ENTROPY)
+        lines.append(
+            f"{method.name:<{width}}  {result.draws:>5}  {cells}  {_interval(result.verdict)}  "
+            f"{_outcome(result.verdict)}"
+        )
+    return "\n".join(lines)
+
+
 def _reasons(report: AuditReport) -> str:
     lines = ["why:"]
     for method in report.methods:
@@ -160,13 +185,13 @@ def _reasons(report: AuditReport) -> str:
 def _legend_of_outcomes(report: AuditReport, by_test: dict[RandomizationTest, list]) -> str:
     """How outcomes are decided, for the tests that ran."""
     rule = report.settings.verdict
-    classic = any(test in (*PARAMETER_TESTS, RandomizationTest.data) for test in by_test)
+    classic = any(test in (*CURVE_TESTS, RandomizationTest.data) for test in by_test)
     judged = f"{rule.metric.value} is below {rule.threshold}" if classic else "statistic is below its limit"
     parts = [
         f"outcome: PASS when the upper 95% bound (over images and draws) of the judged {judged}, FAIL when "
         "its lower bound is not, INCONCLUSIVE otherwise."
     ]
-    if any(test in PARAMETER_TESTS for test in by_test):
+    if any(test in CURVE_TESTS for test in by_test):
         parts.append("Parameter tests judge the 'curve' (each image's mean over the randomized stages).")
     if RandomizationTest.data in by_test:
         parts.append(
@@ -184,6 +209,11 @@ def _legend_of_outcomes(report: AuditReport, by_test: dict[RandomizationTest, li
             f"Random logit judges {settings.random_logit_metric.value} against "
             f"{settings.random_logit_threshold} the same way."
         )
+    if RandomizationTest.efficient_mprt in by_test:
+        parts.append(
+            "Efficient MPRT PASSES when the lower 95% bound of the entropy share is above "
+            f"{settings.efficient_mprt_min_share}, FAILS when its upper bound is not."
+        )
     parts.append("Baselines need no model: never judged.")
     return " ".join(parts)
 
@@ -195,6 +225,8 @@ def _table(report: AuditReport, test: RandomizationTest, rows: list[tuple[Method
         return _invariance_table(report, rows)
     if test is RandomizationTest.random_logit:
         return _logit_table(report, rows)
+    if test is RandomizationTest.efficient_mprt:
+        return _entropy_table(report, rows)
     return _test_table(report, test, rows)
 
 

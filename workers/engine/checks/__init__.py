@@ -1,6 +1,6 @@
 """The sanity checks behind one interface; importing this package registers every built-in check."""
 
-from workers.engine.checks import data, invariance, logit, parameters
+from workers.engine.checks import data, invariance, logit, mprt, parameters
 from workers.engine.checks.base import CheckContext, RetrainFloor, SanityCheck, StageValues, create_check
 
 __all__ = [
@@ -12,5 +12,6 @@ __all__ = [
     "data",
     "invariance",
     "logit",
+    "mprt",
     "parameters",
 ]

@@ -18,7 +18,7 @@ from workers.engine.errors import AuditInputError
 from workers.engine.layers import Layer
 from workers.engine.randomization import StageModel
 from workers.engine.report import MetricTable, Stage, Verdict
-from workers.engine.settings import AuditSettings, Metric, RandomizationTest, VerdictRule
+from workers.engine.settings import AuditSettings, LayerOrder, Metric, RandomizationTest, VerdictRule
 from workers.engine.similarity import PreparedMaps
 from workers.engine.statistics import summarize_all
 
@@ -100,7 +100,6 @@ class SanityCheck(ABC):
     # stage models hold the trained weights below their randomized layers, so stages may start from the
     # trained model's recorded forward passes there (``reuse``)
     shares_trained: ClassVar[bool] = False
-    walks_layers: ClassVar[bool] = False  # stages follow ``settings.order`` through the layers
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -131,6 +130,15 @@ class SanityCheck(ABC):
         self, trained: Stage, stages: list[StageValues], retrain_floor: "RetrainFloor | None"
     ) -> Verdict:
         """The verdict on the comparisons of every draw and stage with the trained maps."""
+
+    def order(self) -> LayerOrder | None:
+        """The order the stages walk the layers in; None where they do not walk them."""
+        return None
+
+    def reference(self) -> StageModel | None:
+        """Where the maps every stage is compared with are not the trained model's maps on the probes
+        (smooth MPRT: the trained model's maps averaged over noisy inputs), the stage that makes them."""
+        return None
 
     def measure(self, trained: Tensor, stage: Tensor) -> dict[str, np.ndarray]:
         """Per-image measures of the raw maps beyond the similarity metrics (input invariance: how far

@@ -12,7 +12,7 @@ import numpy as np
 from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, non_finite_by_stage
 from workers.engine.randomization import StageModel, randomized_stages
 from workers.engine.report import Stage, Verdict
-from workers.engine.settings import RandomizationTest
+from workers.engine.settings import LayerOrder, RandomizationTest
 from workers.engine.statistics import defined_mean, draw_intervals, summarize
 from workers.engine.verdict import Judged, decide
 
@@ -25,13 +25,15 @@ def curve_mean(tables: list[np.ndarray]) -> np.ndarray:
 class _ParameterCheck(SanityCheck):
     cumulative: bool
     shares_trained = True
-    walks_layers = True
 
     def draws(self) -> int:
         return self.context.settings.draws
 
     def stage_count(self) -> int:
         return len(self.context.layers)
+
+    def order(self) -> LayerOrder | None:
+        return self.context.settings.order
 
     def stage_models(self, draw: int) -> Iterator[StageModel]:
         context = self.context
