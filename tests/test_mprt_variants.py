@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import TrainedDigits
-from workers.engine.audit import run_audit
+from workers.engine.audit import Progress, run_audit
 from workers.engine.checks.mprt import ENTROPY_RISE, ENTROPY_SHARE, map_entropy
 from workers.engine.report import Summary
 from workers.engine.settings import AuditSettings, LayerOrder, Outcome, RandomizationTest, VerdictRule
@@ -25,14 +25,18 @@ def mprt_audit(trained_digits: TrainedDigits, tmp_path_factory: pytest.TempPathF
         methods=["gradient", "gradient_x_input", "vargrad"], tests=["efficient_mprt"], **common
     )
     out = tmp_path_factory.mktemp("mprt")
-    reports = {
-        test: run_audit(trained_digits.onnx_legacy, trained_digits.probes, settings, out / test.value)
-        for test, settings in (
-            (RandomizationTest.smooth_mprt, smooth),
-            (RandomizationTest.efficient_mprt, efficient),
+    reports, progress = {}, {}
+    for test, settings in (
+        (RandomizationTest.smooth_mprt, smooth),
+        (RandomizationTest.efficient_mprt, efficient),
+    ):
+        events: list[Progress] = []
+        path = out / test.value
+        reports[test] = run_audit(
+            trained_digits.onnx_legacy, trained_digits.probes, settings, path, on_progress=events.append
         )
-    }
-    return reports, out
+        progress[test] = events
+    return reports, out, progress
 
 
 def _result(reports, name: str, test: RandomizationTest):
@@ -41,7 +45,7 @@ def _result(reports, name: str, test: RandomizationTest):
 
 
 def test_smooth_mprt_passes_gradient_and_fails_gradient_x_input(mprt_audit) -> None:
-    report, _ = mprt_audit
+    report, *_ = mprt_audit
     gradient = _result(report, "gradient", RandomizationTest.smooth_mprt)
     product = _result(report, "gradient_x_input", RandomizationTest.smooth_mprt)
     assert gradient.verdict.outcome is Outcome.passed and gradient.verdict.estimate.mean < 0.35
@@ -49,7 +53,7 @@ def test_smooth_mprt_passes_gradient_and_fails_gradient_x_input(mprt_audit) -> N
 
 
 def test_smooth_mprt_walks_bottom_up_from_a_smoothed_reference(mprt_audit) -> None:
-    reports, out = mprt_audit
+    reports, out, _ = mprt_audit
     result = _result(reports, "gradient", RandomizationTest.smooth_mprt)
     report = reports[RandomizationTest.smooth_mprt]
     assert result.order is LayerOrder.bottom_up
@@ -66,7 +70,7 @@ def test_efficient_mprt_sees_gradient_maps_turn_noisier_than_gradient_x_input(mp
     """Gradient x Input keeps the digit's support (zero background) whatever the model: its maps' entropy
     barely moves. VarGrad's maps turn to noise and pass. Gradient's rise is real but its trained maps
     already hold most of a random mask's entropy: it falls short of halfway (see decision 0023)."""
-    report, _ = mprt_audit
+    report, *_ = mprt_audit
     share = {
         name: _result(report, name, RandomizationTest.efficient_mprt).stages[-1].measures[ENTROPY_SHARE].mean
         for name in ("gradient", "gradient_x_input", "vargrad")
@@ -116,3 +120,10 @@ def test_a_statistic_where_higher_passes_is_judged_from_its_lower_bound(
     verdict = decide(judged, VerdictRule())
     assert verdict.outcome is outcome
     assert verdict.rule.startswith("pass when the lower 95% bound of the entropy share is above 0.5")
+
+
+def test_progress_counts_the_smoothed_reference_and_ends_at_its_total(mprt_audit) -> None:
+    *_, progress = mprt_audit
+    for events in progress.values():
+        assert [e.done for e in events] == sorted(e.done for e in events)
+        assert len({e.total for e in events}) == 1 and events[-1].done == events[-1].total

@@ -62,6 +62,9 @@ class SmoothMPRT(Cascading):
         settings = context.settings.model_copy(update={"order": self.order()})
         return randomized_stages(context.model, context.layers, True, settings, draw, self.smoothing())
 
+    def reference_count(self, draws: int) -> int:
+        return 1  # the smoothed trained maps
+
     def reference(self) -> StageModel | None:
         smoothing = self.smoothing()
         return StageModel(
