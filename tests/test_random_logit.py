@@ -72,3 +72,31 @@ def test_the_new_tests_are_chosen_by_name() -> None:
     settings = AuditSettings.model_validate({"tests": ["input_invariance", "random_logit"]})
     assert settings.tests == [RandomizationTest.input_invariance, RandomizationTest.random_logit]
     assert settings.random_logit_metric is Metric.ssim and settings.invariance_shift == -1.0
+
+
+def test_the_cli_takes_the_new_tests_and_their_settings() -> None:
+    from workers.cli import _build_parser, _settings
+
+    args = _build_parser().parse_args(
+        [
+            "run",
+            "model.onnx",
+            "probes.npz",
+            "--tests",
+            "input_invariance,random_logit,smooth_mprt,efficient_mprt",
+            "--invariance-shift",
+            "0.5",
+            "--random-logit-metric",
+            "spearman_abs",
+            "--smooth-mprt-samples",
+            "10",
+            "--smooth-mprt-order",
+            "top_down",
+            "--efficient-mprt-min-share",
+            "0.3",
+        ]
+    )
+    settings = _settings(args)
+    assert settings.tests[-1] is RandomizationTest.efficient_mprt and settings.invariance_shift == 0.5
+    assert settings.random_logit_metric is Metric.spearman_abs and settings.smooth_mprt_samples == 10
+    assert settings.smooth_mprt_order.value == "top_down" and settings.efficient_mprt_min_share == 0.3
