@@ -15,7 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, non_finite_by_stage
+from workers.engine.checks.base import (
+    CheckContext,
+    RetrainFloor,
+    SanityCheck,
+    StageValues,
+    non_finite_by_stage,
+)
 from workers.engine.errors import AuditInputError
 from workers.engine.randomization import StageModel
 from workers.engine.report import Stage, Verdict
@@ -37,8 +43,8 @@ def other_classes(targets: Tensor, classes: int, seed: int, draw: int) -> Tensor
 class RandomLogit(SanityCheck):
     test = RandomizationTest.random_logit
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, context: CheckContext) -> None:
+        super().__init__(context)
         if self.context.targets is None or self.context.classes < 2:
             raise AuditInputError("the random logit test needs a model with at least two classes")
 
