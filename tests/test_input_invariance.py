@@ -178,3 +178,25 @@ def test_relative_l2_is_undefined_for_a_zero_reference_map() -> None:
     other = torch.tensor([[1.0, 1.0], [1.0, 0.0]]).view(2, 1, 1, 2)
     values = relative_l2(reference, other)
     assert values[0] == pytest.approx(1.0) and values[1] != values[1]  # NaN: no scale to compare with
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        nn.Conv2d(4, 6, 3, padding="same", groups=2),
+        nn.Conv2d(4, 6, 3, stride=2, padding=(1, 2), bias=False),
+        nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"),
+    ],
+    ids=["same-grouped", "strided-no-bias", "reflect"],
+)
+def test_grouped_strided_and_unbiased_convolutions_absorb_the_shift(first: nn.Conv2d) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(first, nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)).eval()
+    x = torch.rand(5, 4, 9, 9)
+    model(x)  # materializes the lazy layer
+    m = torch.tensor([0.5, -1.0, 2.0, 0.25])
+    layers = layers_in_forward_order(model, x[:1])
+    shifted, _ = shifted_model(model, layers[0], m, tuple(x.shape[1:]))
+    with torch.no_grad():
+        difference = (shifted(x + m.view(1, -1, 1, 1)) - model(x)).abs().max()
+    assert float(difference) < 1e-5
