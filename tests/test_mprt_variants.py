@@ -10,6 +10,7 @@ import torch
 from tests.conftest import TrainedDigits
 from workers.engine.audit import Progress, run_audit
 from workers.engine.checks.mprt import ENTROPY_RISE, ENTROPY_SHARE, map_entropy
+from workers.engine.html_report import write_html_report
 from workers.engine.report import Summary
 from workers.engine.settings import AuditSettings, LayerOrder, Outcome, RandomizationTest, VerdictRule
 from workers.engine.summary import format_summary
@@ -120,6 +121,13 @@ def test_a_statistic_where_higher_passes_is_judged_from_its_lower_bound(
     verdict = decide(judged, VerdictRule())
     assert verdict.outcome is outcome
     assert verdict.rule.startswith("pass when the lower 95% bound of the entropy share is above 0.5")
+
+
+def test_the_page_and_its_figures_take_both_tests(mprt_audit) -> None:
+    reports, out, _ = mprt_audit
+    for test, report in reports.items():
+        page = write_html_report(report, out / test.value)
+        assert page.exists() and (out / test.value / "figures" / f"{test.value}-similarity.png").exists()
 
 
 def test_progress_counts_the_smoothed_reference_and_ends_at_its_total(mprt_audit) -> None:

@@ -62,6 +62,11 @@ TEST_TITLES = {
     "cascading": "Cascading randomization",
     "independent": "Independent randomization",
     "data": "Data randomization",
+    # the later checks (docs/decisions/0023): drawn like the others until they have figures of their own
+    "input_invariance": "Input invariance",
+    "random_logit": "Random logit",
+    "smooth_mprt": "Smooth MPRT",
+    "efficient_mprt": "Efficient MPRT",
 }
 DATA_COLUMNS = ["trained\nmodel", "random-label\ntwins", "true-label\ncontrols"]
 
