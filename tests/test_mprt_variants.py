@@ -19,9 +19,12 @@ from workers.engine.verdict import Judged, decide
 
 @pytest.fixture(scope="module")
 def mprt_audit(trained_digits: TrainedDigits, tmp_path_factory: pytest.TempPathFactory):
-    """Smooth MPRT costs samples x stages x draws: two cheap methods; the efficient test adds VarGrad."""
+    """Smooth MPRT costs samples x stages x draws: two cheap methods and the edge-detector baseline (whose
+    reference is its own maps, yet counts in progress); the efficient test adds VarGrad."""
     common = {"smooth_mprt_samples": 4, "noise_samples": 16, "draws": 2, "batch_size": 16}
-    smooth = AuditSettings(methods=["gradient", "gradient_x_input"], tests=["smooth_mprt"], **common)
+    smooth = AuditSettings(
+        methods=["gradient", "gradient_x_input", "edge_detector"], tests=["smooth_mprt"], **common
+    )
     efficient = AuditSettings(
         methods=["gradient", "gradient_x_input", "vargrad"], tests=["efficient_mprt"], **common
     )

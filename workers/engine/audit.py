@@ -671,7 +671,8 @@ def _referenced(
     raw_maps_of: Callable[..., Tensor],
 ) -> _MethodState:
     """A copy of ``state`` whose reference maps are ``reference``'s (a baseline's stay as they are)."""
-    if state.fixed_maps is not None:
+    if state.fixed_maps is not None:  # a baseline's maps are the same for every model: nothing to make
+        run.report_progress(f"{state.name}: {reference.label}")
         return replace(state)
     started = time.perf_counter()
     raw = raw_maps_of(state, reference.model, reference.archive_name, 0, reference, stage=0)
