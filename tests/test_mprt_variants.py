@@ -138,3 +138,14 @@ def test_progress_counts_the_smoothed_reference_and_ends_at_its_total(mprt_audit
     for events in progress.values():
         assert [e.done for e in events] == sorted(e.done for e in events)
         assert len({e.total for e in events}) == 1 and events[-1].done == events[-1].total
+
+
+def test_only_checks_that_measure_raw_maps_keep_them() -> None:
+    """The audit keeps every method's raw trained maps only for a check that says it reads them; a check
+    that measures raw maps without saying so would find none."""
+    import workers.engine.checks  # noqa: F401  (registers every check)
+    from workers.engine.checks.base import _REGISTRY, SanityCheck
+
+    measuring = {test for test, check in _REGISTRY.items() if check.measure is not SanityCheck.measure}
+    keeping = {test for test, check in _REGISTRY.items() if check.needs_raw_maps}
+    assert measuring == keeping == {RandomizationTest.input_invariance, RandomizationTest.efficient_mprt}

@@ -123,7 +123,8 @@ class _MethodState:
 
     method: SaliencyMethod
     noise_seed: int
-    trained_raw: Tensor  # the maps as the method gave them, for tests that measure raw maps
+    # the maps as the method gave them, kept only where a requested test measures raw maps (their memory)
+    trained_raw: Tensor | None
     trained: PreparedMaps
     trained_stage: Stage
     channels: int  # of the maps (GradCAM's have one)
@@ -515,7 +516,7 @@ def _trained_state(run: _Run, method: SaliencyMethod, trained_forward: nn.Module
     return _MethodState(
         method,
         noise_seed,
-        trained_maps,
+        trained_maps if any(check.needs_raw_maps for check in run.checks) else None,
         trained,
         trained_stage,
         trained_maps.shape[1],
@@ -595,7 +596,7 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
 
     originals, reference = states, check.reference()
     if reference is not None:  # the check's own reference maps replace the trained ones in its comparisons
-        states = [_referenced(run, state, reference, raw_maps_of) for state in states]
+        states = [_referenced(run, state, reference, raw_maps_of, check.needs_raw_maps) for state in states]
     stages: dict[str, dict[int, StageValues]] = {state.name: {} for state in states}
 
     def add_draws(pending: list[_MethodState], first: int, last: int) -> None:
@@ -612,7 +613,8 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
                     values = stages[state.name].setdefault(stage_model.index, StageValues.of(stage_model))
                     similarity = compare_prepared(state.trained, prepared)
                     cross = compare_prepared(state.trained, prepared[run.partners])
-                    values.add(similarity, cross, prepared, check.measure(state.trained_raw, raw))
+                    measures = _measures(check, state, raw)
+                    values.add(similarity, cross, prepared, measures)
                     state.seconds += time.perf_counter() - started
                     run.report_progress(f"{state.name}: {test} {stage_model.label}, draw {draw + 1}")
 
@@ -669,6 +671,7 @@ def _referenced(
     state: _MethodState,
     reference: StageModel,
     raw_maps_of: Callable[..., Tensor],
+    keep_raw: bool,
 ) -> _MethodState:
     """A copy of ``state`` whose reference maps are ``reference``'s (a baseline's stay as they are)."""
     if state.fixed_maps is not None:  # a baseline's maps are the same for every model: nothing to make
@@ -680,7 +683,16 @@ def _referenced(
     run.report_progress(f"{state.name}: {reference.label}")
     stage = _stage_zero(run, prepared, reference.label, reference.note)
     seconds = state.seconds + time.perf_counter() - started
-    return replace(state, trained_raw=raw, trained=prepared, trained_stage=stage, seconds=seconds)
+    kept = raw if keep_raw else None
+    return replace(state, trained_raw=kept, trained=prepared, trained_stage=stage, seconds=seconds)
+
+
+def _measures(check: SanityCheck, state: _MethodState, raw: Tensor) -> dict[str, np.ndarray] | None:
+    """The check's own per-image measures of the raw maps, where it has any."""
+    if not check.needs_raw_maps:
+        return None
+    assert state.trained_raw is not None  # kept for every method when a requested check needs raw maps
+    return check.measure(state.trained_raw, raw)
 
 
 def _smoothed_maps(

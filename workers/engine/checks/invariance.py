@@ -140,6 +140,7 @@ class InputInvariance(SanityCheck):
     """One stage, one draw: the shift is a constant, so only the images vary."""
 
     test = RandomizationTest.input_invariance
+    needs_raw_maps = True  # the relative L2 of the raw maps
 
     def __init__(self, context: CheckContext) -> None:
         super().__init__(context)

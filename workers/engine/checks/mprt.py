@@ -99,6 +99,7 @@ class EfficientMPRT(SanityCheck):
     """One stage per draw: every layer randomized (the cascade's last model, with its seeds)."""
 
     test = RandomizationTest.efficient_mprt
+    needs_raw_maps = True  # the entropy of each raw map
 
     def draws(self) -> int:
         return self.context.settings.draws
