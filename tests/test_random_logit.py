@@ -100,3 +100,18 @@ def test_the_cli_takes_the_new_tests_and_their_settings() -> None:
     assert settings.tests[-1] is RandomizationTest.efficient_mprt and settings.invariance_shift == 0.5
     assert settings.random_logit_metric is Metric.spearman_abs and settings.smooth_mprt_samples == 10
     assert settings.smooth_mprt_order.value == "top_down" and settings.efficient_mprt_min_share == 0.3
+
+
+def test_a_two_class_model_has_one_draw_and_says_so() -> None:
+    """Every draw would explain the same other class with the same noise: more draws add nothing."""
+    from workers.engine.checks.base import CheckContext
+    from workers.engine.checks.logit import RandomLogit
+
+    settings = AuditSettings(draws=3, max_draws=9)
+    targets = torch.tensor([0, 1, 1, 0])
+    two = RandomLogit(CheckContext(torch.nn.Identity(), [], settings, None, torch.zeros(4, 2), targets, 2))
+    assert two.draws() == two.max_draws() == 1
+    (stage,) = two.stage_models(0)
+    assert torch.equal(stage.targets, 1 - targets) and "one draw" in stage.note
+    ten = RandomLogit(CheckContext(torch.nn.Identity(), [], settings, None, torch.zeros(4, 2), targets, 10))
+    assert (ten.draws(), ten.max_draws()) == (3, 9)

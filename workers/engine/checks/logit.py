@@ -7,6 +7,9 @@ nearly the same map whatever class is asked for. Each draw draws the other class
 interval covers the choice of class as the parameter tests' covers the re-initialization. The model is
 the trained one throughout; only the class changes. Pass when the upper 95% bound of the similarity lies
 below ``random_logit_threshold``, fail when its lower bound does not (docs/decisions/0023).
+
+A two-class model has one other class: every draw would give the same maps, so it has one draw, never
+grown, and the verdict's reason says so.
 """
 
 from collections.abc import Iterator
@@ -31,6 +34,7 @@ from workers.engine.verdict import Judged, decide
 
 OTHER_CLASS_MAPS = "other_class"
 _STREAM = 0x10617  # keeps these draws apart from every other use of the seed
+_ONE_DRAW = "a two-class model has one other class, so one draw, since every draw would give the same maps"
 
 
 def other_classes(targets: Tensor, classes: int, seed: int, draw: int) -> Tensor:
@@ -48,8 +52,16 @@ class RandomLogit(SanityCheck):
         if self.context.targets is None or self.context.classes < 2:
             raise AuditInputError("the random logit test needs a model with at least two classes")
 
+    @property
+    def single_other(self) -> bool:
+        """Two classes: the other class is the same in every draw, and so are the maps."""
+        return self.context.classes == 2
+
     def draws(self) -> int:
-        return self.context.settings.draws
+        return 1 if self.single_other else self.context.settings.draws
+
+    def max_draws(self) -> int:
+        return 1 if self.single_other else super().max_draws()
 
     def stage_count(self) -> int:
         return 1
@@ -58,15 +70,12 @@ class RandomLogit(SanityCheck):
         context = self.context
         assert context.targets is not None
         targets = other_classes(context.targets, context.classes, context.settings.seed, draw)
-        yield StageModel(
-            1,
-            "another class",
-            [],
-            context.model,
-            OTHER_CLASS_MAPS,
-            targets=targets,
-            note="each image's map of a class drawn uniformly from the other classes (seeded, per draw)",
+        note = (
+            f"each image's map of the other class: {_ONE_DRAW}"
+            if self.single_other
+            else "each image's map of a class drawn uniformly from the other classes (seeded, per draw)"
         )
+        yield StageModel(1, "another class", [], context.model, OTHER_CLASS_MAPS, targets=targets, note=note)
 
     def judge(self, trained: Stage, stages: list[StageValues], retrain_floor: RetrainFloor | None) -> Verdict:
         settings = self.context.settings
@@ -84,4 +93,7 @@ class RandomLogit(SanityCheck):
             draw_intervals=draw_intervals(table),
             unit="draws",
         )
-        return decide(judged, rule)
+        verdict = decide(judged, rule)
+        if self.single_other:
+            verdict = verdict.model_copy(update={"reason": f"{verdict.reason} (two classes: {_ONE_DRAW})"})
+        return verdict
