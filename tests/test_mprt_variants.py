@@ -98,6 +98,8 @@ def test_map_entropy_of_noise_spikes_and_constant_maps() -> None:
     assert map_entropy(noise, 100) == pytest.approx([np.log(100)] * 2, abs=0.02)
     assert map_entropy(spike, 100)[0] < 0.01
     assert np.isnan(map_entropy(constant, 100)[0])
+    rounding = constant + torch.from_numpy(rng.random((1, 1, 128, 128), dtype=np.float32)) * 1e-7
+    assert np.isnan(map_entropy(rounding, 100)[0])  # constant up to float32 rounding, as the metrics say
 
 
 def _summary(low: float, high: float) -> Summary:

@@ -32,7 +32,7 @@ from workers.engine.checks.parameters import Cascading
 from workers.engine.randomization import Smoothing, StageModel, randomized_stages
 from workers.engine.report import Stage, Verdict
 from workers.engine.settings import LayerOrder, RandomizationTest
-from workers.engine.similarity import normalize_absolute
+from workers.engine.similarity import is_degenerate, normalize_absolute
 from workers.engine.statistics import draw_intervals, summarize
 from workers.engine.verdict import Judged, decide
 
@@ -82,10 +82,8 @@ class SmoothMPRT(Cascading):
 def map_entropy(maps: Tensor, bins: int) -> np.ndarray:
     """[images]: the discrete entropy (nats) of a ``bins``-bin histogram over [0, 1] of each normalized
     absolute map (|.| summed over channels, clipped at the 99th percentile, scaled to [0, 1]); NaN for
-    a map holding NaN or inf, or constant."""
-    flat = maps.flatten(1)
-    finite = torch.isfinite(flat).all(dim=1)
-    finite &= torch.where(finite, flat.amax(dim=1) > flat.amin(dim=1), False)
+    a map holding NaN or inf, or constant up to rounding: the metrics' rule (``is_degenerate``)."""
+    finite = ~is_degenerate(maps).to(maps.device)
     unit = normalize_absolute(torch.where(finite.view(-1, *([1] * (maps.dim() - 1))), maps, 0)).flatten(1)
     index = (unit * bins).long().clamp(0, bins - 1)
     counts = torch.zeros(len(unit), bins, dtype=torch.float64, device=unit.device)
