@@ -151,3 +151,19 @@ def test_only_checks_that_measure_raw_maps_keep_them() -> None:
     measuring = {test for test, check in _REGISTRY.items() if check.measure is not SanityCheck.measure}
     keeping = {test for test, check in _REGISTRY.items() if check.needs_raw_maps}
     assert measuring == keeping == {RandomizationTest.input_invariance, RandomizationTest.efficient_mprt}
+
+
+def test_the_smooth_mprt_figures_show_its_smoothed_reference_and_its_order(mprt_audit) -> None:
+    from workers.engine.figures import MapReader, _x_label
+
+    reports, out, _ = mprt_audit
+    archive = out / "smooth_mprt" / "maps.zip"
+    reader = MapReader(archive, 3)
+    with zipfile.ZipFile(archive) as stored:
+        smoothed = np.load(io.BytesIO(stored.read("maps/gradient/smooth_mprt/trained_smoothed.npy")))
+    np.testing.assert_array_equal(reader.maps("gradient", "smooth_mprt", 0), smoothed[:3])
+    plain = reader.maps("gradient", "cascading", 0)  # any other test: the trained maps
+    assert plain is not None and not np.allclose(plain, smoothed[:3])
+    report = reports[RandomizationTest.smooth_mprt]
+    assert _x_label(report, "smooth_mprt") == "layers randomized, from the bottom (input) up"
+    assert "fully randomized" in _x_label(reports[RandomizationTest.efficient_mprt], "efficient_mprt")
