@@ -167,3 +167,34 @@ def test_the_smooth_mprt_figures_show_its_smoothed_reference_and_its_order(mprt_
     report = reports[RandomizationTest.smooth_mprt]
     assert _x_label(report, "smooth_mprt") == "layers randomized, from the bottom (input) up"
     assert "fully randomized" in _x_label(reports[RandomizationTest.efficient_mprt], "efficient_mprt")
+
+
+def test_a_cancel_is_heard_between_the_noisy_copies_of_a_smoothed_stage() -> None:
+    from types import SimpleNamespace
+
+    from workers.engine.audit import _smoothed_maps
+    from workers.engine.errors import AuditCancelled
+    from workers.engine.randomization import Smoothing
+
+    calls: list[int] = []
+
+    def cancel_after_two() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    attributed: list[int] = []
+
+    def attribute(model, x, targets, generator):
+        attributed.append(len(x))
+        return torch.zeros_like(x)
+
+    run = SimpleNamespace(
+        x=torch.zeros(4, 1, 8, 8),
+        settings=SimpleNamespace(batch_size=16),
+        should_cancel=cancel_after_two,
+        targets=lambda model, inputs=None: torch.zeros(4, dtype=torch.long),
+    )
+    method = SimpleNamespace(attribute=attribute)
+    with pytest.raises(AuditCancelled):
+        _smoothed_maps(run, method, torch.nn.Identity(), 0, Smoothing(50, 0.1, 0))
+    assert attributed == [4, 4]  # two copies of the fifty, then the cancel

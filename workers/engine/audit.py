@@ -699,7 +699,8 @@ def _smoothed_maps(
     run: _Run, method: SaliencyMethod, model: nn.Module, noise_seed: int, smoothing: Smoothing
 ) -> Tensor:
     """The mean of the method's maps over noisy copies of the probes (Hedström et al.'s smooth MPRT);
-    the copies come from ``smoothing.seed`` alone, so every stage sees the same ones."""
+    the copies come from ``smoothing.seed`` alone, so every stage sees the same ones. A stage costs
+    ``smoothing.samples`` times a plain one: a cancel is heard between copies."""
     generator = torch.Generator().manual_seed(smoothing.seed)
     flat = run.x.reshape(len(run.x), -1)
     std = smoothing.level * (flat.max(dim=1).values - flat.min(dim=1).values)
@@ -707,6 +708,8 @@ def _smoothed_maps(
     targets = run.targets(model)
     total: Tensor | None = None
     for _ in range(smoothing.samples):
+        if run.should_cancel():
+            raise AuditCancelled
         noise = torch.randn(run.x.shape, generator=generator).to(run.x.device)
         maps = _maps(run, method, model, noise_seed, run.x + noise * std, targets)
         total = maps if total is None else total + maps
