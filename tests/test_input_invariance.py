@@ -152,6 +152,19 @@ def test_a_model_whose_first_layer_does_not_read_the_image_refuses_the_test(
         InputInvariance(_digits_context(trained_digits, model))
 
 
+def test_a_separate_pad_step_before_the_first_convolution_is_named_in_the_refusal() -> None:
+    """Asymmetric padding exported as Pad + a convolution with padding 0: the Pad pads x + m with zeros."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 4, 2), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)
+    )
+    x = torch.rand(6, 1, 8, 8)
+    model(x)  # materializes the lazy layer
+    context = CheckContext(model.eval(), layers_in_forward_order(model, x[:1]), AuditSettings(), inputs=x)
+    with pytest.raises(AuditInputError, match="a separate constant Pad step before it"):
+        InputInvariance(context)
+
+
 def test_the_check_accepts_the_digits_cnn_and_records_the_logit_difference(
     trained_digits: TrainedDigits,
 ) -> None:

@@ -10,8 +10,9 @@ A convolution that zero-pads its input breaks the identity at the borders: the z
 are -m in x1's terms. The shifted model pads with the shifted zero instead (m per channel, an explicit
 pad before the convolution), which keeps f2(x2) = f1(x1) everywhere; the stage's note says so. Before
 any map is made the shifted model's logits on the shifted probes are checked against the trained
-model's on the probes; a model where they differ (a first layer that does not read the input directly,
-normalization inside the graph) refuses the test with the difference.
+model's on the probes; a model where they differ (a first layer that does not read the input directly:
+a separate constant Pad step before it, normalization inside the graph) refuses the test with the
+difference.
 
 The statistic is each image's relative L2 difference of the raw maps, ||A(f2, x2) - A(f1, x1)|| /
 ||A(f1, x1)||. Raw maps, not the normalized ones: the claim is equality, and a method may fail it by
@@ -170,7 +171,9 @@ class InputInvariance(SanityCheck):
                 f"input invariance: the model with the bias of {self.first.name} shifted does not compute "
                 f"the same logits on the shifted probes (max |logit diff| {worst:.3g}, allowed "
                 f"{settings.conversion_atol} + {settings.conversion_rtol} x |logit|); the first layer may "
-                "not read the image directly (normalization or a layout change inside the graph)"
+                "not read the image directly: a separate constant Pad step before it (asymmetric padding "
+                "exported as Pad + a convolution with padding 0 pads x + m with zeros, not with m), or "
+                "normalization or a layout change inside the graph"
             )
         return worst
 
