@@ -186,11 +186,13 @@ def test_the_black_baseline_moves_with_the_shift_and_the_zero_baseline_does_not(
         assert torch.allclose(moved.baseline(x + m.view(1, -1, 1, 1)), expected, atol=1e-6), baseline
 
 
-def test_relative_l2_is_undefined_for_a_zero_reference_map() -> None:
-    reference = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).view(2, 1, 1, 2)
-    other = torch.tensor([[1.0, 1.0], [1.0, 0.0]]).view(2, 1, 1, 2)
+def test_relative_l2_fails_a_zero_reference_map_that_turns_non_zero() -> None:
+    reference = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]).view(4, 1, 1, 2)
+    other = torch.tensor([[1.0, 1.0], [3.0, 4.0], [0.0, 0.0], [torch.inf, 0.0]]).view(4, 1, 1, 2)
     values = relative_l2(reference, other)
-    assert values[0] == pytest.approx(1.0) and values[1] != values[1]  # NaN: no scale to compare with
+    assert values[0] == pytest.approx(1.0)
+    assert values[1] == 1.0  # a real change: the whole shifted map, a finite failure the mean keeps
+    assert values[2] != values[2] and values[3] != values[3]  # NaN: both zero, or not finite
 
 
 @pytest.mark.parametrize(

@@ -128,12 +128,16 @@ def shifted_settings(settings: AuditSettings, m: Tensor) -> AuditSettings:
 
 
 def relative_l2(reference: Tensor, other: Tensor) -> np.ndarray:
-    """[images]: ||other - reference|| / ||reference|| per image, in float64; NaN where the reference
-    map is zero or either map is not finite."""
+    """[images]: ||other - reference|| / ||reference|| per image, in float64. Where the reference map is
+    zero and the other is not, the whole other map is a change: 1, ||other - 0|| / ||other|| (a finite
+    failure: the statistics skip inf as they skip NaN, and would hide it). NaN (undefined, counted)
+    where both maps are zero or either is not finite."""
     a, b = reference.double().flatten(1), other.double().flatten(1)
-    norm = a.norm(dim=1)
+    norm, other_norm = a.norm(dim=1), b.norm(dim=1)
     values = (b - a).norm(dim=1) / norm
-    defined = (norm > 0) & torch.isfinite(values)
+    values = torch.where((norm == 0) & (other_norm > 0), 1.0, values)
+    defined = torch.isfinite(a).all(dim=1) & torch.isfinite(b).all(dim=1) & torch.isfinite(values)
+    defined &= (norm > 0) | (other_norm > 0)
     return torch.where(defined, values, torch.nan).cpu().numpy()
 
 
