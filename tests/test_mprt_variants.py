@@ -9,9 +9,9 @@ import torch
 
 from tests.conftest import TrainedDigits
 from workers.engine.audit import Progress, run_audit
-from workers.engine.checks.mprt import ENTROPY_RISE, ENTROPY_SHARE, map_entropy
+from workers.engine.checks.mprt import map_entropy
 from workers.engine.html_report import write_html_report
-from workers.engine.report import Summary
+from workers.engine.report import ENTROPY_RISE, ENTROPY_SHARE, Summary
 from workers.engine.settings import AuditSettings, LayerOrder, Outcome, RandomizationTest, VerdictRule
 from workers.engine.summary import format_summary
 from workers.engine.verdict import Judged, decide

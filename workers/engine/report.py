@@ -16,6 +16,15 @@ REPORT_FILE = "report.json"  # names of the outputs of an audit
 ARCHIVE_FILE = "maps.zip"
 HTML_FILE = "report.html"  # written after the audit from the other two (workers.engine.html_report)
 
+# names of the per-image measures in ``Stage.measures`` (the checks that make them import torch; the
+# summary and the page read them from here)
+RELATIVE_L2 = "relative_l2_difference"  # input invariance
+ENTROPY_TRAINED = "entropy_trained"  # efficient MPRT
+ENTROPY_RANDOM = "entropy_random"
+ENTROPY_MASK = "entropy_random_mask"
+ENTROPY_RISE = "entropy_rise"  # Hedström et al.'s eMPRT score, per image
+ENTROPY_SHARE = "entropy_rise_share"  # the judged statistic
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -1,10 +1,20 @@
 """A plain-text summary of a report for terminals and logs: one table per test, one row per method."""
 
-from workers.engine.report import AuditReport, MethodResult, TestResult, Verdict
+from workers.engine.report import (
+    ENTROPY_MASK,
+    ENTROPY_RANDOM,
+    ENTROPY_RISE,
+    ENTROPY_SHARE,
+    ENTROPY_TRAINED,
+    RELATIVE_L2,
+    AuditReport,
+    MethodResult,
+    TestResult,
+    Verdict,
+)
 from workers.engine.settings import PARAMETER_TESTS, RandomizationTest
 
-RELATIVE_L2 = "relative_l2_difference"  # workers.engine.checks.invariance and .mprt (torch-free here)
-ENTROPY = ("entropy_trained", "entropy_random", "entropy_random_mask", "entropy_rise", "entropy_rise_share")
+ENTROPY = (ENTROPY_TRAINED, ENTROPY_RANDOM, ENTROPY_MASK, ENTROPY_RISE, ENTROPY_SHARE)
 CURVE_TESTS = (*PARAMETER_TESTS, RandomizationTest.smooth_mprt)
 
 

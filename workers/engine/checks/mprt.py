@@ -30,17 +30,20 @@ from torch import Tensor
 from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, non_finite_by_stage
 from workers.engine.checks.parameters import Cascading
 from workers.engine.randomization import Smoothing, StageModel, randomized_stages
-from workers.engine.report import Stage, Verdict
+from workers.engine.report import (
+    ENTROPY_MASK,
+    ENTROPY_RANDOM,
+    ENTROPY_RISE,
+    ENTROPY_SHARE,
+    ENTROPY_TRAINED,
+    Stage,
+    Verdict,
+)
 from workers.engine.settings import LayerOrder, RandomizationTest
 from workers.engine.similarity import is_degenerate, normalize_absolute
 from workers.engine.statistics import draw_intervals, summarize
 from workers.engine.verdict import Judged, decide
 
-ENTROPY_RISE = "entropy_rise"  # Hedström et al.'s eMPRT score, per image
-ENTROPY_SHARE = "entropy_rise_share"  # the judged statistic
-ENTROPY_TRAINED = "entropy_trained"
-ENTROPY_RANDOM = "entropy_random"
-ENTROPY_MASK = "entropy_random_mask"
 MASK_STREAM = 0xCA11  # the audit's random-mask calibration uses the same stream
 _NOISE_STREAM = 0x53A7  # the noisy copies' seed, apart from every other use of the audit's seed
 
