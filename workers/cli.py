@@ -62,8 +62,8 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
     add("--methods", help="comma-separated methods, see 'saliency-audit methods' (default: all)")
     add(
         "--tests",
-        help="comma-separated: cascading,independent,data (default: cascading,independent, plus data when "
-        "--twin or --train-data is given)",
+        help="comma-separated: cascading,independent,data,input_invariance,random_logit,smooth_mprt,"
+        "efficient_mprt (default: cascading,independent, plus data when --twin or --train-data is given)",
     )
     add("--seed", type=int, help="seeds re-initialization and noise" + _default("seed"))
     add("--draws", type=int, help="re-initializations per parameter test" + _default("draws"))
@@ -126,6 +126,53 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
         "--layout",
         choices=["NCHW", "NHWC"],
         help="axis order of .npy/.npz arrays (default: the model's own input layout)",
+    )
+    add(
+        "--invariance-shift",
+        type=float,
+        help="input invariance: shift in units of each channel's range" + _default("invariance_shift"),
+    )
+    add(
+        "--invariance-tolerance",
+        type=float,
+        help="input invariance: largest relative L2 difference of invariant maps"
+        + _default("invariance_tolerance"),
+    )
+    add(
+        "--random-logit-metric",
+        choices=list(Metric),
+        help="random logit: similarity of the two classes' maps" + _default("random_logit_metric"),
+    )
+    add(
+        "--random-logit-threshold",
+        type=float,
+        help="random logit: pass below this upper 95%% bound" + _default("random_logit_threshold"),
+    )
+    add(
+        "--smooth-mprt-samples",
+        type=int,
+        help="smooth MPRT: noisy copies averaged per probe" + _default("smooth_mprt_samples"),
+    )
+    add(
+        "--smooth-mprt-noise",
+        type=float,
+        help="smooth MPRT: noise std / (max - min) of each image" + _default("smooth_mprt_noise"),
+    )
+    add(
+        "--smooth-mprt-order",
+        choices=list(LayerOrder),
+        help="smooth MPRT: order its cascade walks the layers" + _default("smooth_mprt_order"),
+    )
+    add(
+        "--efficient-mprt-bins",
+        type=int,
+        help="efficient MPRT: histogram bins of the entropy" + _default("efficient_mprt_bins"),
+    )
+    add(
+        "--efficient-mprt-min-share",
+        type=float,
+        help="efficient MPRT: pass above this lower 95%% bound of the entropy share"
+        + _default("efficient_mprt_min_share"),
     )
     add("--metric", choices=list(Metric), help="metric of the verdict" + _default("metric", VerdictRule))
     add(
@@ -316,6 +363,15 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "internal_batch_size": args.internal_batch_size,
         "memory_budget_mib": args.memory_budget,
         "device": args.device,
+        "invariance_shift": args.invariance_shift,
+        "invariance_tolerance": args.invariance_tolerance,
+        "random_logit_metric": args.random_logit_metric,
+        "random_logit_threshold": args.random_logit_threshold,
+        "smooth_mprt_samples": args.smooth_mprt_samples,
+        "smooth_mprt_noise": args.smooth_mprt_noise,
+        "smooth_mprt_order": args.smooth_mprt_order,
+        "efficient_mprt_bins": args.efficient_mprt_bins,
+        "efficient_mprt_min_share": args.efficient_mprt_min_share,
     }
     preprocessing = {
         "size": args.size,

@@ -11,7 +11,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +32,7 @@ from workers.engine.methods import MethodContext, SaliencyMethod, create_method,
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.onnx_import import OnnxGraphModule
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
+from workers.engine.randomization import Smoothing, StageModel
 from workers.engine.report import (
     ARCHIVE_FILE,
     REPORT_FILE,
@@ -96,10 +97,9 @@ class _Run:
     record: ForwardRecord  # the trained model's forward passes, for stages to start from
     _masks: dict[int, PreparedMaps] = field(default_factory=dict)
 
-    def targets(self, model: nn.Module) -> Tensor:
-        return (
-            self.fixed_target if self.fixed_target is not None else predictions(model, self.x, self.settings)
-        )
+    def targets(self, model: nn.Module, inputs: Tensor | None = None) -> Tensor:
+        x = self.x if inputs is None else inputs
+        return self.fixed_target if self.fixed_target is not None else predictions(model, x, self.settings)
 
     def random_masks(self, channels: int) -> PreparedMaps:
         """The calibration row's random masks, of the maps' shape; the same for every method."""
@@ -123,6 +123,8 @@ class _MethodState:
 
     method: SaliencyMethod
     noise_seed: int
+    # the maps as the method gave them, kept only where a requested test measures raw maps (their memory)
+    trained_raw: Tensor | None
     trained: PreparedMaps
     trained_stage: Stage
     channels: int  # of the maps (GradCAM's have one)
@@ -210,7 +212,9 @@ def run_audit(
         edges = prepare(sobel_magnitude(x))
         cancelled = should_cancel or _never
         pool = TwinPool(data_setup, archive, report_progress, cancelled) if data_setup is not None else None
-        checks = [create_check(test, CheckContext(model, layers, settings, pool)) for test in settings.tests]
+        explained = fixed_target if fixed_target is not None else predicted
+        context = CheckContext(model, layers, settings, pool, x, explained, classes)
+        checks = [create_check(test, context) for test in settings.tests]
         total = _planned_units(checks, methods, pool)
         if pool is not None:
             pool.start()
@@ -508,23 +512,29 @@ def _trained_state(run: _Run, method: SaliencyMethod, trained_forward: nn.Module
     )
     trained = prepare(trained_maps)
     run.report_progress(f"{method.name}: trained model")
-    trained_stage = Stage(
-        index=0,
-        label="trained model",
-        randomized_layers=[],
-        similarity=summarize_all(compare_prepared(trained, trained)),
-        cross_image_floor=summarize_all(compare_prepared(trained, trained[run.partners])),
-        degenerate_maps=int(trained.constant.sum()),
-        non_finite_maps=int(trained.non_finite.sum()),
-    )
+    trained_stage = _stage_zero(run, trained, "trained model")
     return _MethodState(
         method,
         noise_seed,
+        trained_maps if any(check.needs_raw_maps for check in run.checks) else None,
         trained,
         trained_stage,
         trained_maps.shape[1],
         None if method.uses_model else trained_maps,
         time.perf_counter() - started,
+    )
+
+
+def _stage_zero(run: _Run, trained: PreparedMaps, label: str, note: str | None = None) -> Stage:
+    return Stage(
+        index=0,
+        label=label,
+        randomized_layers=[],
+        similarity=summarize_all(compare_prepared(trained, trained)),
+        cross_image_floor=summarize_all(compare_prepared(trained, trained[run.partners])),
+        degenerate_maps=int(trained.constant.sum()),
+        non_finite_maps=int(trained.non_finite.sum()),
+        note=note,
     )
 
 
@@ -556,18 +566,37 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
     """
     test = check.test.value
 
-    def maps_of(state: _MethodState, model: nn.Module, name: str, draw: int, **about: object) -> PreparedMaps:
+    def raw_maps_of(
+        state: _MethodState, model: nn.Module, name: str, draw: int, at: StageModel | None, **about: object
+    ) -> Tensor:
         """``about``: what the manifest says of the array beyond method, test and draw (the stage)."""
         if run.should_cancel():
             raise AuditCancelled
         method, fixed = state.method, state.fixed_maps
-        maps = fixed if fixed is not None else _maps(run, method, model, state.noise_seed)
+        if fixed is not None:
+            maps = fixed
+        elif at is None:
+            maps = _maps(run, method, model, state.noise_seed)
+        else:  # ``at``: a stage that may give its own inputs, classes, method settings or noise
+            if at.settings is not None:
+                method = create_method(method.name, MethodContext(at.settings, method.context.gradcam))
+            if at.smoothing is not None:
+                maps = _smoothed_maps(run, method, model, state.noise_seed, at.smoothing)
+            else:
+                maps = _maps(run, method, model, state.noise_seed, at.inputs, at.targets)
         if draw == 0 or run.settings.archive_all_draws:
             folder = f"maps/{method.name}/{test}" + (f"/draw-{draw}" if draw else "")
             path = f"{folder}/{name}.npy"
             run.archive.add_array(path, _array(maps), method=method.name, test=test, draw=draw, **about)
-        return prepare(maps) if fixed is None else state.trained
+        return maps
 
+    def maps_of(state: _MethodState, model: nn.Module, name: str, draw: int) -> PreparedMaps:
+        maps = raw_maps_of(state, model, name, draw, None)
+        return prepare(maps) if state.fixed_maps is None else state.trained
+
+    originals, reference = states, check.reference()
+    if reference is not None:  # the check's own reference maps replace the trained ones in its comparisons
+        states = [_referenced(run, state, reference, raw_maps_of, check.needs_raw_maps) for state in states]
     stages: dict[str, dict[int, StageValues]] = {state.name: {} for state in states}
 
     def add_draws(pending: list[_MethodState], first: int, last: int) -> None:
@@ -579,10 +608,13 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
                 for state in pending:
                     started = time.perf_counter()
                     model = forward if state.method.reuses_forward else stage_model.model
-                    prepared = maps_of(state, model, stage_model.archive_name, draw, **about)
+                    raw = raw_maps_of(state, model, stage_model.archive_name, draw, stage_model, **about)
+                    prepared = prepare(raw) if state.fixed_maps is None else state.trained
                     values = stages[state.name].setdefault(stage_model.index, StageValues.of(stage_model))
                     similarity = compare_prepared(state.trained, prepared)
-                    values.add(similarity, compare_prepared(state.trained, prepared[run.partners]), prepared)
+                    cross = compare_prepared(state.trained, prepared[run.partners])
+                    measures = _measures(check, state, raw)
+                    values.add(similarity, cross, prepared, measures)
                     state.seconds += time.perf_counter() - started
                     run.report_progress(f"{state.name}: {test} {stage_model.label}, draw {draw + 1}")
 
@@ -612,6 +644,8 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
         draws += more
         outcomes.update({state.name: (*judged(state, draws), draws) for state in pending})
         pending = [state for state in pending if _undecided(outcomes[state.name][0])]
+    for original, state in zip(originals, states, strict=True):
+        original.seconds = state.seconds
     most = _check_units(check, check.max_draws())
     unused = sum(most - _check_units(check, used) for *_, used in outcomes.values())
     if unused:
@@ -619,7 +653,7 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
     return {
         state.name: TestResult(
             test=check.test,
-            order=run.settings.order if check.test is not RandomizationTest.data else None,
+            order=check.order(),
             draws=outcomes[state.name][2],
             stages=[
                 state.trained_stage,
@@ -630,6 +664,57 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
         )
         for state in states
     }
+
+
+def _referenced(
+    run: _Run,
+    state: _MethodState,
+    reference: StageModel,
+    raw_maps_of: Callable[..., Tensor],
+    keep_raw: bool,
+) -> _MethodState:
+    """A copy of ``state`` whose reference maps are ``reference``'s (a baseline's stay as they are)."""
+    if state.fixed_maps is not None:  # a baseline's maps are the same for every model: nothing to make
+        run.report_progress(f"{state.name}: {reference.label}")
+        return replace(state)
+    started = time.perf_counter()
+    raw = raw_maps_of(state, reference.model, reference.archive_name, 0, reference, stage=0)
+    prepared = prepare(raw)
+    run.report_progress(f"{state.name}: {reference.label}")
+    stage = _stage_zero(run, prepared, reference.label, reference.note)
+    seconds = state.seconds + time.perf_counter() - started
+    kept = raw if keep_raw else None
+    return replace(state, trained_raw=kept, trained=prepared, trained_stage=stage, seconds=seconds)
+
+
+def _measures(check: SanityCheck, state: _MethodState, raw: Tensor) -> dict[str, np.ndarray] | None:
+    """The check's own per-image measures of the raw maps, where it has any."""
+    if not check.needs_raw_maps:
+        return None
+    assert state.trained_raw is not None  # kept for every method when a requested check needs raw maps
+    return check.measure(state.trained_raw, raw)
+
+
+def _smoothed_maps(
+    run: _Run, method: SaliencyMethod, model: nn.Module, noise_seed: int, smoothing: Smoothing
+) -> Tensor:
+    """The mean of the method's maps over noisy copies of the probes (Hedström et al.'s smooth MPRT);
+    the copies come from ``smoothing.seed`` alone, so every stage sees the same ones. A stage costs
+    ``smoothing.samples`` times a plain one: a cancel is heard between copies."""
+    generator = torch.Generator().manual_seed(smoothing.seed)
+    flat = run.x.reshape(len(run.x), -1)
+    std = smoothing.level * (flat.max(dim=1).values - flat.min(dim=1).values)
+    std = std.view(-1, *([1] * (run.x.dim() - 1)))
+    targets = run.targets(model)
+    total: Tensor | None = None
+    for _ in range(smoothing.samples):
+        if run.should_cancel():
+            raise AuditCancelled
+        noise = torch.randn(run.x.shape, generator=generator).to(run.x.device)
+        maps = _maps(run, method, model, noise_seed, run.x + noise * std, targets)
+        total = maps if total is None else total + maps
+    assert total is not None
+    return total / smoothing.samples
 
 
 def _undecided(verdict: Verdict | None) -> bool:
@@ -658,18 +743,28 @@ def _summarized(values: StageValues) -> Stage:
         cross_image_floor={metric: summarize(np.stack(t)) for metric, t in values.cross_image.items()},
         degenerate_maps=values.degenerate,
         non_finite_maps=values.non_finite,
+        measures={name: summarize(np.stack(tables)) for name, tables in values.measures.items()},
+        note=values.note,
     )
 
 
-def _maps(run: _Run, method: SaliencyMethod, model: nn.Module, noise_seed: int) -> Tensor:
+def _maps(
+    run: _Run,
+    method: SaliencyMethod,
+    model: nn.Module,
+    noise_seed: int,
+    inputs: Tensor | None = None,
+    targets: Tensor | None = None,
+) -> Tensor:
     """Maps of every probe, on the device; the same noise seed at every stage, so stages differ only by
-    the model."""
+    the model (or by the inputs or classes a test's stage gives instead of the probes')."""
     generator = torch.Generator().manual_seed(noise_seed)
-    targets = run.targets(model)
+    x = run.x if inputs is None else inputs
+    targets = run.targets(model, x) if targets is None else targets
     batch = run.settings.batch_size
     chunks = [
-        method.attribute(model, run.x[i : i + batch], targets[i : i + batch], generator).float()
-        for i in range(0, len(run.x), batch)
+        method.attribute(model, x[i : i + batch], targets[i : i + batch], generator).float()
+        for i in range(0, len(x), batch)
     ]
     return torch.cat(chunks)
 

@@ -62,6 +62,11 @@ TEST_TITLES = {
     "cascading": "Cascading randomization",
     "independent": "Independent randomization",
     "data": "Data randomization",
+    # the later checks (docs/decisions/0023): drawn like the others until they have figures of their own
+    "input_invariance": "Input invariance",
+    "random_logit": "Random logit",
+    "smooth_mprt": "Smooth MPRT",
+    "efficient_mprt": "Efficient MPRT",
 }
 DATA_COLUMNS = ["trained\nmodel", "random-label\ntwins", "true-label\ncontrols"]
 
@@ -125,8 +130,11 @@ class MapReader:
         return self._load("inputs.npy")
 
     def maps(self, method: str, test: str, stage: int) -> np.ndarray | None:
-        """Stage 0 is the trained model's maps, shared by every test."""
-        path = self._paths.get((method, None, 0) if stage == 0 else (method, test, stage))
+        """Stage 0 is the trained model's maps, shared by every test, unless the test archived its own
+        reference (smooth MPRT's smoothed trained maps), which its stages are compared with."""
+        path = self._paths.get((method, test, stage))
+        if path is None and stage == 0:
+            path = self._paths.get((method, None, 0))
         return None if path is None else self._load(path)
 
     def controls(self, method: str) -> list[np.ndarray]:
@@ -459,12 +467,22 @@ def _draw_curves(report: AuditReport, test: str, narrow: bool) -> Drawing:
     return _drawing(figure)
 
 
+_SINGLE_STAGE_LABELS = {
+    "data": "maps compared with the trained model's",
+    "input_invariance": "maps of the shifted inputs compared with the trained model's",
+    "random_logit": "maps of another class compared with the explained class's",
+    "efficient_mprt": "maps of the fully randomized model compared with the trained model's",
+}
+
+
 def _x_label(report: AuditReport, test: str) -> str:
-    if test == "data":
-        return "maps compared with the trained model's"
+    if test in _SINGLE_STAGE_LABELS:
+        return _SINGLE_STAGE_LABELS[test]
+    if test not in ("cascading", "smooth_mprt"):
+        return "layer randomized alone"
     order = next((t.order for m in report.methods for t in m.tests if t.test.value == test), None)
     direction = "bottom (input) up" if order is LayerOrder.bottom_up else "top (logits) down"
-    return f"layers randomized, from the {direction}" if test == "cascading" else "layer randomized alone"
+    return f"layers randomized, from the {direction}"
 
 
 def _results(report: AuditReport, test: str) -> Iterator[tuple[MethodResult, TestResult]]:

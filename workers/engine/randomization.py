@@ -4,10 +4,20 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 from workers.engine.layers import Layer, layer_seed, reinitialize
 from workers.engine.settings import AuditSettings, LayerOrder
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """Maps averaged over noisy copies of the inputs (smooth MPRT): ``samples`` copies with noise of std
+    ``level`` x (max - min) of each image, drawn from ``seed``: the same copies at every stage."""
+
+    samples: int
+    level: float
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -17,6 +27,13 @@ class StageModel:
     randomized: list[Layer]
     model: nn.Module
     archive_name: str  # the map file's name in maps.zip, without the suffix
+    # what the methods see at this stage where it is not the audit's own (input invariance: the shifted
+    # probes and the settings whose black moved with them; random logit: other classes to explain)
+    inputs: Tensor | None = None
+    targets: Tensor | None = None
+    settings: AuditSettings | None = None
+    note: str | None = None  # what the report should say of how this stage was built
+    smoothing: Smoothing | None = None
 
 
 def walk_order(layers: list[Layer], order: LayerOrder) -> list[Layer]:
@@ -25,7 +42,12 @@ def walk_order(layers: list[Layer], order: LayerOrder) -> list[Layer]:
 
 
 def randomized_stages(
-    model: nn.Module, layers: list[Layer], cumulative: bool, settings: AuditSettings, draw: int = 0
+    model: nn.Module,
+    layers: list[Layer],
+    cumulative: bool,
+    settings: AuditSettings,
+    draw: int = 0,
+    smoothing: Smoothing | None = None,
 ) -> Iterator[StageModel]:
     """Yield one randomized model per stage in ``settings.order``. The trained model is never touched.
 
@@ -44,4 +66,4 @@ def randomized_stages(
             label, randomized = f"{layer.name} and {direction}", walk[:index]
         else:
             label, randomized = f"{layer.name} only", [layer]
-        yield StageModel(index, label, randomized, target, f"{index:02d}")
+        yield StageModel(index, label, randomized, target, f"{index:02d}", smoothing=smoothing)

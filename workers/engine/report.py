@@ -11,10 +11,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workers.engine.settings import AuditSettings, LayerOrder, Metric, Outcome, RandomizationTest
 
-SCHEMA_VERSION = "2.4"
+SCHEMA_VERSION = "2.5"
 REPORT_FILE = "report.json"  # names of the outputs of an audit
 ARCHIVE_FILE = "maps.zip"
 HTML_FILE = "report.html"  # written after the audit from the other two (workers.engine.html_report)
+
+# names of the per-image measures in ``Stage.measures`` (the checks that make them import torch; the
+# summary and the page read them from here)
+RELATIVE_L2 = "relative_l2_difference"  # input invariance
+ENTROPY_TRAINED = "entropy_trained"  # efficient MPRT
+ENTROPY_RANDOM = "entropy_random"
+ENTROPY_MASK = "entropy_random_mask"
+ENTROPY_RISE = "entropy_rise"  # Hedström et al.'s eMPRT score, per image
+ENTROPY_SHARE = "entropy_rise_share"  # the judged statistic
 
 
 class _Frozen(BaseModel):
@@ -94,7 +103,8 @@ class ProbeInfo(_Frozen):
 class Stage(_Frozen):
     index: int = Field(
         description="0 is the trained model; k > 0 randomizes k layers (cascading), layer k alone "
-        "(independent), or is the random-label twins (data)."
+        "(independent), or is the random-label twins (data), the shifted inputs and model "
+        "(input_invariance), the maps of other classes (random_logit)."
     )
     label: str
     randomized_layers: list[str]
@@ -107,10 +117,23 @@ class Stage(_Frozen):
         description="Maps at this stage that are constant (e.g. all-zero GradCAM), over all draws."
     )
     non_finite_maps: int = Field(0, description="Maps at this stage holding NaN or inf, over all draws.")
+    measures: dict[str, Summary] = Field(
+        default_factory=dict,
+        description="A test's own per-image measures of the raw maps beyond the similarity metrics "
+        "(input_invariance: 'relative_l2_difference', ||A(f2, x + m) - A(f1, x)|| / ||A(f1, x)||).",
+    )
+    note: str | None = Field(
+        None, description="How this stage's model or inputs were built, where it matters."
+    )
 
 
 InconclusiveCause = Literal[
-    "non_finite_maps", "too_few_images", "draws_disagree", "interval", "no_power", "floor_spread_unknown"
+    "non_finite_maps",
+    "too_few_images",
+    "draws_disagree",
+    "interval",
+    "no_power",
+    "floor_spread_unknown",
 ]
 
 
@@ -140,7 +163,10 @@ class Verdict(_Frozen):
         "whose spread between models cannot be measured (one true-label control).",
     )
     rule: str
-    metric: Metric
+    metric: Metric | None = Field(
+        description="The similarity metric judged; null where the statistic is no similarity "
+        "(input_invariance judges the relative L2 difference of raw maps, see statistic)."
+    )
     statistic: str = Field(description="What was judged, e.g. the mean over the randomized stages.")
     estimate: Summary = Field(description="The judged statistic over images and draws.")
     limit: float = Field(
@@ -268,7 +294,7 @@ class SkippedMethod(_Frozen):
 
 
 class AuditReport(_Frozen):
-    schema_version: Literal["2.4"] = SCHEMA_VERSION
+    schema_version: Literal["2.5"] = SCHEMA_VERSION
     created_at: datetime
     model: ArtifactInfo
     conversion: ConversionCheck

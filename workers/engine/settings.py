@@ -41,6 +41,11 @@ class RandomizationTest(StrEnum):
     cascading = "cascading"  # model parameters, from the top layer down, cumulatively
     independent = "independent"  # model parameters, one layer at a time
     data = "data"  # the same architecture trained on permuted labels (the random-label twin)
+    # later sanity checks (docs/decisions/0023)
+    input_invariance = "input_invariance"  # inputs shifted by a constant, the first bias compensating
+    random_logit = "random_logit"  # the map of the explained class vs the map of another class
+    smooth_mprt = "smooth_mprt"  # cascading, on maps averaged over noisy copies of each input
+    efficient_mprt = "efficient_mprt"  # the rise of the maps' entropy from trained to fully randomized
 
 
 PARAMETER_TESTS = (RandomizationTest.cascading, RandomizationTest.independent)
@@ -266,6 +271,50 @@ class AuditSettings(BaseModel):
         description="Memory the audit may use on its device, in MiB; batch sizes and the trained model's "
         "recorded forward passes follow from it. Default: a quarter of the machine's memory (at most "
         "8 GiB) on the CPU, half of the GPU's memory on a GPU.",
+    )
+    invariance_shift: Annotated[float, Field(ge=-10, le=10)] = Field(
+        -1.0,
+        description="Input invariance: the constant m added to every probe, in units of each channel's value "
+        "range over the probe set (max - min); -1 moves digits in [0, 1] to [-1, 0], as Kindermans et al. "
+        "did. The first layer's bias absorbs it, so the shifted model computes the same logits.",
+    )
+    invariance_tolerance: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.01,
+        description="Input invariance: a method is invariant when the upper 95% bound of the relative L2 "
+        "difference ||A(f2, x + m) - A(f1, x)|| / ||A(f1, x)|| lies below this, and not when its lower "
+        "bound does not (docs/decisions/0023).",
+    )
+    random_logit_metric: Metric = Field(
+        Metric.ssim,
+        description="Random logit: how the map of the explained class is compared with the map of a "
+        "uniformly drawn other class (Sixt et al. 2020 and Quantus use SSIM).",
+    )
+    random_logit_threshold: Annotated[float, Field(gt=-1, le=1)] = Field(
+        0.5,
+        description="Random logit: a method passes when the upper 95% bound of that similarity lies below "
+        "this (its maps depend on the class), fails when the lower bound does not.",
+    )
+    smooth_mprt_samples: Annotated[int, Field(ge=1, le=1000)] = Field(
+        50,
+        description="Smooth MPRT: noisy copies of each probe whose maps are averaged, at every stage and "
+        "for the trained reference (Hedström et al. and Quantus: 50).",
+    )
+    smooth_mprt_noise: Annotated[float, Field(gt=0, le=2)] = Field(
+        0.1, description="Smooth MPRT: noise std as a fraction of each probe's value range (max - min)."
+    )
+    smooth_mprt_order: LayerOrder = Field(
+        LayerOrder.bottom_up,
+        description="Smooth MPRT: the order its cascade walks the layers (Hedström et al.: bottom-up).",
+    )
+    efficient_mprt_bins: Annotated[int, Field(ge=2, le=10_000)] = Field(
+        100, description="Efficient MPRT: histogram bins of the discrete entropy of each normalized map."
+    )
+    efficient_mprt_min_share: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.5,
+        description="Efficient MPRT: a method passes when the lower 95% bound of (H(random) - H(trained)) / "
+        "(H(random mask) - H(trained)), the share of the way to noise that the entropy of its maps rises "
+        "when every layer is randomized, lies above this, fails when its upper bound does not. Hedström et "
+        "al.'s relative rise (H(random) - H(trained)) / H(trained) is reported beside it.",
     )
     max_images: Annotated[int, Field(ge=2, le=10_000)] = 1000
     conversion_atol: Annotated[float, Field(gt=0, le=0.1)] = Field(

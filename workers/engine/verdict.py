@@ -36,6 +36,7 @@ class Judged:
     retrain_margin: RetrainMargin | None = (
         None  # data test with controls: the twins' distance below the floor
     )
+    higher_passes: bool = False  # efficient MPRT: a rise above the limit passes, one at or below it fails
 
 
 def decide(judged: Judged, rule: VerdictRule, similar_layers: list[str] | None = None) -> Verdict:
@@ -57,6 +58,11 @@ def decide(judged: Judged, rule: VerdictRule, similar_layers: list[str] | None =
 
 
 def _rule_text(judged: Judged, rule: VerdictRule) -> str:
+    if judged.higher_passes:
+        return (
+            f"pass when the lower 95% bound of the {judged.statistic} is above {judged.limit_text}; fail "
+            "when its upper bound is not; inconclusive otherwise"
+        )
     if judged.retrain_margin is None:
         return (
             f"pass when the upper 95% bound of the {judged.statistic} is below {judged.limit_text}; fail "
@@ -92,17 +98,20 @@ def _outcome(judged: Judged, rule: VerdictRule) -> tuple[Outcome, str | None, st
                 f"maps); at least {rule.min_defined_images} are needed"
             ),
         )
-    below = [i for i, (_, high) in enumerate(judged.draw_intervals) if high is not None and high < limit]
-    above = [i for i, (low, _) in enumerate(judged.draw_intervals) if low is not None and low >= limit]
+    if judged.higher_passes:
+        below = [i for i, (_, high) in enumerate(judged.draw_intervals) if high is not None and high <= limit]
+        above = [i for i, (low, _) in enumerate(judged.draw_intervals) if low is not None and low > limit]
+        sides = f"{len(above)} lie above {limit:.3g} and {len(below)} at or below it"
+    else:
+        below = [i for i, (_, high) in enumerate(judged.draw_intervals) if high is not None and high < limit]
+        above = [i for i, (low, _) in enumerate(judged.draw_intervals) if low is not None and low >= limit]
+        sides = f"{len(below)} lie below {limit:.3g} and {len(above)} at or above it"
     if min(len(below), len(above)) >= max(1, math.ceil(DISAGREEING_SHARE * len(judged.draw_intervals))):
         means = ", ".join(f"{m:.3f}" for m in estimate.draw_means if m is not None)
         return (
             Outcome.inconclusive,
             "draws_disagree",
-            (
-                f"the {judged.unit} disagree: {len(below)} lie below {limit:.3g} and {len(above)} at or "
-                f"above it, each by its own interval (means {means})"
-            ),
+            f"the {judged.unit} disagree: {sides}, each by its own interval (means {means})",
         )
     low, high = estimate.ci95_low, estimate.ci95_high
     if low is None or high is None:
@@ -111,6 +120,12 @@ def _outcome(judged: Judged, rule: VerdictRule) -> tuple[Outcome, str | None, st
         f"mean {estimate.mean:.3f}, 95% interval [{low:.3f}, {high:.3f}] over "
         f"{estimate.n} images and {len(judged.draw_intervals)} {judged.unit}"
     )
+    if judged.higher_passes:
+        if low > limit:
+            return Outcome.passed, None, f"{interval} lies above {limit:.3g}"
+        if high <= limit:
+            return Outcome.failed, None, f"{interval} lies at or below {limit:.3g}"
+        return Outcome.inconclusive, "interval", f"{interval} contains {limit:.3g}"
     if judged.retrain_margin is not None:
         return _below_the_retrain_floor(judged, judged.retrain_margin, rule.threshold, (low, high), interval)
     if high < limit:

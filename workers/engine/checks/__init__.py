@@ -1,6 +1,17 @@
 """The sanity checks behind one interface; importing this package registers every built-in check."""
 
-from workers.engine.checks import data, parameters
+from workers.engine.checks import data, invariance, logit, mprt, parameters
 from workers.engine.checks.base import CheckContext, RetrainFloor, SanityCheck, StageValues, create_check
 
-__all__ = ["CheckContext", "RetrainFloor", "SanityCheck", "StageValues", "create_check", "data", "parameters"]
+__all__ = [
+    "CheckContext",
+    "RetrainFloor",
+    "SanityCheck",
+    "StageValues",
+    "create_check",
+    "data",
+    "invariance",
+    "logit",
+    "mprt",
+    "parameters",
+]

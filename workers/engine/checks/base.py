@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
 from workers.engine.data_randomization import TwinPool
 from workers.engine.errors import AuditInputError
 from workers.engine.layers import Layer
 from workers.engine.randomization import StageModel
 from workers.engine.report import MetricTable, Stage, Verdict
-from workers.engine.settings import AuditSettings, Metric, RandomizationTest, VerdictRule
+from workers.engine.settings import AuditSettings, LayerOrder, Metric, RandomizationTest, VerdictRule
 from workers.engine.similarity import PreparedMaps
 from workers.engine.statistics import summarize_all
 
@@ -31,6 +31,9 @@ class CheckContext:
     layers: list[Layer]
     settings: AuditSettings
     pool: TwinPool | None = None  # data test: the random-label twins and true-label controls
+    inputs: Tensor | None = None  # the probes as the model sees them
+    targets: Tensor | None = None  # the class each trained-model map explains, per probe
+    classes: int = 0  # logits of the model
 
 
 @dataclass
@@ -43,21 +46,29 @@ class StageValues:
     randomized: list[Layer]
     similarity: dict[Metric, list[np.ndarray]] = field(default_factory=dict)
     cross_image: dict[Metric, list[np.ndarray]] = field(default_factory=dict)
+    measures: dict[str, list[np.ndarray]] = field(default_factory=dict)  # a test's own, per image
+    note: str | None = None
     degenerate: int = 0
     non_finite: int = 0
 
     def add(
-        self, similarity: dict[Metric, np.ndarray], cross: dict[Metric, np.ndarray], maps: PreparedMaps
+        self,
+        similarity: dict[Metric, np.ndarray],
+        cross: dict[Metric, np.ndarray],
+        maps: PreparedMaps,
+        measures: dict[str, np.ndarray] | None = None,
     ) -> None:
         for metric, values in similarity.items():
             self.similarity.setdefault(metric, []).append(values)
             self.cross_image.setdefault(metric, []).append(cross[metric])
+        for name, values in (measures or {}).items():
+            self.measures.setdefault(name, []).append(values)
         self.degenerate += int(maps.constant.sum())
         self.non_finite += int(maps.non_finite.sum())
 
     @classmethod
     def of(cls, stage: StageModel) -> "StageValues":
-        return cls(stage.index, stage.label, stage.randomized)
+        return cls(stage.index, stage.label, stage.randomized, note=stage.note)
 
     def table(self, metric: Metric, cross: bool = False) -> np.ndarray:
         return np.stack((self.cross_image if cross else self.similarity)[metric])
@@ -89,6 +100,9 @@ class SanityCheck(ABC):
     # stage models hold the trained weights below their randomized layers, so stages may start from the
     # trained model's recorded forward passes there (``reuse``)
     shares_trained: ClassVar[bool] = False
+    # ``measure`` reads the raw maps: the audit keeps every method's trained raw maps only when a requested
+    # check does (they would otherwise cost each audit a third more memory for nothing)
+    needs_raw_maps: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -119,6 +133,20 @@ class SanityCheck(ABC):
         self, trained: Stage, stages: list[StageValues], retrain_floor: "RetrainFloor | None"
     ) -> Verdict:
         """The verdict on the comparisons of every draw and stage with the trained maps."""
+
+    def order(self) -> LayerOrder | None:
+        """The order the stages walk the layers in; None where they do not walk them."""
+        return None
+
+    def reference(self) -> StageModel | None:
+        """Where the maps every stage is compared with are not the trained model's maps on the probes
+        (smooth MPRT: the trained model's maps averaged over noisy inputs), the stage that makes them."""
+        return None
+
+    def measure(self, trained: Tensor, stage: Tensor) -> dict[str, np.ndarray]:
+        """Per-image measures of the raw maps beyond the similarity metrics (input invariance: how far
+        the shifted maps lie from the trained ones); [images] each, NaN where undefined."""
+        return {}
 
     def reference_count(self, draws: int) -> int:
         """Further models whose maps the test needs after ``draws`` draws (for progress)."""

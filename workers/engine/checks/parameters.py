@@ -12,7 +12,7 @@ import numpy as np
 from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, non_finite_by_stage
 from workers.engine.randomization import StageModel, randomized_stages
 from workers.engine.report import Stage, Verdict
-from workers.engine.settings import RandomizationTest
+from workers.engine.settings import LayerOrder, RandomizationTest
 from workers.engine.statistics import defined_mean, draw_intervals, summarize
 from workers.engine.verdict import Judged, decide
 
@@ -31,6 +31,9 @@ class _ParameterCheck(SanityCheck):
 
     def stage_count(self) -> int:
         return len(self.context.layers)
+
+    def order(self) -> LayerOrder | None:
+        return self.context.settings.order
 
     def stage_models(self, draw: int) -> Iterator[StageModel]:
         context = self.context
