@@ -39,7 +39,8 @@ def test_progress_total_is_the_most_work_and_never_moves_while_done_only_grows(
 
 
 def test_every_draw_is_archived_on_request(trained_digits: TrainedDigits, tmp_path: Path) -> None:
-    settings = QUICK.model_copy(update={"methods": ["gradient"], "archive_all_draws": True})
+    one_method = {"methods": ["gradient"], "archive_all_draws": True}
+    settings = AuditSettings.model_validate(QUICK.model_dump() | one_method)
     report = run_audit(trained_digits.onnx_dynamo, trained_digits.probes, settings, tmp_path)
     with zipfile.ZipFile(tmp_path / "maps.zip") as archive:
         names = set(archive.namelist())
