@@ -20,7 +20,8 @@ from workers.engine.randomization import StageModel
 from workers.engine.report import MetricTable, Stage, Verdict
 from workers.engine.settings import AuditSettings, LayerOrder, Metric, RandomizationTest, VerdictRule
 from workers.engine.similarity import PreparedMaps
-from workers.engine.statistics import summarize_all
+from workers.engine.statistics import draw_intervals, summarize, summarize_all
+from workers.engine.verdict import Judged
 
 _REGISTRY: dict[RandomizationTest, type["SanityCheck"]] = {}
 
@@ -166,6 +167,31 @@ def create_check(test: RandomizationTest, context: CheckContext) -> SanityCheck:
         return _REGISTRY[test](context)
     except KeyError:
         raise AuditInputError(f"no randomization test named {test.value!r}") from None
+
+
+def judged_table(
+    statistic: str,
+    table: np.ndarray,
+    limit: float,
+    trained: Stage,
+    stages: list[StageValues],
+    *,
+    unit: str = "draws",
+    cross_image: float | None = None,
+    higher_passes: bool = False,
+) -> Judged:
+    """What a test judges from a table [draws, images] of one statistic against a limit."""
+    return Judged(
+        statistic=statistic,
+        estimate=summarize(table),
+        limit=limit,
+        limit_text=f"{limit}",
+        cross_image=cross_image,
+        non_finite=non_finite_by_stage(trained, stages),
+        draw_intervals=draw_intervals(table),
+        unit=unit,
+        higher_passes=higher_passes,
+    )
 
 
 def non_finite_by_stage(trained: Stage, stages: list[StageValues]) -> dict[str, int]:

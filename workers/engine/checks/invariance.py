@@ -32,15 +32,14 @@ from workers.engine.checks.base import (
     RetrainFloor,
     SanityCheck,
     StageValues,
-    non_finite_by_stage,
+    judged_table,
 )
 from workers.engine.errors import AuditInputError
 from workers.engine.layers import Layer
 from workers.engine.randomization import StageModel
 from workers.engine.report import RELATIVE_L2, Stage, Verdict
 from workers.engine.settings import AuditSettings, RandomizationTest
-from workers.engine.statistics import draw_intervals, summarize
-from workers.engine.verdict import Judged, decide
+from workers.engine.verdict import decide
 
 SHIFTED_MAPS = "shifted"
 
@@ -213,14 +212,12 @@ class InputInvariance(SanityCheck):
         (shifted,) = stages
         table = np.stack(shifted.measures[RELATIVE_L2])
         tolerance = self.context.settings.invariance_tolerance
-        judged = Judged(
-            statistic="relative L2 difference ||A(f2, x + m) - A(f1, x)|| / ||A(f1, x)|| of the raw maps",
-            estimate=summarize(table),
-            limit=tolerance,
-            limit_text=f"{tolerance}",
-            cross_image=None,
-            non_finite=non_finite_by_stage(trained, stages),
-            draw_intervals=draw_intervals(table),
+        judged = judged_table(
+            "relative L2 difference ||A(f2, x + m) - A(f1, x)|| / ||A(f1, x)|| of the raw maps",
+            table,
+            tolerance,
+            trained,
+            stages,
             unit="shifts",
         )
         verdict = decide(judged, self.rule)

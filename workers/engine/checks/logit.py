@@ -23,14 +23,14 @@ from workers.engine.checks.base import (
     RetrainFloor,
     SanityCheck,
     StageValues,
-    non_finite_by_stage,
+    judged_table,
 )
 from workers.engine.errors import AuditInputError
 from workers.engine.randomization import StageModel
 from workers.engine.report import Stage, Verdict
 from workers.engine.settings import RandomizationTest
-from workers.engine.statistics import draw_intervals, summarize
-from workers.engine.verdict import Judged, decide
+from workers.engine.statistics import summarize
+from workers.engine.verdict import decide
 
 OTHER_CLASS_MAPS = "other_class"
 _STREAM = 0x10617  # keeps these draws apart from every other use of the seed
@@ -83,15 +83,13 @@ class RandomLogit(SanityCheck):
         rule = self.rule.model_copy(update={"metric": metric, "threshold": threshold})
         (other,) = stages
         table = other.table(metric)
-        judged = Judged(
-            statistic=f"mean {metric.value} between the maps of the explained class and of another class",
-            estimate=summarize(table),
-            limit=threshold,
-            limit_text=f"{threshold}",
+        judged = judged_table(
+            f"mean {metric.value} between the maps of the explained class and of another class",
+            table,
+            threshold,
+            trained,
+            stages,
             cross_image=summarize(other.table(metric, cross=True)).mean,
-            non_finite=non_finite_by_stage(trained, stages),
-            draw_intervals=draw_intervals(table),
-            unit="draws",
         )
         verdict = decide(judged, rule)
         if self.single_other:

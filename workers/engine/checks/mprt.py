@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, non_finite_by_stage
+from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, judged_table
 from workers.engine.checks.parameters import Cascading
 from workers.engine.randomization import Smoothing, StageModel, randomized_stages
 from workers.engine.report import (
@@ -41,8 +41,7 @@ from workers.engine.report import (
 )
 from workers.engine.settings import LayerOrder, RandomizationTest
 from workers.engine.similarity import is_degenerate, normalize_absolute
-from workers.engine.statistics import draw_intervals, summarize
-from workers.engine.verdict import Judged, decide
+from workers.engine.verdict import decide
 
 MASK_STREAM = 0xCA11  # the audit's random-mask calibration uses the same stream
 _NOISE_STREAM = 0x53A7  # the noisy copies' seed, apart from every other use of the audit's seed
@@ -136,16 +135,13 @@ class EfficientMPRT(SanityCheck):
         table = np.stack(randomized.measures[ENTROPY_SHARE])
         limit = self.context.settings.efficient_mprt_min_share
         bins = self.context.settings.efficient_mprt_bins
-        judged = Judged(
-            statistic=f"share of the way from the trained maps' entropy ({bins}-bin histogram) to a random "
+        judged = judged_table(
+            f"share of the way from the trained maps' entropy ({bins}-bin histogram) to a random "
             "mask's that the fully randomized model's maps go",
-            estimate=summarize(table),
-            limit=limit,
-            limit_text=f"{limit}",
-            cross_image=None,
-            non_finite=non_finite_by_stage(trained, stages),
-            draw_intervals=draw_intervals(table),
-            unit="draws",
+            table,
+            limit,
+            trained,
+            stages,
             higher_passes=True,
         )
         return decide(judged, self.rule).model_copy(update={"metric": None})
