@@ -14,7 +14,6 @@ except for what differs between runs of the same code: durations, ids, hashes an
 
 import os
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.services import process
+from tests.services import listening, process
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARKER = re.compile(
@@ -135,23 +134,18 @@ def readme_environment() -> dict[str, str]:
     return environment | {"OMP_NUM_THREADS": "1"}
 
 
-def serving(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 @contextmanager
 def background(block: Block, folder: Path, environment: dict[str, str]) -> Iterator[None]:
     """A server block, running until the blocks after it are done; ready once its port answers."""
     port = int(re.search(r"--port (\d+)", block.text)[1])  # type: ignore[index]
-    if serving(port):
+    if listening(port):
         raise AssertionError(f"README.md line {block.first_line}: port {port} is already in use here")
     log = folder / "background.log"
     with process(
         ["bash", "-c", "exec " + block.text.strip()], environment, log, folder, inherit=False
     ) as child:
         deadline = time.monotonic() + 120
-        while not serving(port):
+        while not listening(port):
             if child.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(
                     f"README.md line {block.first_line} did not serve:\n{log.read_text()[-3000:]}"

@@ -40,9 +40,11 @@ def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-unt
     raise TimeoutError(f"{what} not ready after {timeout} s")
 
 
-def _listening(port: int) -> bool:
-    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-    return True
+def listening(port: int) -> bool:
+    """Whether something accepts connections on the loopback port."""
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 class RedisServer:
@@ -62,7 +64,7 @@ class RedisServer:
 
     def start(self) -> None:
         self._process = subprocess.Popen(self._args, stdout=subprocess.DEVNULL)
-        wait_until(lambda: _listening(self.port), 10, "redis")
+        wait_until(lambda: listening(self.port), 10, "redis")
 
     def stop(self) -> None:
         if self._process is not None:

@@ -30,6 +30,7 @@ from workers.engine.gradcam_target import choose_target
 from workers.engine.layers import NORMALIZATIONS, Layer, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method, method_class
 from workers.engine.methods.edges import sobel_magnitude
+from workers.engine.methods.gradients import noise_std
 from workers.engine.onnx_import import OnnxGraphModule
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
 from workers.engine.randomization import Smoothing, StageModel
@@ -702,9 +703,7 @@ def _smoothed_maps(
     the copies come from ``smoothing.seed`` alone, so every stage sees the same ones. A stage costs
     ``smoothing.samples`` times a plain one: a cancel is heard between copies."""
     generator = torch.Generator().manual_seed(smoothing.seed)
-    flat = run.x.reshape(len(run.x), -1)
-    std = smoothing.level * (flat.max(dim=1).values - flat.min(dim=1).values)
-    std = std.view(-1, *([1] * (run.x.dim() - 1)))
+    std = noise_std(run.x, smoothing.level)
     targets = run.targets(model)
     total: Tensor | None = None
     for _ in range(smoothing.samples):

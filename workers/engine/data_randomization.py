@@ -347,7 +347,7 @@ class TwinPool:
 
     def skip_untrained(self) -> None:
         """Every verdict is in: the twins and controls left untrained are work not done."""
-        untrained = self.planned_units() - (len(self._runs) if self.setup.client is None else 0)
+        untrained = self.planned_units() - len(self._runs)  # client twins: none planned, none trained
         if untrained:
             self.report_progress("data: no more twins needed", untrained)
 

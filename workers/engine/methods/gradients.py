@@ -29,6 +29,13 @@ def images_per_pass(settings: AuditSettings) -> int:
     return settings.internal_batch_size or sys.maxsize
 
 
+def noise_std(inputs: Tensor, level: float) -> Tensor:
+    """Each image's noise std, ``level`` x (max - min) of that image, shaped to broadcast over it."""
+    flat = inputs.reshape(len(inputs), -1)
+    spread = flat.max(dim=1).values - flat.min(dim=1).values
+    return (level * spread).view(len(inputs), *([1] * (inputs.dim() - 1)))
+
+
 class _PlainGradients(SaliencyMethod):
     """Methods that only differentiate the model's output: a stage may start them from recorded values."""
 
@@ -126,9 +133,7 @@ class _NoisyGradients(_PlainGradients):
         """Mean and mean square of the gradient over noise samples."""
         settings = self.context.settings
         batch = inputs.shape[0]
-        flat = inputs.reshape(batch, -1)
-        std = settings.noise_level * (flat.max(dim=1).values - flat.min(dim=1).values)
-        std = std.view(batch, *([1] * (inputs.dim() - 1)))
+        std = noise_std(inputs, settings.noise_level)
         samples_per_pass = max(1, images_per_pass(settings) // batch)
         total = torch.zeros_like(inputs)
         total_square = torch.zeros_like(inputs)
