@@ -131,7 +131,7 @@ def test_archive_holds_every_map_with_a_manifest(paper_audit: tuple[Path, str]) 
         manifest = json.loads(archive.read("manifest.json"))
         assert json.loads(archive.read("report.json")) == json.loads((out / "report.json").read_text())
         entries = {entry["path"]: entry for entry in manifest["arrays"]}
-        expected = {"inputs.npy"}
+        expected = {"inputs.npy", "targets.npy"}
         for method in report.methods:
             expected.add(f"maps/{method.name}/trained.npy")
             for test in method.tests:

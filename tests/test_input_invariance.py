@@ -5,11 +5,13 @@ baseline that moves with the shift (docs/decisions/0023)."""
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from tests.conftest import TrainedDigits
+from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
 from workers.engine.checks import CheckContext
 from workers.engine.checks.invariance import (
@@ -110,7 +112,7 @@ def test_zero_padding_is_kept_invariant_by_padding_with_the_shifted_zero(
     x = torch.from_numpy(trained_digits.data.x_test[:48])
     m = channel_shift(x, -1.0)
     layers = layers_in_forward_order(model, x[:1])
-    shifted, note = shifted_model(model, layers[0], m, tuple(x.shape[1:]))
+    shifted, note = shifted_model(model, layers[0], x, m)
     naive = copy.deepcopy(model)
     with torch.no_grad():
         naive.conv1.bias -= naive.conv1.weight.sum(dim=(1, 2, 3)) * m
@@ -127,33 +129,47 @@ def test_a_first_linear_layer_absorbs_the_shift_in_its_bias() -> None:
     x = torch.rand(6, 2, 4, 4)
     m = channel_shift(x, 0.5)
     layers = layers_in_forward_order(model, x[:1])
-    shifted, _ = shifted_model(model, layers[0], m, tuple(x.shape[1:]))
+    shifted, _ = shifted_model(model, layers[0], x, m)
     with torch.no_grad():
         difference = (shifted(x + m.view(1, -1, 1, 1)) - model(x)).abs().max()
     assert float(difference) < 1e-5
 
 
-class _NormalizesInside(nn.Module):
-    """Normalization inside the graph: the first conv sees (x - 0.5) / 0.25, not x."""
+class _BeforeTheFirstLayer(nn.Module):
+    """Something between the image and the first conv: ``before(x)`` is what the conv reads."""
 
-    def __init__(self, inner: nn.Module) -> None:
+    def __init__(self, inner: nn.Module, before) -> None:
         super().__init__()
-        self.inner = inner
+        self.inner, self.before = inner, before
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner((x - 0.5) / 0.25)
+        return self.inner(self.before(x))
 
 
-def test_a_model_whose_first_layer_does_not_read_the_image_refuses_the_test(
-    trained_digits: TrainedDigits,
-) -> None:
-    model = _NormalizesInside(copy.deepcopy(trained_digits.model))
-    with pytest.raises(AuditInputError, match="does not compute the same logits"):
+def test_normalization_inside_the_graph_is_measured_and_absorbed(trained_digits: TrainedDigits) -> None:
+    """The first conv reads (x - 0.5) / 0.25: the shift it receives is 4 m, which its bias absorbs."""
+    model = _BeforeTheFirstLayer(copy.deepcopy(trained_digits.model), lambda x: (x - 0.5) / 0.25)
+    check = InputInvariance(_digits_context(trained_digits, model))
+    assert check.logit_difference < 1e-4
+    conv = check.model.inner.conv1
+    expected = (
+        trained_digits.model.conv1.bias - trained_digits.model.conv1.weight.sum(dim=(1, 2, 3)) * 4 * -1.0
+    )
+    assert torch.allclose(conv.bias, expected, atol=1e-5)  # digits lie in [0, 1]: m = -1
+
+
+def test_a_shift_that_differs_between_positions_refuses_the_test(trained_digits: TrainedDigits) -> None:
+    """A mask before the first layer lets only part of the shift through: no bias can absorb it."""
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :8] = 1.0
+    model = _BeforeTheFirstLayer(copy.deepcopy(trained_digits.model), lambda x: x * mask)
+    with pytest.raises(AuditInputError, match="varies across positions"):
         InputInvariance(_digits_context(trained_digits, model))
 
 
-def test_a_separate_pad_step_before_the_first_convolution_is_named_in_the_refusal() -> None:
-    """Asymmetric padding exported as Pad + a convolution with padding 0: the Pad pads x + m with zeros."""
+def test_a_torch_pad_module_before_the_first_convolution_refuses_the_test() -> None:
+    """A torch ZeroPad2d pads x + m with zeros: the conv's input is shifted inside and not at the border
+    (ONNX graphs' Pad steps are shifted instead: below)."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 4, 2), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)
@@ -161,8 +177,44 @@ def test_a_separate_pad_step_before_the_first_convolution_is_named_in_the_refusa
     x = torch.rand(6, 1, 8, 8)
     model(x)  # materializes the lazy layer
     context = CheckContext(model.eval(), layers_in_forward_order(model, x[:1]), AuditSettings(), inputs=x)
-    with pytest.raises(AuditInputError, match="a separate constant Pad step before it"):
+    with pytest.raises(AuditInputError, match=r"varies across positions.*a constant pad"):
         InputInvariance(context)
+
+
+@pytest.mark.parametrize(
+    ("export", "how"),
+    [
+        ("keras_mobilenet_like", "the padding before Conv1 (a Pad step) pads with its constant plus"),
+        ("keras_cnn_nhwc", "bias of conv2d_1 less W d"),
+        ("flax_cnn", "node_Conv_1 zero-pads its input"),
+        ("paddle_mobilenet_like", "conv2d_0 zero-pads its input"),
+    ],
+)
+def test_exports_of_keras_flax_and_paddle_keep_gradient_maps_under_the_shift(export: str, how: str) -> None:
+    """Real exports (tests/foreign_models): a strided 'same' first convolution of Keras comes as a Pad
+    step before a convolution that pads nothing; channels-last graphs; Flax's and Paddle's padded convs.
+    The shifted model gives the same logits and the same input gradients on the shifted probes."""
+    folder = Path(__file__).parent / "foreign_models"
+    model = load_model(folder / f"{export}.onnx").module.eval().requires_grad_(False)
+    with np.load(folder / f"{export}.npz") as arrays:
+        x = torch.from_numpy(arrays["x"][:8].astype(np.float32))
+    if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2).contiguous()  # the converted graph takes [N, C, H, W]
+    layers = layers_in_forward_order(model, x[:1], model.layer_names)
+    check = InputInvariance(CheckContext(model, layers, AuditSettings(), inputs=x))
+    assert how in check.note and check.logit_difference < 1e-4
+    (stage,) = check.stage_models(0)
+    original, shifted = (
+        _input_gradient(net, inputs) for net, inputs in ((model, x), (stage.model, stage.inputs))
+    )
+    assert float((shifted - original).norm() / original.norm()) < 1e-4
+
+
+def _input_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    leaf = x.clone().requires_grad_(True)
+    logits = model(leaf)
+    logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum().backward()
+    return leaf.grad
 
 
 def test_the_check_accepts_the_digits_cnn_and_records_the_logit_difference(
@@ -211,7 +263,7 @@ def test_grouped_strided_and_unbiased_convolutions_absorb_the_shift(first: nn.Co
     model(x)  # materializes the lazy layer
     m = torch.tensor([0.5, -1.0, 2.0, 0.25])
     layers = layers_in_forward_order(model, x[:1])
-    shifted, _ = shifted_model(model, layers[0], m, tuple(x.shape[1:]))
+    shifted, _ = shifted_model(model, layers[0], x, m)
     with torch.no_grad():
         difference = (shifted(x + m.view(1, -1, 1, 1)) - model(x)).abs().max()
     assert float(difference) < 1e-5

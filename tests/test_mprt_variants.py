@@ -129,10 +129,19 @@ def test_a_statistic_where_higher_passes_is_judged_from_its_lower_bound(
 
 
 def test_the_page_and_its_figures_take_both_tests(mprt_audit) -> None:
+    """Smooth MPRT draws a curve over its stages; efficient MPRT, one comparison, its judged statistic
+    and the histograms behind its entropies."""
     reports, out, _ = mprt_audit
+    drawn = {
+        RandomizationTest.smooth_mprt: {"similarity", "absolute", "diverging"},
+        RandomizationTest.efficient_mprt: {"judged", "histograms", "absolute", "diverging"},
+    }
     for test, report in reports.items():
         page = write_html_report(report, out / test.value)
-        assert page.exists() and (out / test.value / "figures" / f"{test.value}-similarity.png").exists()
+        names = {p.name for p in (out / test.value / "figures").glob(f"{test.value}-*.png")}
+        assert page.exists() and names == {
+            f"{test.value}-{kind}{narrow}.png" for kind in drawn[test] for narrow in ("", "-narrow")
+        }
 
 
 def test_progress_counts_the_smoothed_reference_and_ends_at_its_total(mprt_audit) -> None:

@@ -214,6 +214,7 @@ def run_audit(
         cancelled = should_cancel or _never
         pool = TwinPool(data_setup, archive, report_progress, cancelled) if data_setup is not None else None
         explained = fixed_target if fixed_target is not None else predicted
+        archive.add_array("targets.npy", explained.cpu().numpy(), kind="targets")  # what trained maps explain
         context = CheckContext(model, layers, settings, pool, x, explained, classes)
         checks = [create_check(test, context) for test in settings.tests]
         total = _planned_units(checks, methods, pool)
@@ -265,6 +266,15 @@ def run_audit(
         archive.commit()
     _write_atomically(out_dir / REPORT_FILE, report_json)
     return report
+
+
+def _archive_targets(archive: MapArchive, test: str, draw: int, stage: StageModel) -> str:
+    """The classes a stage's maps explain where they are not the trained maps' (random logit's other
+    classes), once for every method; the path its maps' manifest entries name."""
+    assert stage.targets is not None
+    path = f"targets/{test}" + (f"/draw-{draw}" if draw else "") + f"/{stage.archive_name}.npy"
+    archive.add_array(path, stage.targets.cpu().numpy(), kind="targets", test=test, draw=draw)
+    return path
 
 
 def _planned_units(checks: list[SanityCheck], methods: list[SaliencyMethod], pool: TwinPool | None) -> int:
@@ -604,6 +614,8 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
         for draw in range(first, last):
             for stage_model in check.stage_models(draw):
                 about = {"stage": stage_model.index, "label": stage_model.label}
+                if stage_model.targets is not None and (draw == 0 or run.settings.archive_all_draws):
+                    about["targets"] = _archive_targets(run.archive, test, draw, stage_model)
                 start = first_step(stage_model.model, stage_model.randomized) if check.shares_trained else 0
                 forward = run.forward_for(stage_model.model, start)
                 for state in pending:

@@ -25,6 +25,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display; set before anything draws
 
 import numpy as np
+import torch
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -35,11 +36,21 @@ from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
 from workers.engine.checks.data import CONTROL_MAPS
-from workers.engine.report import AuditReport, MethodResult, Stage, TestResult
+from workers.engine.checks.mprt import map_histograms
+from workers.engine.report import (
+    ENTROPY_MASK,
+    ENTROPY_RANDOM,
+    ENTROPY_TRAINED,
+    AuditReport,
+    MethodResult,
+    Stage,
+    TestResult,
+)
 from workers.engine.settings import LayerOrder, Metric, Outcome
 from workers.engine.similarity import normalize_absolute, normalize_signed
 
 GRID_IMAGES = 3  # probe images per grid: a few, as in the paper's figures
+MAX_GRID_IMAGES = 6  # a grid of few columns shows more of them rather than leave the page's width empty
 DPI = 72  # one point is one pixel: font sizes and lengths below are pixels of the PNG
 WIDE_PX = 1150  # the page's column on a 1280 px screen holds this at its natural size
 NARROW_PX = 340  # a 360-390 px phone's column (less the page's margins) holds this at its natural size
@@ -62,13 +73,22 @@ TEST_TITLES = {
     "cascading": "Cascading randomization",
     "independent": "Independent randomization",
     "data": "Data randomization",
-    # the later checks (docs/decisions/0023): drawn like the others until they have figures of their own
     "input_invariance": "Input invariance",
     "random_logit": "Random logit",
     "smooth_mprt": "Smooth MPRT",
     "efficient_mprt": "Efficient MPRT",
 }
 DATA_COLUMNS = ["trained\nmodel", "random-label\ntwins", "true-label\ncontrols"]
+# the later checks with one comparison per draw (docs/decisions/0023): a chart of the judged statistic
+# against its limit instead of similarity curves, and grid columns named for what they compare
+ONE_COMPARISON_TESTS = ("input_invariance", "random_logit", "efficient_mprt")
+PASSES_ABOVE = ("efficient_mprt",)  # the judged statistic must rise above its limit
+PLAIN_STYLE = (0, (5, 2, 1, 2))  # smooth MPRT's figure: the plain cascading curve of the same stages
+GRID_COLUMNS = {
+    "input_invariance": ["original\ninputs", "shifted\ninputs"],
+    "random_logit": ["explained\nclass", "another\nclass"],
+    "efficient_mprt": ["trained", "all layers\nrandom"],
+}
 
 
 @dataclass(frozen=True)
@@ -116,7 +136,9 @@ class MapReader:
         self._loaded: dict[str, np.ndarray] = {}
         manifest = json.loads(self._zip.read("manifest.json"))
         self._paths: dict[tuple[str, str | None, int], str] = {}
+        self._targets: dict[tuple[str, str | None, int], str] = {}
         self._controls: dict[str, list[str]] = {}
+        self._has_targets = any(entry["path"] == "targets.npy" for entry in manifest["arrays"])
         for entry in manifest["arrays"]:
             if "method" not in entry:
                 continue
@@ -125,23 +147,33 @@ class MapReader:
             elif entry.get("draw", 0) == 0:
                 key = (entry["method"], entry.get("test"), entry.get("stage", 0))
                 self._paths.setdefault(key, entry["path"])
+                if "targets" in entry:
+                    self._targets.setdefault(key, entry["targets"])
 
     def inputs(self) -> np.ndarray:
         return self._load("inputs.npy")
 
-    def maps(self, method: str, test: str, stage: int) -> np.ndarray | None:
+    def maps(self, method: str, test: str, stage: int, every_image: bool = False) -> np.ndarray | None:
         """Stage 0 is the trained model's maps, shared by every test, unless the test archived its own
-        reference (smooth MPRT's smoothed trained maps), which its stages are compared with."""
+        reference (smooth MPRT's smoothed trained maps), which its stages are compared with.
+        ``every_image``: all of the array's images, not only the first few."""
         path = self._paths.get((method, test, stage))
         if path is None and stage == 0:
             path = self._paths.get((method, None, 0))
+        return None if path is None else self._load(path, every_image)
+
+    def targets(self, method: str, test: str, stage: int) -> np.ndarray | None:
+        """The class each of these maps explains: the trained model's unless the stage names its own
+        (random logit's other classes); None for an archive written before the classes were kept."""
+        path = self._targets.get((method, test, stage), "targets.npy" if self._has_targets else None)
         return None if path is None else self._load(path)
 
     def controls(self, method: str) -> list[np.ndarray]:
         return [self._load(path) for path in self._controls.get(method, [])]
 
-    def _load(self, path: str) -> np.ndarray:
-        if path not in self._loaded:
+    def _load(self, path: str, every_image: bool = False) -> np.ndarray:
+        key = f"{path}:all" if every_image else path
+        if key not in self._loaded:
             with self._zip.open(path) as member:
                 version = np.lib.format.read_magic(member)
                 read_header = (
@@ -152,23 +184,29 @@ class MapReader:
                 shape, fortran_order, dtype = read_header(member)
                 if fortran_order or dtype.hasobject:
                     raise ValueError(f"{path}: not a C-order numeric array")
-                shape = (min(shape[0], self._images), *shape[1:])
+                if not every_image:
+                    shape = (min(shape[0], self._images), *shape[1:])
                 data = member.read(math.prod(shape) * dtype.itemsize)
-            self._loaded[path] = np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
-        return self._loaded[path]
+            self._loaded[key] = np.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+        return self._loaded[key]
 
     def close(self) -> None:
         self._zip.close()
 
 
-def render_figures(report: AuditReport, archive: Path, images: int = GRID_IMAGES) -> list[FigureImage]:
+def render_figures(report: AuditReport, archive: Path) -> list[FigureImage]:
     """Every figure the report's results allow, in reading order: verdicts, then each test's curves and
     maps."""
-    reader = MapReader(archive, images)
+    reader = MapReader(archive, MAX_GRID_IMAGES)
     try:
         figures = [_verdict_figure(report)]
         for test in _tests(report):
-            figures.append(_curves_figure(report, test))
+            if test in ONE_COMPARISON_TESTS:
+                figures.append(_judged_figure(report, test))
+            else:
+                figures.append(_curves_figure(report, test))
+            if test == "efficient_mprt":
+                figures.append(_entropy_figure(report, reader, test))
             for signed in (False, True):
                 grid = _grid_figure(report, reader, test, signed)
                 if grid is not None:
@@ -208,7 +246,7 @@ def _method_label(method: MethodResult, wrap: bool = False) -> str:
 
 def _short_label(stage: Stage) -> str:
     if stage.index == 0:
-        return "trained"
+        return "trained, smoothed" if stage.label.endswith("smoothed") else "trained"
     label = stage.label.replace(" and above", "+").replace(" and below", "+")  # "+": and those walked before
     label = label.replace(" only", "").replace("random-label twins", "twin")
     return label if len(label) <= 18 else "…" + label[-17:]  # deep models' names: their distinctive end
@@ -225,6 +263,7 @@ class MapGrid:
     rows: list[tuple[str, list[np.ndarray | None]]]  # method label -> its maps per column, [N, C, H, W]
     columns: list[str]
     signed: bool
+    captions: list[str] | None = None  # beside each probe image; "probe k" where None
 
 
 @dataclass(frozen=True)
@@ -249,13 +288,23 @@ def grid_layout(images: int, columns: int, map_width: int, width: int) -> GridLa
     return GridLayout(1, math.floor(fit) if fit >= 1 else fit)
 
 
+def _class_captions(reader: MapReader, method: str, test: str, images: int) -> list[str] | None:
+    """Random logit: each probe's explained class against the other class its second column explains
+    (the same classes for every method)."""
+    if test != "random_logit":
+        return None
+    explained, other = reader.targets(method, test, 0), reader.targets(method, test, 1)
+    if explained is None or other is None:
+        return None
+    return [f"probe {k}:\nclass {explained[k]} vs {other[k]}" for k in range(images)]
+
+
 def _grid_figure(report: AuditReport, reader: MapReader, test: str, signed: bool) -> FigureImage | None:
     """Columns: the trained model, then each stage (the data test: the first random-label twin, then each
     archived true-label control; the archive keeps the first draw's maps unless ``archive_all_draws``);
     rows: methods, under each probe image."""
     methods = [m for m in report.methods if _test_of(m, test) is not None]
-    inputs = reader.inputs()
-    if not methods or len(inputs) == 0:
+    if not methods or len(reader.inputs()) == 0:
         return None
     stages = _test_of(methods[0], test).stages  # type: ignore[union-attr]
     maps = {
@@ -263,9 +312,12 @@ def _grid_figure(report: AuditReport, reader: MapReader, test: str, signed: bool
         + (reader.controls(method.name) if test == "data" else [])
         for method in methods
     }
-    columns = [_short_label(stage) for stage in stages]
+    columns = GRID_COLUMNS.get(test) or [_short_label(stage) for stage in stages]
     columns += [f"control {k + 1}" for k in range(max(len(m) for m in maps.values()) - len(columns))]
-    grid = MapGrid(inputs, [(_method_label(m, wrap=True), maps[m.name]) for m in methods], columns, signed)
+    shown = max(GRID_IMAGES, min(MAX_GRID_IMAGES, WIDE_PX // (len(columns) * MAX_CELL_PX)))
+    inputs = reader.inputs()[:shown]
+    rows = [(_method_label(m, wrap=True), maps[m.name]) for m in methods]
+    grid = MapGrid(inputs, rows, columns, signed, _class_captions(reader, methods[0].name, test, len(inputs)))
     kind = "diverging" if signed else "absolute"
     wide = _draw_grid(grid, WIDE_PX)
     what = (
@@ -332,7 +384,8 @@ def _grid_geometry(grid: MapGrid, width: int) -> GridGeometry:
     cell_h, cell_w = round(layout.scale * height), round(layout.scale * map_width)
     header_text = max(measure(label) for label in grid.columns)
     rotate = header_text > cell_w + GAP_PX - 2
-    header = math.ceil(header_text) + 6 if rotate else FONT_PX + 8
+    lines = max(label.count("\n") + 1 for label in grid.columns)
+    header = math.ceil(header_text) + 6 if rotate else lines * (FONT_PX + 3) + 5
     return GridGeometry(
         label_width, cell_h, cell_w, header, rotate, layout.per_band, len(grid.columns), len(grid.rows)
     )
@@ -363,7 +416,8 @@ def _draw_block(
         figure.text(x / width, 1 - y / height, label, fontsize=FONT_PX, **options)  # type: ignore[arg-type]
 
     _paste(pixels, _displayable(grid.inputs[image]), left, top, geometry)
-    text(left + geometry.cell_w + 6, top + geometry.cell_h / 2, f"probe {image}", va="center")
+    caption = grid.captions[image] if grid.captions else f"probe {image}"
+    text(left + geometry.cell_w + 6, top + geometry.cell_h / 2, caption, va="center")
     if labelled:
         text(left - 8, top + geometry.cell_h / 2, "input", ha="right", va="center")
     maps_top = top + geometry.cell_h + geometry.header
@@ -424,6 +478,11 @@ def _curves_figure(report: AuditReport, test: str) -> FigureImage:
             "band over images and draws). Dashed: maps of different images under the same model, the "
             "similarity left without image content; dotted: random masks."
         )
+        if test == "smooth_mprt":
+            caption += (
+                " The reference is the trained model's smoothed maps. Thin dash-dot, where the plain "
+                "cascading test walked the same stages: its curve, without the smoothing."
+            )
     return FigureImage(
         name=f"{test}-similarity.png",
         title=f"{TEST_TITLES[test]}: similarity",
@@ -503,11 +562,24 @@ def _parameter_panel(axis: Axes, report: AuditReport, test: str, metric: Metric)
         line = axis.plot(x, mean, marker="o", markersize=3, label=_method_label(method))[0]
         low, high = _values(s.ci95_low for s in summaries), _values(s.ci95_high for s in summaries)
         axis.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        plain = _plain_cascading(method, result)
+        if plain is not None:
+            means = _values(stage.similarity[metric].mean for stage in plain.stages)
+            axis.plot(x, means, color=line.get_color(), linestyle=PLAIN_STYLE, linewidth=1, alpha=0.8)
         handles.append(line)
     shown = max(1, math.ceil(len(labels) / 16))  # a deep model's stages: every k-th name
     ticks = list(range(0, len(labels), shown))
     axis.set_xticks(ticks, [labels[i] for i in ticks], rotation=55, ha="right", rotation_mode="anchor")
     return handles
+
+
+def _plain_cascading(method: MethodResult, result: TestResult) -> TestResult | None:
+    """Smooth MPRT beside the plain cascading test of the same method, where that walked the same
+    stages (the same order): how much of the plain curve's fall was the method's own noise."""
+    plain = _test_of(method, "cascading") if result.test.value == "smooth_mprt" else None
+    if plain is None or [s.label for s in plain.stages[1:]] != [s.label for s in result.stages[1:]]:
+        return None
+    return plain
 
 
 def _data_panel(axis: Axes, report: AuditReport, test: str, metric: Metric) -> list[Line2D]:
@@ -571,6 +643,10 @@ def _level_handles(report: AuditReport, test: str) -> list[Line2D]:
         Line2D([], [], color="gray", linestyle=":", label="random mask"),
         Line2D([], [], color="gray", linestyle="--", label="different images"),
     ]
+    if any(_plain_cascading(method, result) is not None for method, result in _results(report, test)):
+        handles.append(
+            Line2D([], [], color="black", linestyle=PLAIN_STYLE, linewidth=1, label="plain cascading")
+        )
     if test == "data" and any(r.retrain_floor is not None for _, r in _results(report, test)):
         gap = report.settings.verdict.retrain_gap
         metric = report.settings.verdict.metric.value
@@ -596,6 +672,164 @@ def _or_nan(value: float | None) -> float:
 
 def _values(values: object) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)  # type: ignore[union-attr]
+
+
+# --- one comparison per draw: the judged statistic, entropy histograms -----------------------------------
+
+
+def _judged_figure(report: AuditReport, test: str) -> FigureImage:
+    passes = "above" if test in PASSES_ABOVE else "below"
+    return FigureImage(
+        name=f"{test}-judged.png",
+        title=f"{TEST_TITLES[test]}: judged statistic",
+        caption=f"Each method's judged statistic: mean (dot) and 95% interval over images and draws (bar), "
+        f"each draw's mean (rings), in its verdict's colour. A method passes when the whole interval lies "
+        f"{passes} the limit (solid line; the pass side shaded)."
+        + (
+            " Gray: what maps score without the class's content, random masks (bar) and maps of "
+            "different images (cross)."
+            if test == "random_logit"
+            else ""
+        ),
+        test=test,
+        wide=_draw_judged(report, test, WIDE_PX),
+        narrow=_draw_judged(report, test, NARROW_PX),
+    )
+
+
+def _draw_judged(report: AuditReport, test: str, width: int) -> Drawing:
+    """One row per judged method: the estimate and its interval against the verdict's limit, on a
+    symmetric log axis for input invariance, whose differences span orders of magnitude (an invariant
+    method's is rounding, 1e-7)."""
+    results = [(m, r) for m, r in _results(report, test) if r.verdict is not None]
+    figure = _new_figure(width, 130 + 30 * len(results), layout="constrained")
+    axis = figure.subplots()
+    limit = results[0][1].verdict.limit if results else 0.0  # type: ignore[union-attr]
+    for row, (method, result) in enumerate(results):
+        verdict = result.verdict
+        assert verdict is not None
+        colour, estimate = OUTCOME_COLOURS[verdict.outcome], verdict.estimate
+        if estimate.ci95_low is not None and estimate.ci95_high is not None:
+            axis.plot(
+                [estimate.ci95_low, estimate.ci95_high], [row, row], color=colour, linewidth=4, alpha=0.5
+            )
+        draws = _values(estimate.draw_means)
+        axis.plot(draws, np.full(len(draws), row), "o", markerfacecolor="none", color=colour, markersize=6)
+        axis.plot([_or_nan(estimate.mean)], [row], "o", color=colour, markersize=6)
+        if test == "random_logit" and verdict.metric is not None:
+            mask = method.random_mask_calibration[verdict.metric].mean
+            cross = result.stages[-1].cross_image_floor[verdict.metric].mean
+            axis.plot([_or_nan(mask)], [row], marker="|", color="gray", markersize=14, linestyle="none")
+            axis.plot([_or_nan(cross)], [row], marker="x", color="gray", markersize=7, linestyle="none")
+    axis.axvline(limit, color="black", linewidth=1.2)
+    if test == "input_invariance":
+        axis.set_xscale("symlog", linthresh=max(limit / 10, 1e-12))
+        axis.set_xlim(0, None)
+    elif test == "efficient_mprt":
+        axis.set_xlim(-1.05, 1.05)
+    else:
+        axis.set_xlim(-0.05 if limit >= 0 else -1.05, 1.05)
+    low, high = axis.get_xlim()
+    axis.axvspan(*((limit, high) if test in PASSES_ABOVE else (low, limit)), color="#e8f5e9", zorder=0)
+    axis.set_ylim(len(results) - 0.5, -0.5)
+    axis.set_yticks(range(len(results)), [_method_label(m) for m, _ in results])
+    axis.tick_params(labelsize=FONT_PX)
+    axis.grid(axis="x", color="#eeeeee", linewidth=0.8)
+    statistic = results[0][1].verdict.statistic if results else ""  # type: ignore[union-attr]
+    axis.set_xlabel(textwrap.fill(statistic, max(30, (width - 60) // 8)), fontsize=FONT_PX)
+    figure.legend(
+        handles=_judged_handles(test),
+        loc="outside upper center",
+        ncol=3 if width <= NARROW_PX else 6,
+        fontsize=FONT_PX,
+        frameon=False,
+        handlelength=1.6,
+    )
+    return _drawing(figure)
+
+
+def _judged_handles(test: str) -> list[Line2D]:
+    handles = [
+        Line2D([], [], color="gray", marker="o", linestyle="none", label="mean"),
+        Line2D([], [], color="gray", linewidth=4, alpha=0.5, label="95% interval"),
+        Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="none", label="draws"),
+        Line2D([], [], color="black", linewidth=1.2, label="limit"),
+    ]
+    if test == "random_logit":
+        handles += [
+            Line2D([], [], color="gray", marker="|", markersize=12, linestyle="none", label="random mask"),
+            Line2D([], [], color="gray", marker="x", linestyle="none", label="different images"),
+        ]
+    return handles
+
+
+def _entropy_figure(report: AuditReport, reader: MapReader, test: str) -> FigureImage:
+    bins = report.settings.efficient_mprt_bins
+    return FigureImage(
+        name=f"{test}-histograms.png",
+        title=f"{TEST_TITLES[test]}: complexity of the maps",
+        caption=f"Per method, the share of a map's pixels in each of {bins} bins of its normalized absolute "
+        "value (mean over the probe images): the trained model's maps, the fully randomized model's (first "
+        "draw) and a uniform random mask's. The entropy of these histograms is the maps' complexity; a map "
+        "that explains the model should spread towards the mask's when the model is random.",
+        test=test,
+        wide=_draw_entropy(report, reader, test, narrow=False),
+        narrow=_draw_entropy(report, reader, test, narrow=True),
+    )
+
+
+def _draw_entropy(report: AuditReport, reader: MapReader, test: str, narrow: bool) -> Drawing:
+    results = list(_results(report, test))
+    bins = report.settings.efficient_mprt_bins
+    if narrow:
+        figure = _new_figure(NARROW_PX, 170 * len(results) + 110, layout="constrained")
+        axes = figure.subplots(len(results), 1, sharex=True, squeeze=False)[:, 0]
+    else:
+        columns = min(len(results), 4)
+        rows = math.ceil(len(results) / columns)
+        figure = _new_figure(WIDE_PX, 230 * rows + 90, layout="constrained")
+        axes = figure.subplots(rows, columns, sharex=True, squeeze=False).ravel()
+        for unused in axes[len(results) :]:
+            unused.set_visible(False)
+    centres = (np.arange(bins) + 0.5) / bins
+    lines: list[Line2D] = []
+    for axis, (method, result) in zip(axes, results, strict=False):
+        measures = result.stages[-1].measures
+        entropy = {
+            name: _or_nan(measures[name].mean) if name in measures else np.nan
+            for name in (ENTROPY_TRAINED, ENTROPY_RANDOM, ENTROPY_MASK)
+        }
+        lines = []
+        for stage, label, colour, name in (
+            (0, "trained model", "#1f77b4", ENTROPY_TRAINED),
+            (result.stages[-1].index, "every layer random", "#d62728", ENTROPY_RANDOM),
+        ):
+            maps = reader.maps(method.name, test, stage, every_image=True)
+            if maps is None:
+                continue
+            histograms, defined = map_histograms(torch.from_numpy(np.array(maps)), bins)
+            if bool(defined.any()):
+                mean = histograms[defined].mean(dim=0).numpy()
+                lines += axis.step(centres, mean, where="mid", color=colour, label=label, linewidth=1.2)
+            axis.text(
+                0.98,
+                0.95 - 0.1 * len(lines),
+                f"H {entropy[name]:.2f}",
+                color=colour,
+                transform=axis.transAxes,
+                ha="right",
+                fontsize=FONT_PX,
+            )
+        lines += [axis.axhline(1 / bins, color="gray", linestyle=":", linewidth=1, label="random mask")]
+        axis.set_yscale("log")
+        axis.set_title(f"{_method_label(method)} (mask H {entropy[ENTROPY_MASK]:.2f})", fontsize=TITLE_PX)
+        axis.tick_params(labelsize=FONT_PX)
+    figure.supxlabel("normalized absolute value of a map's pixel", fontsize=FONT_PX)
+    figure.supylabel("share of the map's pixels", fontsize=FONT_PX)
+    figure.legend(
+        handles=lines, loc="outside upper center", ncol=3, fontsize=FONT_PX, frameon=False, handlelength=1.6
+    )
+    return _drawing(figure)
 
 
 # --- verdict overview ------------------------------------------------------------------------------------

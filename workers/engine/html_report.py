@@ -20,6 +20,18 @@ from workers.engine.report import ARCHIVE_FILE, HTML_FILE, AuditReport, MethodRe
 from workers.engine.settings import RandomizationTest
 
 FIGURES_FOLDER = "figures"
+LATER_TESTS = (  # judged by rules of their own (docs/decisions/0023), stated in their sections
+    RandomizationTest.input_invariance,
+    RandomizationTest.random_logit,
+    RandomizationTest.smooth_mprt,
+    RandomizationTest.efficient_mprt,
+)
+REINITIALIZING_TESTS = (
+    RandomizationTest.cascading,
+    RandomizationTest.independent,
+    RandomizationTest.smooth_mprt,
+    RandomizationTest.efficient_mprt,
+)
 
 _templates = Environment(
     loader=PackageLoader("workers.engine", "templates"),
@@ -36,8 +48,9 @@ def render_html(report: AuditReport, figures: list[FigureImage]) -> str:
         report=report,
         tests=tests,
         verdict_rows=_verdict_rows(report, tests),
-        sections=_sections(figures, tests),
+        sections=_sections(report, figures, tests),
         draws=_draws(report, tests),
+        later_tests=[test.value for test in LATER_TESTS],
         rule=report.settings.verdict,
         settings_json=report.settings.model_dump_json(indent=2),
     )
@@ -56,27 +69,40 @@ def _verdict_rows(
 
 
 def _sections(
-    figures: list[FigureImage], tests: list[RandomizationTest]
-) -> list[tuple[str, list[tuple[FigureImage, bool]]]]:
-    """Each test's title and figures in the order drawn, each with whether it starts collapsed: the
-    diverging maps repeat the absolute ones with their sign, for readers who look for it. The verdict
-    overview stays a file: the page's verdict table shows the same, in text."""
+    report: AuditReport, figures: list[FigureImage], tests: list[RandomizationTest]
+) -> list[tuple[str, str, list[str], list[tuple[FigureImage, bool]]]]:
+    """Each test's name, title, how its stages were built (their notes: the shift, the smoothing, the
+    other classes) and figures in the order drawn, each with whether it starts collapsed: the diverging
+    maps repeat the absolute ones with their sign, for readers who look for it. The verdict overview
+    stays a file: the page's verdict table shows the same, in text."""
     return [
-        (TEST_TITLES[test.value], [(f, f.name.endswith("-diverging.png")) for f in figures if f.test == test])
+        (
+            test.value,
+            TEST_TITLES[test.value],
+            _stage_notes(report, test),
+            [(f, f.name.endswith("-diverging.png")) for f in figures if f.test == test],
+        )
         for test in tests
     ]
 
 
+def _stage_notes(report: AuditReport, test: RandomizationTest) -> list[str]:
+    notes = (stage.note for m in report.methods for t in m.tests if t.test is test for stage in t.stages)
+    return [note for note in dict.fromkeys(notes) if note]
+
+
 def _draws(report: AuditReport, tests: list[RandomizationTest]) -> list[tuple[str, str]]:
-    """Provenance rows for what was drawn at random: re-initializations per stage of the parameter tests,
-    and the data test's twins and controls (its draws are twins, not re-initializations)."""
+    """Provenance rows for what was drawn at random: re-initializations per stage of the tests that
+    randomize weights, random logit's draws of other classes, and the data test's twins and controls
+    (its draws are twins, not re-initializations). Input invariance draws nothing: one shift."""
     rows = []
-    parameter_tests = [test for test in tests if test is not RandomizationTest.data]
-    if parameter_tests:
-        text = "; ".join(
-            f"{test.value} {_counts(_draws_by_method(report, test))}" for test in parameter_tests
-        )
+    reinitializing = [test for test in tests if test in REINITIALIZING_TESTS]
+    if reinitializing:
+        text = "; ".join(f"{test.value} {_counts(_draws_by_method(report, test))}" for test in reinitializing)
         rows.append(("re-initializations per stage", text))
+    if RandomizationTest.random_logit in tests:
+        counts = _counts(_draws_by_method(report, RandomizationTest.random_logit))
+        rows.append(("other classes drawn per image", counts))
     if RandomizationTest.data in tests:
         rows.append(("random-label twins, true-label controls", _twins_and_controls(report)))
     return rows

@@ -118,7 +118,7 @@ def _outcome(judged: Judged, rule: VerdictRule) -> tuple[Outcome, str | None, st
         return Outcome.inconclusive, "too_few_images", "no interval: one value cannot show its uncertainty"
     interval = (
         f"mean {estimate.mean:.3f}, 95% interval [{low:.3f}, {high:.3f}] over "
-        f"{estimate.n} images and {len(judged.draw_intervals)} {judged.unit}"
+        f"{estimate.n} images and {_counted(len(judged.draw_intervals), judged.unit)}"
     )
     if judged.higher_passes:
         if low > limit:
@@ -183,3 +183,8 @@ def _floor_text(judged: Judged, failed: bool) -> str:
             "unpadded convolutions), not image content"
         )
     return text
+
+
+def _counted(count: int, unit: str) -> str:
+    """'3 draws', '1 draw': ``unit`` is the plural."""
+    return f"{count} {unit if count != 1 else unit.removesuffix('s')}"

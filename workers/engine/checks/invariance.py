@@ -6,13 +6,16 @@ the same function of the image content. A method whose map depends on the model'
 content only gives A(f2, x2) = A(f1, x1); one that is not input invariant (Gradient x Input, Integrated
 Gradients from a baseline that does not move with the shift) gives another map.
 
-A convolution that zero-pads its input breaks the identity at the borders: the zeros padded around x2
-are -m in x1's terms. The shifted model pads with the shifted zero instead (m per channel, an explicit
-pad before the convolution), which keeps f2(x2) = f1(x1) everywhere; the stage's note says so. Before
-any map is made the shifted model's logits on the shifted probes are checked against the trained
-model's on the probes; a model where they differ (a first layer that does not read the input directly:
-a separate constant Pad step before it, normalization inside the graph) refuses the test with the
-difference.
+The shift is measured where it arrives, not assumed: the first layer's input on the shifted probes less
+its input on the probes, d, which must be the same for every image and, for a convolution, for every
+position (normalization inside the graph scales m, and d absorbs that). A convolution that zero-pads its
+input breaks the identity at the borders: the zeros padded around x2 are -d in x1's terms. The shifted
+model pads with the shifted zero instead (d per channel, an explicit pad before the convolution); a
+constant Pad step of an ONNX graph on the way to the first layer (asymmetric 'same' padding, as Keras
+and TensorFlow export a strided first convolution) pads with its constant plus the shift it receives.
+The stage's note says which. Before any map is made the shifted model's logits on the shifted probes are
+checked against the trained model's on the probes; a model where d varies, or where the logits differ,
+refuses the test with the reason.
 
 The statistic is each image's relative L2 difference of the raw maps, ||A(f2, x2) - A(f1, x1)|| /
 ||A(f1, x1)||. Raw maps, not the normalized ones: the claim is equality, and a method may fail it by
@@ -20,7 +23,9 @@ scale alone. Pass below ``invariance_tolerance`` (docs/decisions/0023).
 """
 
 import copy
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 import torch
@@ -36,12 +41,15 @@ from workers.engine.checks.base import (
 )
 from workers.engine.errors import AuditInputError
 from workers.engine.layers import Layer
+from workers.engine.onnx_import.builder import INPUT_SCALING
+from workers.engine.onnx_import.graph import OnnxGraphModule
 from workers.engine.randomization import StageModel
 from workers.engine.report import RELATIVE_L2, Stage, Verdict
 from workers.engine.settings import AuditSettings, RandomizationTest
 from workers.engine.verdict import decide
 
 SHIFTED_MAPS = "shifted"
+_MEASURED = 8  # probes the shift reaching the first layer is measured on
 
 
 def channel_shift(x: Tensor, shift: float) -> Tensor:
@@ -67,32 +75,39 @@ def _explicit_pads(conv: nn.Conv2d) -> list[int] | None:
     return pads if any(pads) else None
 
 
-def shifted_model(
-    model: nn.Module, first: Layer, m: Tensor, image_shape: tuple[int, ...]
-) -> tuple[nn.Module, str]:
-    """A copy of ``model`` that computes on x + m what ``model`` computes on x, and a note on how."""
+def shifted_model(model: nn.Module, first: Layer, x: Tensor, m: Tensor) -> tuple[nn.Module, str]:
+    """A copy of ``model`` that computes on x + m what ``model`` computes on x, and a note on how.
+
+    The shift that reaches the first layer is measured, not assumed: normalization inside the graph
+    scales it, and constant Pad steps of an ONNX graph between the input and the first layer (asymmetric
+    'same' padding exported as Pad + a convolution) pad with the shifted constant first, as the
+    convolution's own zero padding does below."""
     shifted = copy.deepcopy(model)
-    try:
-        module = shifted.get_submodule(first.path)
-    except AttributeError:
-        module = None
+    moved = x + m.view(1, -1, *([1] * (x.dim() - 2)))
+    notes = [_shift_pad(shifted, model, pad, x, moved, first) for pad in _pad_steps_before(shifted, first)]
+    module = _module_at(shifted, first)
+    d = _shift_at_input(shifted, model, first, x, moved)
     with torch.no_grad():
         if isinstance(module, nn.Conv2d):
+            channels = _constant_except(d, axis=0, name=first.name)  # d: one image, [C, H, W]
             groups, out_channels = module.groups, module.out_channels
             weight = module.weight.sum(dim=(2, 3)).view(groups, out_channels // groups, -1)
-            delta = torch.einsum("goi,gi->go", weight, m.to(weight).view(groups, -1)).reshape(-1)
-            note = f"bias of {first.name} less W m (W summed over its kernel)"
+            delta = torch.einsum("goi,gi->go", weight, channels.to(weight).view(groups, -1)).reshape(-1)
+            notes.append(
+                f"bias of {first.name} less W d, d the shift its input receives (W summed over its kernel)"
+            )
             pads = _explicit_pads(module)
             if pads is not None:
                 module.padding = (0, 0)
-                module.register_forward_pre_hook(_pad_with(pads, m))
-                note += (
-                    f"; {first.name} zero-pads its input, so the shifted model pads with the shifted zero (m "
+                module.register_forward_pre_hook(_pad_with(pads, channels))
+                notes.append(
+                    f"{first.name} zero-pads its input, so the shifted model pads with the shifted zero (d "
                     "per channel) before it, which keeps the borders invariant"
                 )
-        elif isinstance(module, nn.Linear) and module.in_features == int(np.prod(image_shape)):
-            delta = module.weight @ m.to(module.weight).repeat_interleave(int(np.prod(image_shape[1:])))
-            note = f"bias of {first.name} less W m (m repeated over the pixels of each channel)"
+        elif isinstance(module, nn.Linear):
+            features = _constant_except(d, axis=d.dim() - 1, name=first.name)
+            delta = module.weight @ features.to(module.weight)
+            notes.append(f"bias of {first.name} less W d, d the shift its input receives")
         else:
             raise AuditInputError(
                 f"input invariance needs the first layer to be a torch Conv2d or Linear reading the image; "
@@ -102,13 +117,121 @@ def shifted_model(
             module.bias = nn.Parameter(-delta, requires_grad=False)
         else:
             module.bias.sub_(delta)
-    return shifted, note
+    return shifted, "; ".join(notes)
 
 
-def _pad_with(pads: list[int], m: Tensor):
+def _module_at(model: nn.Module, layer: Layer) -> nn.Module | None:
+    try:
+        return model.get_submodule(layer.path)
+    except AttributeError:
+        return None
+
+
+def _captured_input(model: nn.Module, module: nn.Module, x: Tensor) -> Tensor:
+    """What ``module`` receives on its first call while ``model`` runs on ``x``."""
+    seen: list[Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _, args: seen.append(args[0]) if not seen else None)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _shift_at_input(shifted: nn.Module, model: nn.Module, first: Layer, x: Tensor, moved: Tensor) -> Tensor:
+    """[...]: how much more the first layer's input is in the shifted model on x + m than in the model on
+    x, for the first image (the same for every image, else the shift depends on the image: refused)."""
+    before = _captured_input(model, _module_at(model, first), x)  # type: ignore[arg-type]
+    after = _captured_input(shifted, _module_at(shifted, first), moved)  # type: ignore[arg-type]
+    d = after.double() - before.double()
+    if not torch.allclose(d, d[:1].expand_as(d), atol=_tolerance(d)):
+        raise AuditInputError(
+            f"input invariance: the shift reaching {first.name} differs between images; the graph before it "
+            "is not an affine map of the image per channel"
+        )
+    return d[0]
+
+
+def _tolerance(d: Tensor) -> float:
+    return 1e-5 * max(1.0, float(d.abs().max()))
+
+
+def _constant_except(d: Tensor, axis: int, name: str) -> Tensor:
+    """d (one image's shift) as a vector along ``axis``: it must not vary along the other axes. A Pad
+    step or a mask before the layer makes the shift differ at the borders or between positions."""
+    vector = d.movedim(axis, 0).reshape(d.shape[axis], -1)
+    if not torch.allclose(vector, vector[:, :1].expand_as(vector), atol=_tolerance(d)):
+        raise AuditInputError(
+            f"input invariance: the shift reaching {name} varies across positions, so no bias can absorb it; "
+            "a constant pad before it (other than a Pad step of an ONNX graph) or a mask leaves part of its "
+            "input unshifted"
+        )
+    return vector[:, 0].float()
+
+
+def _pad_steps_before(model: nn.Module, first: Layer) -> list[int]:
+    """Indices of the constant-mode Pad steps on the way from an ONNX graph's input to the first layer,
+    through steps that only scale, move or pad the image; none for a model of another kind."""
+    if not isinstance(model, OnnxGraphModule):
+        return []
+    producers = model.producers()
+    layer = next((step for step in model.steps if step.module == first.path), None)
+    value, pads = layer.inputs[0] if layer else model.input_name, []
+    while value != model.input_name:
+        step = producers.get(value)
+        if step is None or step.op_type not in INPUT_SCALING:
+            return []
+        if step.op_type == "Pad" and step.attrs.get("mode", "constant") == "constant":
+            pads.append(model.steps.index(step))
+        value = step.inputs[0]
+    return pads[::-1]
+
+
+def _shift_pad(
+    shifted: OnnxGraphModule, model: OnnxGraphModule, index: int, x: Tensor, moved: Tensor, first: Layer
+) -> str:
+    """Make Pad step ``index`` of the shifted graph pad with its constant plus the shift its input
+    receives (measured with the earlier Pad steps already shifted), so that its whole output is shifted
+    alike; the note that says so."""
+    step = shifted.steps[index]
+    label = f"the Pad step {step.name}" if step.name else f"the padding before {first.name} (a Pad step)"
+    with torch.no_grad():
+        d = shifted.run(moved, step.inputs[0]).double() - model.run(x, step.inputs[0]).double()
+    offset = _along_one_axis(d[0])
+    if offset is None or not torch.allclose(d, d[:1].expand_as(d), atol=_tolerance(d)):
+        raise AuditInputError(
+            f"input invariance: the shift reaching {label} is not one value per channel, so its padding "
+            "cannot follow it"
+        )
+    assert step.fn is not None
+    shifted.steps[index] = dataclasses.replace(
+        step, fn=partial(_padded_with_shift, pad=step.fn, offset=offset)
+    )
+    return f"{label} pads with its constant plus the shift it receives (per channel)"
+
+
+def _padded_with_shift(x: Tensor, *rest: Tensor | None, pad: Callable[..., Tensor], offset: Tensor) -> Tensor:
+    return pad(x - offset.to(x), *rest) + offset.to(x)
+
+
+def _along_one_axis(d: Tensor) -> Tensor | None:
+    """One image's shift as a tensor that varies along one axis at most, shaped to broadcast over a
+    batch; None where it varies along more (the channel axis of an NCHW or NHWC graph is not known)."""
+    tolerance = _tolerance(d)
+    for axis in range(d.dim()):
+        vector = d.movedim(axis, 0).reshape(d.shape[axis], -1)
+        if torch.allclose(vector, vector[:, :1].expand_as(vector), atol=tolerance):
+            shape = [1] * (d.dim() + 1)
+            shape[axis + 1] = d.shape[axis]
+            return vector[:, 0].float().view(shape)
+    return None
+
+
+def _pad_with(pads: list[int], d: Tensor):
     def hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         (x, *rest) = args
-        shift = m.to(x).view(1, -1, *([1] * (x.dim() - 2)))
+        shift = d.to(x).view(1, -1, *([1] * (x.dim() - 2)))
         return (F.pad(x - shift, pads) + shift, *rest)
 
     return hook
@@ -153,7 +276,7 @@ class InputInvariance(SanityCheck):
         self.shift = channel_shift(x, settings.invariance_shift)
         first = context.layers[0]
         self.first = first
-        self.model, self.note = shifted_model(context.model, first, self.shift, tuple(x.shape[1:]))
+        self.model, self.note = shifted_model(context.model, first, x[:_MEASURED], self.shift)
         self.model.eval()
         self.inputs = x + self.shift.view(1, -1, *([1] * (x.dim() - 2)))
         self.settings = shifted_settings(settings, self.shift)
@@ -172,10 +295,9 @@ class InputInvariance(SanityCheck):
             raise AuditInputError(
                 f"input invariance: the model with the bias of {self.first.name} shifted does not compute "
                 f"the same logits on the shifted probes (max |logit diff| {worst:.3g}, allowed "
-                f"{settings.conversion_atol} + {settings.conversion_rtol} x |logit|); the first layer may "
-                "not read the image directly: a separate constant Pad step before it (asymmetric padding "
-                "exported as Pad + a convolution with padding 0 pads x + m with zeros, not with m), or "
-                "normalization or a layout change inside the graph"
+                f"{settings.conversion_atol} + {settings.conversion_rtol} x |logit|); part of the image "
+                "may reach the logits without passing through the first layer (a branch from the input "
+                "around it), or the first layer may run more than once"
             )
         return worst
 

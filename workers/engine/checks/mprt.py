@@ -81,16 +81,22 @@ class SmoothMPRT(Cascading):
         )
 
 
-def map_entropy(maps: Tensor, bins: int) -> np.ndarray:
-    """[images]: the discrete entropy (nats) of a ``bins``-bin histogram over [0, 1] of each normalized
-    absolute map (|.| summed over channels, clipped at the 99th percentile, scaled to [0, 1]); NaN for
-    a map holding NaN or inf, or constant up to rounding: the metrics' rule (``is_degenerate``)."""
+def map_histograms(maps: Tensor, bins: int) -> tuple[Tensor, Tensor]:
+    """[images, bins]: each normalized absolute map's share of pixels per bin over [0, 1] (|.| summed
+    over channels, clipped at the 99th percentile, scaled to [0, 1]), and [images]: whether the map is
+    defined: not holding NaN or inf, not constant up to rounding (the metrics' rule, ``is_degenerate``).
+    An undefined map is histogrammed as a map of zeros."""
     finite = ~is_degenerate(maps).to(maps.device)
     unit = normalize_absolute(torch.where(finite.view(-1, *([1] * (maps.dim() - 1))), maps, 0)).flatten(1)
     index = (unit * bins).long().clamp(0, bins - 1)
     counts = torch.zeros(len(unit), bins, dtype=torch.float64, device=unit.device)
     counts.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float64))
-    p = counts / counts.sum(dim=1, keepdim=True)
+    return counts / counts.sum(dim=1, keepdim=True), finite
+
+
+def map_entropy(maps: Tensor, bins: int) -> np.ndarray:
+    """[images]: the discrete entropy (nats) of each map's ``map_histograms``; NaN where undefined."""
+    p, finite = map_histograms(maps, bins)
     entropy = -(torch.where(p > 0, p * p.log(), 0)).sum(dim=1)
     return torch.where(finite, entropy, torch.nan).cpu().numpy()
 

@@ -33,7 +33,7 @@ from workers.engine.onnx_import.prepare import (
 _LEARNED_TENSOR_READERS = frozenset({"Add", "Sub", "Mul", "Div", "Concat", "Expand", "Tile", "Where"})
 # Ops of the input's own scaling (a Normalize baked into the graph), before any layer: their constants
 # normalize the input and are never learned tensors.
-_INPUT_SCALING = frozenset({"Sub", "Div", "Mul", "Add", "Cast", "Identity", "Transpose", "Pad"})
+INPUT_SCALING = frozenset({"Sub", "Div", "Mul", "Add", "Cast", "Identity", "Transpose", "Pad"})
 
 ModuleBuilder = Callable[["Builder", NodeProto, Attrs], None]
 FunctionBuilder = Callable[["Builder", NodeProto, Attrs], Fn]
@@ -142,7 +142,7 @@ class Builder:
         else:
             inputs = tuple(self._learned_value(node, name) for name in node.input)
             self.module.steps.append(self._step(node, inputs=inputs, fn=fn))
-            if node.op_type in _INPUT_SCALING and self.scales_input(node):
+            if node.op_type in INPUT_SCALING and self.scales_input(node):
                 self.input_scaling.update(node.output)
 
     def scales_input(self, node: NodeProto) -> bool:
