@@ -202,8 +202,9 @@ def test_a_cancel_is_heard_between_the_noisy_copies_of_a_smoothed_stage() -> Non
         settings=SimpleNamespace(batch_size=16),
         should_cancel=cancel_after_two,
         targets=lambda model, inputs=None: torch.zeros(4, dtype=torch.long),
+        passes={},
     )
-    method = SimpleNamespace(attribute=attribute)
+    method = SimpleNamespace(name="identity", parts=dict, attribute=attribute)
     with pytest.raises(AuditCancelled):
         _smoothed_maps(run, method, torch.nn.Identity(), 0, Smoothing(50, 0.1, 0))
     assert attributed == [4, 4]  # two copies of the fifty, then the cancel

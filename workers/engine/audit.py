@@ -32,6 +32,7 @@ from workers.engine.methods import MethodContext, SaliencyMethod, create_method,
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.methods.gradients import noise_std
 from workers.engine.onnx_import import OnnxGraphModule
+from workers.engine.passes import as_report, count_passes, counting, new_counter
 from workers.engine.probes import ProbeSet, check_label_range, load_probes
 from workers.engine.randomization import Smoothing, StageModel
 from workers.engine.report import (
@@ -58,6 +59,7 @@ from workers.engine.settings import (
     ReinitScheme,
     TargetPolicy,
 )
+from workers.engine.shared_parts import SharedParts
 from workers.engine.similarity import PreparedMaps, compare_prepared, prepare
 from workers.engine.statistics import summarize, summarize_all
 from workers.engine.verification import verify_conversion
@@ -96,6 +98,8 @@ class _Run:
     checks: list[SanityCheck]  # the requested randomization tests, in the order requested
     memory: MemoryPlan
     record: ForwardRecord  # the trained model's forward passes, for stages to start from
+    shared: SharedParts = field(default_factory=SharedParts)  # parts of maps several methods are made of
+    passes: dict[str, dict[str, int]] = field(default_factory=dict)  # image-passes by method
     _masks: dict[int, PreparedMaps] = field(default_factory=dict)
 
     def targets(self, model: nn.Module, inputs: Tensor | None = None) -> Tensor:
@@ -178,7 +182,8 @@ def run_audit(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     layers = layers_in_forward_order(model, x[:1], loaded.module.layer_names)
-    predicted = predictions(model, x, settings)
+    with counting(new_counter()) as predicting:
+        predicted = predictions(model, x, settings)
     with torch.no_grad():
         classes = model(x[:1]).shape[1]
     fixed_target = _fixed_target(settings, probes, predicted, classes)
@@ -260,6 +265,7 @@ def run_audit(
             + _normalization_notes(model, layers, settings)
             + nondeterministic,
             seconds=time.perf_counter() - started,
+            image_passes=as_report(_total_passes(predicting, *run.passes.values())),
         )
         report_json = report.model_dump_json(indent=2)
         archive.add_bytes(REPORT_FILE, report_json)
@@ -275,6 +281,10 @@ def _archive_targets(archive: MapArchive, test: str, draw: int, stage: StageMode
     path = f"targets/{test}" + (f"/draw-{draw}" if draw else "") + f"/{stage.archive_name}.npy"
     archive.add_array(path, stage.targets.cpu().numpy(), kind="targets", test=test, draw=draw)
     return path
+
+
+def _total_passes(*counters: dict[str, int]) -> dict[str, int]:
+    return {key: sum(counter[key] for counter in counters) for key in ("forward", "backward")}
 
 
 def _planned_units(checks: list[SanityCheck], methods: list[SaliencyMethod], pool: TwinPool | None) -> int:
@@ -448,7 +458,11 @@ def _constant_notes(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def predictions(model: nn.Module, x: Tensor, settings: AuditSettings) -> Tensor:
-    return torch.cat([model(batch).argmax(dim=1) for batch in x.split(settings.batch_size)])
+    classes = []
+    for batch in x.split(settings.batch_size):
+        count_passes(len(batch), backward=False)
+        classes.append(model(batch).argmax(dim=1))
+    return torch.cat(classes)
 
 
 def _fixed_target(
@@ -514,7 +528,9 @@ def _audit_methods(run: _Run, methods: list[SaliencyMethod]) -> list[MethodResul
 
 def _trained_state(run: _Run, method: SaliencyMethod, trained_forward: nn.Module) -> _MethodState:
     started = time.perf_counter()
-    method_key = zlib.crc32(method.name.encode())  # noise depends on the method, not its place in the list
+    method_key = zlib.crc32(
+        method.noise_key.encode()
+    )  # noise depends on the method, not its place in the list
     noise_seed = int(np.random.SeedSequence([run.settings.seed, method_key]).generate_state(1)[0])
     model = trained_forward if method.reuses_forward else run.model
     trained_maps = _maps(run, method, model, noise_seed)
@@ -567,6 +583,7 @@ def _method_result(run: _Run, state: _MethodState, tests: list[TestResult]) -> M
         non_finite_trained_maps=state.trained_stage.non_finite_maps,
         tests=tests,
         seconds=state.seconds + time.perf_counter() - started,
+        image_passes=as_report(run.passes.get(method.name, new_counter())),
     )
 
 
@@ -613,6 +630,7 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
     def add_draws(pending: list[_MethodState], first: int, last: int) -> None:
         for draw in range(first, last):
             for stage_model in check.stage_models(draw):
+                run.shared.forget()  # a cascade randomizes one model in place: the same object, another model
                 about = {"stage": stage_model.index, "label": stage_model.label}
                 if stage_model.targets is not None and (draw == 0 or run.settings.archive_all_draws):
                     about["targets"] = _archive_targets(run.archive, test, draw, stage_model)
@@ -769,10 +787,34 @@ def _maps(
 ) -> Tensor:
     """Maps of every probe, on the device; the same noise seed at every stage, so stages differ only by
     the model (or by the inputs or classes a test's stage gives instead of the probes')."""
-    generator = torch.Generator().manual_seed(noise_seed)
+    with counting(run.passes.setdefault(method.name, new_counter())):
+        return _counted_maps(run, method, model, noise_seed, inputs, targets)
+
+
+def _counted_maps(
+    run: _Run,
+    method: SaliencyMethod,
+    model: nn.Module,
+    noise_seed: int,
+    inputs: Tensor | None,
+    targets: Tensor | None,
+) -> Tensor:
     x = run.x if inputs is None else inputs
     targets = run.targets(model, x) if targets is None else targets
     batch = run.settings.batch_size
+    parts = method.parts()
+    if parts:  # made of parts another method of the stage may have computed (SmoothGrad and VarGrad)
+        values = {
+            key: run.shared.values(key, compute, method.context, model, x, targets, noise_seed, batch)
+            for key, compute in parts.items()
+        }
+        return torch.cat(
+            [
+                method.combine({key: part[n] for key, part in values.items()}, x[i : i + batch]).float()
+                for n, i in enumerate(range(0, len(x), batch))
+            ]
+        )
+    generator = torch.Generator().manual_seed(noise_seed)
     chunks = [
         method.attribute(model, x[i : i + batch], targets[i : i + batch], generator).float()
         for i in range(0, len(x), batch)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workers.engine.settings import AuditSettings, LayerOrder, Metric, Outcome, RandomizationTest
 
-SCHEMA_VERSION = "2.5"
+SCHEMA_VERSION = "2.6"
 REPORT_FILE = "report.json"  # names of the outputs of an audit
 ARCHIVE_FILE = "maps.zip"
 HTML_FILE = "report.html"  # written after the audit from the other two (workers.engine.html_report)
@@ -241,6 +241,13 @@ class DataRandomizationInfo(_Frozen):
     training: list[TrainingRun] = Field(default_factory=list)
 
 
+class ImagePasses(_Frozen):
+    """Images sent through a model to compute maps and classes (workers.engine.passes)."""
+
+    forward: int = Field(description="Images through a forward pass (a 16-image batch counts 16).")
+    backward: int = Field(description="Images through a backward pass.")
+
+
 class MethodResult(_Frozen):
     name: str
     baseline: bool = Field(description="Needs no model (the edge detector): a reference row, never judged.")
@@ -259,6 +266,12 @@ class MethodResult(_Frozen):
     non_finite_trained_maps: int = 0
     tests: list[TestResult]
     seconds: float
+    image_passes: ImagePasses | None = Field(
+        None,
+        description="Passes run for this method's maps; a part shared with another method (SmoothGrad's "
+        "and VarGrad's noisy gradients, Guided GradCAM's factors) counts for the method that computed it "
+        "first. Null in reports before schema 2.6.",
+    )
 
 
 class Versions(_Frozen):
@@ -294,7 +307,7 @@ class SkippedMethod(_Frozen):
 
 
 class AuditReport(_Frozen):
-    schema_version: Literal["2.5"] = SCHEMA_VERSION
+    schema_version: Literal["2.6"] = SCHEMA_VERSION
     created_at: datetime
     model: ArtifactInfo
     conversion: ConversionCheck
@@ -314,3 +327,8 @@ class AuditReport(_Frozen):
     data_randomization: DataRandomizationInfo | None = None
     notes: list[str] = Field(default_factory=list)
     seconds: float
+    image_passes: ImagePasses | None = Field(
+        None,
+        description="Every method's passes and the class predictions (training the data test's twins "
+        "and controls is not counted: their epochs are in data_randomization). Null before schema 2.6.",
+    )

@@ -1,9 +1,15 @@
 """One interface for every saliency method, in the manner of captum: a class per method.
 
 A contributor adds a method by writing one subclass with a ``name``; ``__init_subclass__`` registers it.
+
+A method either computes its maps alone (``attribute``) or says which intermediate results, *parts*, its
+maps are made of and how (``parts`` and ``combine``): SmoothGrad and VarGrad are two moments of the same
+noisy gradients; Guided GradCAM is the product of the Guided Backprop and GradCAM maps. The audit computes
+each part once per model, inputs, classes and noise seed for every method that needs it
+(``workers.engine.shared_parts``), so the maps are those each method gives alone, bit for bit.
 """
 
-from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,7 +31,11 @@ class MethodContext:
     gradcam: GradCamTarget | None = None  # the value GradCAM reads; None when the model has none
 
 
-class SaliencyMethod(ABC):
+# a part's computation: (model, inputs, target classes, noise generator) -> one tensor or several
+PartFn = Callable[[nn.Module, Tensor, Tensor, torch.Generator], Tensor | tuple[Tensor, ...]]
+
+
+class SaliencyMethod:
     """Maps a batch of inputs [N, C, H, W] and target classes [N] to saliency maps of the same shape as x."""
 
     name: ClassVar[str]
@@ -50,11 +60,31 @@ class SaliencyMethod(ABC):
         """The settings that shape this method's maps, recorded in the report."""
         return {}
 
-    @abstractmethod
+    # methods made of the same parts name their family: one noise seed, so that a part they share is one
+    # computation (SmoothGrad and VarGrad draw the same noise; Guided Backprop, GradCAM and Guided
+    # GradCAM draw none)
+    family: ClassVar[str | None] = None
+
+    @property
+    def noise_key(self) -> str:
+        """What the noise seed derives from: the method's family, or its name."""
+        return self.family or self.name
+
+    def parts(self) -> dict[str, PartFn]:
+        """The intermediate results the maps are made of, by a key naming the computation; empty for a
+        method that computes its maps alone in ``attribute``."""
+        return {}
+
+    def combine(self, parts: dict[str, Tensor | tuple[Tensor, ...]], inputs: Tensor) -> Tensor:
+        """The maps from ``parts`` (each computed on ``inputs``)."""
+        raise NotImplementedError(f"{self.name} names no parts to combine")
+
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
     ) -> Tensor:
         """Saliency maps for ``inputs`` explaining logit ``target``; ``generator`` seeds any noise."""
+        parts = {key: compute(model, inputs, target, generator) for key, compute in self.parts().items()}
+        return self.combine(parts, inputs)
 
 
 def available_methods() -> list[str]:

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workers.engine.methods.base import SaliencyMethod
+from workers.engine.methods.base import PartFn, SaliencyMethod
+from workers.engine.passes import count_passes
 from workers.engine.reuse import StageForward
 from workers.engine.settings import AuditSettings, IgBaseline
 
@@ -15,6 +16,7 @@ def logit_gradient(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:
     """d logit_target / d input, signed, for each image of the batch; once per stage for the same images."""
 
     def compute() -> Tensor:
+        count_passes(len(inputs), backward=True)
         leaf = inputs.detach().requires_grad_(True)
         selected = model(leaf).gather(1, target.view(-1, 1)).sum()
         (gradient,) = torch.autograd.grad(selected, leaf)
@@ -115,9 +117,11 @@ class _NoisyGradients(_PlainGradients):
 
     captum's NoiseTunnel takes an absolute std per input tensor, so a per-image std (the paper's setting)
     is drawn here. Noise comes from ``generator`` on the CPU, so maps are the same on any device.
+    SmoothGrad and VarGrad are the first two moments of the same noisy gradients: one part, one noise.
     """
 
     stochastic = True
+    family = "noisy_gradients"
 
     def parameters(self) -> dict[str, float | int | str | None]:
         settings = self.context.settings
@@ -126,6 +130,9 @@ class _NoisyGradients(_PlainGradients):
             "noise_level": settings.noise_level,
             "noise_std": "noise_level x (max - min) of each image",
         }
+
+    def parts(self) -> dict[str, PartFn]:
+        return {"noisy_gradient_moments": self._moments}
 
     def _moments(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
@@ -153,18 +160,14 @@ class _NoisyGradients(_PlainGradients):
 class SmoothGrad(_NoisyGradients):
     name = "smoothgrad"
 
-    def attribute(
-        self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
-    ) -> Tensor:
-        mean, _ = self._moments(model, inputs, target, generator)
+    def combine(self, parts: dict[str, Tensor | tuple[Tensor, ...]], inputs: Tensor) -> Tensor:
+        mean, _ = parts["noisy_gradient_moments"]
         return mean
 
 
 class VarGrad(_NoisyGradients):
     name = "vargrad"
 
-    def attribute(
-        self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
-    ) -> Tensor:
-        mean, mean_square = self._moments(model, inputs, target, generator)
+    def combine(self, parts: dict[str, Tensor | tuple[Tensor, ...]], inputs: Tensor) -> Tensor:
+        mean, mean_square = parts["noisy_gradient_moments"]
         return (mean_square - mean.square()).clamp_min(0)

@@ -15,9 +15,13 @@ from torch import Tensor, nn
 
 from workers.engine.errors import MethodUnsupportedError
 from workers.engine.gradcam_target import GradCamTarget, as_feature_map
-from workers.engine.methods.base import SaliencyMethod
+from workers.engine.methods.base import PartFn, SaliencyMethod
 from workers.engine.onnx_import import OnnxGraphModule
 from workers.engine.onnx_import.nonlinearities import non_relu_nonlinearities
+from workers.engine.passes import count_passes
+
+GUIDED, CAM = "guided_backprop", "gradcam"  # the parts Guided GradCAM shares with the two methods
+GUIDED_GRADCAM_PARTS = "guided_gradcam_parts"
 
 
 def refuse_non_relu(method: str, model: nn.Module) -> None:
@@ -52,13 +56,21 @@ def refuse_unreadable_target(method: str, target: GradCamTarget | None, model: n
 
 class GuidedBackprop(SaliencyMethod):
     name = "guided_backprop"
+    family = GUIDED_GRADCAM_PARTS
 
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
         refuse_non_relu(self.name, model)
 
-    def attribute(
+    def parts(self) -> dict[str, PartFn]:
+        return {GUIDED: self.guided_maps}
+
+    def combine(self, parts: dict[str, Tensor | tuple[Tensor, ...]], inputs: Tensor) -> Tensor:
+        return parts[GUIDED]  # type: ignore[return-value]
+
+    def guided_maps(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
     ) -> Tensor:
+        count_passes(len(inputs), backward=True)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU", category=UserWarning)
             maps = CaptumGuidedBackprop(model).attribute(inputs.detach().requires_grad_(True), target=target)
@@ -69,6 +81,7 @@ class GradCam(SaliencyMethod):
     """The chosen feature map (see ``gradcam_target``), ReLU, divided by its max, upsampled bilinearly."""
 
     name = "gradcam"
+    family = GUIDED_GRADCAM_PARTS
     reads_gradcam_layer = True
 
     def parameters(self) -> dict[str, float | int | str | None]:
@@ -83,10 +96,17 @@ class GradCam(SaliencyMethod):
     def check_supported(self, model: nn.Module, example: Tensor) -> None:
         refuse_unreadable_target(self.name, self.context.gradcam, model)
 
-    def attribute(
+    def parts(self) -> dict[str, PartFn]:
+        return {CAM: self.cam_maps}
+
+    def combine(self, parts: dict[str, Tensor | tuple[Tensor, ...]], inputs: Tensor) -> Tensor:
+        return parts[CAM]  # type: ignore[return-value]
+
+    def cam_maps(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
     ) -> Tensor:
         """Grad-CAM as captum's LayerGradCam computes it, on a tapped graph value that may be tokens."""
+        count_passes(len(inputs), backward=True)
         chosen = self.context.gradcam
         tap = model.get_submodule(model.tap(chosen.value))
         captured: list[Tensor] = []
@@ -108,9 +128,11 @@ class GradCam(SaliencyMethod):
 
 
 class GuidedGradCam(SaliencyMethod):
-    """Guided Backprop x GradCAM, each computed as above."""
+    """Guided Backprop x GradCAM: the product of the two methods' maps of the same stage, computed once
+    for the three of them where they run together."""
 
     name = "guided_gradcam"
+    family = GUIDED_GRADCAM_PARTS
     reads_gradcam_layer = True
 
     def __init__(self, context) -> None:  # type: ignore[no-untyped-def]
@@ -125,9 +147,8 @@ class GuidedGradCam(SaliencyMethod):
         refuse_non_relu(self.name, model)
         refuse_unreadable_target(self.name, self.context.gradcam, model)
 
-    def attribute(
-        self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
-    ) -> Tensor:
-        return self._guided.attribute(model, inputs, target, generator) * self._cam.attribute(
-            model, inputs, target, generator
-        )
+    def parts(self) -> dict[str, PartFn]:
+        return self._guided.parts() | self._cam.parts()
+
+    def combine(self, parts: dict[str, Tensor | tuple[Tensor, ...]], inputs: Tensor) -> Tensor:
+        return parts[GUIDED] * parts[CAM]  # type: ignore[operator]
