@@ -249,7 +249,7 @@ def format_summary(report: AuditReport) -> str:
     parts = [
         f"model {report.model.filename} ({report.model.format}, sha256 {report.model.sha256[:12]}), "
         f"{report.probes.count} probes, {len(report.layers)} layers, device {report.device}, "
-        f"{report.seconds:.1f} s",
+        f"{report.seconds:.1f} s{_work(report)}",
         f"conversion check: max |logit diff| {report.conversion.max_abs_logit_diff:.2e} "
         f"vs {report.conversion.reference_runtime}",
         report.target_policy_note,
@@ -259,3 +259,9 @@ def format_summary(report: AuditReport) -> str:
         _reasons(report),
     ]
     return "\n\n".join(parts)
+
+
+def _work(report: AuditReport) -> str:
+    """The image-passes behind the maps: a cost to compare across machines."""
+    passes = report.image_passes
+    return "" if passes is None else f", {passes.forward:,} images forward, {passes.backward:,} backward"
