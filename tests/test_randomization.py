@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from workers.engine.blocks import layer_blocks
 from workers.engine.errors import AuditInputError
 from workers.engine.layers import layers_in_forward_order, reinitialize
 from workers.engine.randomization import randomized_stages
@@ -28,6 +29,10 @@ def _layers(model: nn.Module):  # type: ignore[no-untyped-def]
     return layers_in_forward_order(model, torch.zeros(1, 1, 6, 6))
 
 
+def _blocks(model: nn.Module):  # type: ignore[no-untyped-def]
+    return layer_blocks(_layers(model))
+
+
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.clone() for name, value in model.state_dict().items()}
 
@@ -48,7 +53,7 @@ def test_cascading_randomizes_from_the_top_down_and_keeps_the_trained_model() ->
     model = RegisteredBackwards()
     trained = _weights(model)
     stages = []
-    for stage in randomized_stages(model, _layers(model), True, AuditSettings()):
+    for stage in randomized_stages(model, _blocks(model), True, AuditSettings()):
         after = stage.model.state_dict()
         changed = sorted(
             {name.split(".")[0] for name in trained if not torch.equal(trained[name], after[name])}
@@ -65,10 +70,10 @@ def test_cascading_randomizes_from_the_top_down_and_keeps_the_trained_model() ->
 def test_independent_randomizes_one_layer_with_the_same_weights_as_cascading() -> None:
     model = RegisteredBackwards()
     trained = _weights(model)
-    layers = _layers(model)
+    blocks = _blocks(model)
     settings = AuditSettings(seed=5)
-    cascade_head = next(randomized_stages(model, layers, True, settings)).model.head
-    for stage in randomized_stages(model, layers, False, settings):
+    cascade_head = next(randomized_stages(model, blocks, True, settings)).model.head
+    for stage in randomized_stages(model, blocks, False, settings):
         after = stage.model.state_dict()
         changed = {name.split(".")[0] for name in trained if not torch.equal(trained[name], after[name])}
         assert changed == {stage.randomized[0].path}
@@ -79,7 +84,7 @@ def test_independent_randomizes_one_layer_with_the_same_weights_as_cascading() -
 def test_bottom_up_order_starts_at_the_input() -> None:
     model = RegisteredBackwards()
     settings = AuditSettings(order=LayerOrder.bottom_up)
-    stages = list(randomized_stages(model, _layers(model), True, settings))
+    stages = list(randomized_stages(model, _blocks(model), True, settings))
     assert [[layer.path for layer in stage.randomized] for stage in stages] == [
         ["stem"],
         ["stem", "middle"],
@@ -90,10 +95,10 @@ def test_bottom_up_order_starts_at_the_input() -> None:
 
 def test_each_draw_draws_new_weights_and_repeats_itself() -> None:
     model = RegisteredBackwards()
-    layers = _layers(model)
+    blocks = _blocks(model)
 
     def head(draw: int) -> torch.Tensor:
-        return next(randomized_stages(model, layers, True, AuditSettings(seed=3), draw)).model.head.weight
+        return next(randomized_stages(model, blocks, True, AuditSettings(seed=3), draw)).model.head.weight
 
     assert torch.equal(head(1), head(1))
     assert not torch.equal(head(0), head(1)) and not torch.equal(head(1), head(2))

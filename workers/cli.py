@@ -25,6 +25,7 @@ from workers.engine.settings import (
     Optimizer,
     Outcome,
     ReinitScheme,
+    StageUnit,
     TargetPolicy,
     TrainingRecipe,
     VerdictRule,
@@ -73,6 +74,17 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
         help="an undecided parameter test gets more draws, up to this many" + _default("max_draws"),
     )
     add("--order", choices=list(LayerOrder), help="order the layers are randomized in" + _default("order"))
+    add(
+        "--stages",
+        choices=list(StageUnit),
+        help="what a stage randomizes: a block (residual or named block, as the paper did) or one layer"
+        + _default("stages"),
+    )
+    add(
+        "--max-stages",
+        type=int,
+        help="blocks are merged evenly to at most this many stages" + _default("max_stages"),
+    )
     add(
         "--archive-all-draws",
         action="store_true",
@@ -348,6 +360,8 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         "draws": args.draws,
         "max_draws": args.max_draws,
         "order": args.order,
+        "stages": args.stages,
+        "max_stages": args.max_stages,
         "archive_all_draws": args.archive_all_draws,
         "target": args.target,
         "reinit": args.reinit,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from workers.engine.archive import MapArchive
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
+from workers.engine.blocks import stage_blocks
 from workers.engine.budget import MIB, MemoryPlan, plan_memory
 from workers.engine.checks import CheckContext, RetrainFloor, SanityCheck, StageValues, create_check
 from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinPool
@@ -220,7 +221,8 @@ def run_audit(
         pool = TwinPool(data_setup, archive, report_progress, cancelled) if data_setup is not None else None
         explained = fixed_target if fixed_target is not None else predicted
         archive.add_array("targets.npy", explained.cpu().numpy(), kind="targets")  # what trained maps explain
-        context = CheckContext(model, layers, settings, pool, x, explained, classes)
+        blocks = stage_blocks(model, layers, settings)
+        context = CheckContext(model, layers, settings, pool, x, explained, classes, blocks)
         checks = [create_check(test, context) for test in settings.tests]
         total = _planned_units(checks, methods, pool)
         if pool is not None:

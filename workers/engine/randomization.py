@@ -1,4 +1,4 @@
-"""The model parameter randomization test's stages: cascading (cumulative) and independent (one layer)."""
+"""The model parameter randomization test's stages: cascading (cumulative) and independent (one block)."""
 
 import copy
 from collections.abc import Iterator
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from workers.engine.blocks import Block
 from workers.engine.layers import Layer, layer_seed, reinitialize
 from workers.engine.settings import AuditSettings, LayerOrder
 
@@ -36,34 +37,39 @@ class StageModel:
     smoothing: Smoothing | None = None
 
 
-def walk_order(layers: list[Layer], order: LayerOrder) -> list[Layer]:
+def walk_order(blocks: list[Block], order: LayerOrder) -> list[Block]:
     """Top-down starts at the logits, as the paper did; bottom-up at the input."""
-    return list(reversed(layers)) if order is LayerOrder.top_down else list(layers)
+    return list(reversed(blocks)) if order is LayerOrder.top_down else list(blocks)
 
 
 def randomized_stages(
     model: nn.Module,
-    layers: list[Layer],
+    blocks: list[Block],
     cumulative: bool,
     settings: AuditSettings,
     draw: int = 0,
     smoothing: Smoothing | None = None,
 ) -> Iterator[StageModel]:
-    """Yield one randomized model per stage in ``settings.order``. The trained model is never touched.
+    """Yield one randomized model per stage, a block per stage (``blocks.stage_blocks``), in
+    ``settings.order``. The trained model is never touched.
 
     Draw ``draw`` seeds every layer's new weights apart from other draws; within a draw a layer gets the
-    same new weights in the cumulative and the independent test. Cumulative stages share one copy that is
-    randomized further at each step: use a stage's model before asking for the next.
+    same new weights in the cumulative and the independent test, whatever block it is in. Cumulative
+    stages share one copy that is randomized further at each step: use a stage's model before asking for
+    the next.
     """
-    walk = walk_order(layers, settings.order)
+    walk = walk_order(blocks, settings.order)
     cascade = copy.deepcopy(model) if cumulative else None
-    for index, layer in enumerate(walk, start=1):
+    for index, block in enumerate(walk, start=1):
         target = cascade if cascade is not None else copy.deepcopy(model)
-        module = dict(target.named_modules())[layer.path]
-        reinitialize(module, settings.reinit, settings.reinit_std, layer_seed(settings.seed, layer, draw))
+        modules = dict(target.named_modules())
+        for layer in block.layers:
+            seed = layer_seed(settings.seed, layer, draw)
+            reinitialize(modules[layer.path], settings.reinit, settings.reinit_std, seed)
         if cumulative:
             direction = "above" if settings.order is LayerOrder.top_down else "below"
-            label, randomized = f"{layer.name} and {direction}", walk[:index]
+            label = f"{block.name} and {direction}"
+            randomized = [layer for walked in walk[:index] for layer in walked.layers]
         else:
-            label, randomized = f"{layer.name} only", [layer]
+            label, randomized = f"{block.name} only", list(block.layers)
         yield StageModel(index, label, randomized, target, f"{index:02d}", smoothing=smoothing)

@@ -51,6 +51,13 @@ class RandomizationTest(StrEnum):
 PARAMETER_TESTS = (RandomizationTest.cascading, RandomizationTest.independent)
 
 
+class StageUnit(StrEnum):
+    """What one stage of the parameter tests randomizes (docs/decisions/0025)."""
+
+    blocks = "blocks"  # the model's blocks: named by the file, else segments between cut points (default)
+    layers = "layers"  # one layer with parameters per stage
+
+
 class LayerOrder(StrEnum):
     """The order in which the parameter tests walk the layers."""
 
@@ -224,6 +231,14 @@ class AuditSettings(BaseModel):
         "up to this many in all (never fewer than ``draws``).",
     )
     order: LayerOrder = LayerOrder.top_down
+    stages: StageUnit = Field(
+        StageUnit.blocks,
+        description="What a stage of the parameter tests randomizes: a block (a residual or named block, "
+        "as the paper randomized Inception v3's 17 blocks) or one layer.",
+    )
+    max_stages: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        24, description="Blocks stages: adjacent blocks are merged evenly to at most this many stages."
+    )
     archive_all_draws: bool = Field(
         False, description="Keep every draw's maps in maps.zip, not only draw 0's."
     )

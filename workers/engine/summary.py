@@ -44,9 +44,9 @@ def _test_table(
 ) -> str:
     metric = report.settings.verdict.metric
     first = rows[0][1]
-    labels = [stage.randomized_layers[-1] if stage.randomized_layers else "" for stage in first.stages[1:]]
+    labels = [_stage_name(stage.label) for stage in first.stages[1:]]
     what = (
-        f"layers randomized {first.order.value.replace('_', '-')}, up to"
+        f"randomized {first.order.value.replace('_', '-')}, up to"
         if test in (RandomizationTest.cascading, RandomizationTest.smooth_mprt)
         else "only"
     )
@@ -61,7 +61,7 @@ def _test_table(
     )
     lines = [
         f"{title} mean {metric.value} vs trained maps over images and draws "
-        f"(column #k: {what} layer k below)",
+        f"(column #k: {what} stage k below)",
         header + "   curve  95% interval      outcome",
     ]
     for method, result in rows:
@@ -75,11 +75,18 @@ def _test_table(
     return "\n".join(lines)
 
 
+def _stage_name(label: str) -> str:
+    """The block or layer a stage's label names ("layer3.1 and above" -> "layer3.1")."""
+    for suffix in (" and above", " and below", " only"):
+        label = label.removesuffix(suffix)
+    return label
+
+
 def _legend(items: list[str], width: int = 100) -> str:
-    """Full layer names, wrapped: names of deep models are long and must not be cut."""
-    lines, line = [], "layers:"
+    """Full stage names, wrapped: names of deep models are long and must not be cut."""
+    lines, line = [], "stages:"
     for item in items:
-        if len(line) + 2 + len(item) > width and line != "layers:":
+        if len(line) + 2 + len(item) > width and line != "stages:":
             lines.append(line)
             line = "       "
         line += f"  {item}"

@@ -13,6 +13,7 @@ from typing import ClassVar
 import numpy as np
 from torch import Tensor, nn
 
+from workers.engine.blocks import Block, layer_blocks
 from workers.engine.data_randomization import TwinPool
 from workers.engine.errors import AuditInputError
 from workers.engine.layers import Layer
@@ -35,6 +36,11 @@ class CheckContext:
     inputs: Tensor | None = None  # the probes as the model sees them
     targets: Tensor | None = None  # the class each trained-model map explains, per probe
     classes: int = 0  # logits of the model
+    blocks: list[Block] | None = None  # what a parameter test's stage randomizes; None: one layer each
+
+    @property
+    def stage_blocks(self) -> list[Block]:
+        return self.blocks if self.blocks is not None else layer_blocks(self.layers)
 
 
 @dataclass

@@ -62,7 +62,7 @@ class SmoothMPRT(Cascading):
     def stage_models(self, draw: int) -> Iterator[StageModel]:
         context = self.context
         settings = context.settings.model_copy(update={"order": self.order()})
-        return randomized_stages(context.model, context.layers, True, settings, draw, self.smoothing())
+        return randomized_stages(context.model, context.stage_blocks, True, settings, draw, self.smoothing())
 
     def reference_count(self, draws: int) -> int:
         return 1  # the smoothed trained maps
@@ -115,7 +115,7 @@ class EfficientMPRT(SanityCheck):
 
     def stage_models(self, draw: int) -> Iterator[StageModel]:
         context = self.context
-        *_, last = randomized_stages(context.model, context.layers, True, context.settings, draw)
+        *_, last = randomized_stages(context.model, context.stage_blocks, True, context.settings, draw)
         yield StageModel(1, "every layer randomized", last.randomized, last.model, "all_randomized")
 
     def measure(self, trained: Tensor, stage: Tensor) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The model parameter randomization tests: cascading (cumulative) and independent (one layer at a time).
+"""The model parameter randomization tests: cascading (cumulative) and independent (one block at a time).
 
 Both are judged on the whole curve: the statistic is each image's mean similarity over the randomized
 stages of a draw (the area under the curve), so a method whose maps stay similar while the upper part of
@@ -30,14 +30,14 @@ class _ParameterCheck(SanityCheck):
         return self.context.settings.draws
 
     def stage_count(self) -> int:
-        return len(self.context.layers)
+        return len(self.context.stage_blocks)
 
     def order(self) -> LayerOrder | None:
         return self.context.settings.order
 
     def stage_models(self, draw: int) -> Iterator[StageModel]:
         context = self.context
-        return randomized_stages(context.model, context.layers, self.cumulative, context.settings, draw)
+        return randomized_stages(context.model, context.stage_blocks, self.cumulative, context.settings, draw)
 
     def judge(self, trained: Stage, stages: list[StageValues], retrain_floor: RetrainFloor | None) -> Verdict:
         metric = self.rule.metric
