@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from workers.engine import audit
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
+from workers.engine.blocks import layer_blocks
 from workers.engine.layers import layers_in_forward_order
 from workers.engine.randomization import randomized_stages
 from workers.engine.report import AuditReport
@@ -34,9 +35,10 @@ def probes(data: Path) -> tuple[np.ndarray, np.ndarray]:
         return archive["x"].astype(np.float32), archive["y"]
 
 
-def engine_audit(data: Path, out: Path) -> AuditReport:
-    """The engine's audit of the matched work: four metrics, both floors, intervals, archive."""
-    return run_audit(data / "lenet_mnist.onnx", data / "probes.npz", SETTINGS, out)
+def engine_audit(data: Path, out: Path, settings: AuditSettings = SETTINGS) -> AuditReport:
+    """The engine's audit of the matched work (or of ``settings``): four metrics, both floors, intervals,
+    archive."""
+    return run_audit(data / "lenet_mnist.onnx", data / "probes.npz", settings, out)
 
 
 @contextmanager
@@ -66,7 +68,7 @@ def model_states(data: Path) -> Iterator[nn.Module]:
     model = load_model(data / "lenet_mnist.onnx").module.eval().requires_grad_(False)
     layers = layers_in_forward_order(model, torch.from_numpy(x[:1]), model.layer_names)
     yield model
-    for stage in randomized_stages(model, layers, True, SETTINGS):
+    for stage in randomized_stages(model, layer_blocks(layers), True, SETTINGS):
         yield stage.model
 
 

@@ -26,6 +26,12 @@ METHODS = {
 }
 
 
+def probes(data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The probe images as float32 and their labels (bench/matched.py's probes, without the project)."""
+    with np.load(data / "probes.npz") as archive:
+        return archive["x"].astype(np.float32), archive["y"]
+
+
 def lenet(data: Path) -> torch.nn.Module:
     initializers = onnx.load(data / "lenet_mnist.onnx").graph.initializer
     state = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in initializers if "." in i.name}
@@ -37,8 +43,7 @@ def lenet(data: Path) -> torch.nn.Module:
 def main() -> None:
     data, rounds = Path(sys.argv[1]), int(sys.argv[2])
     torch.set_num_threads(torch.get_num_threads())
-    with np.load(data / "probes.npz") as archive:
-        x, y = archive["x"].astype(np.float32), archive["y"]
+    x, y = probes(data)
     model = lenet(data)
     for _ in range(rounds):
         metric = quantus.MPRT(
