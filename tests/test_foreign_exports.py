@@ -172,7 +172,8 @@ def test_a_default_audit_of_a_mobilenet_runs_and_says_which_methods_it_skipped(t
     summary = completed.stdout
     assert "skipped (not defined on this model): guided_backprop:" in summary
     assert "skipped (not defined on this model): guided_gradcam:" in summary
-    assert "HardSwish" in summary and "block_2_depthwise" in summary
+    assert "HardSwish" in summary
+    assert "stages:  #1 predictions  #2 Conv_1  #3 block_2  #4 block_1  #5 Conv1" in summary  # named blocks
     report = _report(tmp_path / "out")
     assert {m.name for m in report.methods} >= {"gradient", "gradcam", "integrated_gradients"}
 

@@ -6,8 +6,10 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 from tests.conftest import TrainedDigits
@@ -267,3 +269,41 @@ def test_grouped_strided_and_unbiased_convolutions_absorb_the_shift(first: nn.Co
     with torch.no_grad():
         difference = (shifted(x + m.view(1, -1, 1, 1)) - model(x)).abs().max()
     assert float(difference) < 1e-5
+
+
+def _channels_last_pad_then_conv() -> onnx.ModelProto:
+    """A grayscale channels-last graph that pads in NHWC, then moves to NCHW for its convolution."""
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.standard_normal((4, 1, 3, 3)), "b1": rng.standard_normal(4),
+        "w2": rng.standard_normal((3, 4 * 7 * 7)), "b2": rng.standard_normal(3),
+    }  # fmt: skip
+    initializers = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    initializers.append(numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 1, 1, 0], dtype=np.int64), "pads"))
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="constant"),
+        helper.make_node("Transpose", ["padded"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w1", "b1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Flatten", ["r1"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w2", "b2"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nhwc_pad",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 8, 8, 1])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 3])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_pad_step_of_a_channels_last_graph_pads_with_the_shift(tmp_path: Path) -> None:
+    """The shift of a grayscale image is one value: it follows a Pad step whatever axes it pads."""
+    path = tmp_path / "nhwc_pad.onnx"
+    onnx.save(_channels_last_pad_then_conv(), path)
+    model = load_model(path).module.eval().requires_grad_(False)
+    x = torch.rand(6, 1, 8, 8)  # the converted graph takes [N, C, H, W]
+    layers = layers_in_forward_order(model, x[:1], model.layer_names)
+    check = InputInvariance(CheckContext(model, layers, AuditSettings(), inputs=x))
+    assert "pads with its constant plus the shift" in check.note and check.logit_difference < 1e-4

@@ -174,7 +174,7 @@ def test_the_smooth_mprt_figures_show_its_smoothed_reference_and_its_order(mprt_
     plain = reader.maps("gradient", "cascading", 0)  # any other test: the trained maps
     assert plain is not None and not np.allclose(plain, smoothed[:3])
     report = reports[RandomizationTest.smooth_mprt]
-    assert _x_label(report, "smooth_mprt") == "layers randomized, from the bottom (input) up"
+    assert _x_label(report, "smooth_mprt") == "blocks randomized, from the bottom (input) up"
     assert "fully randomized" in _x_label(reports[RandomizationTest.efficient_mprt], "efficient_mprt")
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from tests.architectures import ARCHITECTURES, IMAGE_SIZE, converted, random_weights
+from workers.engine.blocks import layer_blocks, stage_blocks
 from workers.engine.budget import CPU_PASS_BYTES, DEFAULT_BATCH_SIZE, MIB, plan_memory
 from workers.engine.layers import layers_in_forward_order
 from workers.engine.methods import MethodContext, create_method
@@ -35,13 +36,14 @@ def test_stage_maps_from_recorded_passes_are_bit_identical_to_full_passes(archit
     model, x = _model(architecture)
     layers = layers_in_forward_order(model, x[:1], model.layer_names)
     target = model(x).argmax(dim=1)
-    record = ForwardRecord.for_layers(model, layers, 1 << 30)
+    blocks = stage_blocks(model, layers, SETTINGS)
+    record = ForwardRecord.for_stages(model, [list(block.layers) for block in blocks], 1 << 30)
     for name in REUSING:
         method = create_method(name, MethodContext(SETTINGS))
         trained = StageForward(model, record, len(model.steps), 1 << 20, recording=True)
         assert torch.equal(_maps(method, trained, x, target), _maps(method, model, x, target)), name
         for cumulative in (True, False):
-            for stage in randomized_stages(model, layers, cumulative, SETTINGS):
+            for stage in randomized_stages(model, blocks, cumulative, SETTINGS):
                 start = first_step(stage.model, stage.randomized)
                 reusing = StageForward(stage.model, record, start, 1 << 20, recording=False)
                 full = _maps(method, stage.model, x, target)
@@ -52,11 +54,11 @@ def test_stage_maps_from_recorded_passes_are_bit_identical_to_full_passes(archit
 def test_a_stage_runs_only_the_layers_from_its_first_randomized_one() -> None:
     model, x = _model("resnet")
     layers = layers_in_forward_order(model, x[:1], model.layer_names)
-    record = ForwardRecord.for_layers(model, layers, 1 << 30)
+    record = ForwardRecord.for_stages(model, [[layer] for layer in layers], 1 << 30)
     method = create_method("gradient", MethodContext(SETTINGS))
     target = model(x).argmax(dim=1)
     _maps(method, StageForward(model, record, len(model.steps), 0, recording=True), x, target)
-    top = next(randomized_stages(model, layers, True, SETTINGS))  # only the logits layer randomized
+    top = next(randomized_stages(model, layer_blocks(layers), True, SETTINGS))  # the logits layer alone
     calls: list[str] = []
     for layer in layers:
         module = top.model.get_submodule(layer.path)
@@ -69,7 +71,7 @@ def test_a_stage_runs_only_the_layers_from_its_first_randomized_one() -> None:
 def test_gradient_x_input_reuses_the_gradient_of_the_same_stage() -> None:
     model, x = _model("resnet")
     layers = layers_in_forward_order(model, x[:1], model.layer_names)
-    record = ForwardRecord.for_layers(model, layers, 1 << 30)
+    record = ForwardRecord.for_stages(model, [[layer] for layer in layers], 1 << 30)
     stage = StageForward(model, record, len(model.steps), 1 << 20, recording=True)
     target = model(x).argmax(dim=1)
     gradient = _maps(create_method("gradient", MethodContext(SETTINGS)), stage, x, target)
@@ -83,13 +85,15 @@ def test_gradient_x_input_reuses_the_gradient_of_the_same_stage() -> None:
 def test_the_record_stops_at_its_budget_and_the_rest_is_computed_in_full() -> None:
     model, x = _model("resnet")
     layers = layers_in_forward_order(model, x[:1], model.layer_names)
-    record = ForwardRecord.for_layers(model, layers, budget_bytes=1)  # room for the first batch only
+    record = ForwardRecord.for_stages(
+        model, [[layer] for layer in layers], budget_bytes=1
+    )  # room for the first batch only
     method = create_method("integrated_gradients", MethodContext(SETTINGS))  # 4 steps, one per pass
     target = model(x).argmax(dim=1)
     trained = StageForward(model, record, len(model.steps), 0, recording=True)
     assert torch.equal(_maps(method, trained, x, target), _maps(method, model, x, target))
     assert sum(len(entries) for entries in record._entries.values()) == 1
-    stage = next(randomized_stages(model, layers, True, SETTINGS))
+    stage = next(randomized_stages(model, layer_blocks(layers), True, SETTINGS))
     reusing = StageForward(stage.model, record, first_step(stage.model, stage.randomized), 0, recording=False)
     assert torch.equal(_maps(method, reusing, x, target), _maps(method, stage.model, x, target))
 

@@ -240,7 +240,7 @@ def run_audit(
             partners,
             checks,
             memory,
-            ForwardRecord.for_layers(model, layers, memory.record_bytes),
+            ForwardRecord.for_stages(model, [list(block.layers) for block in blocks], memory.record_bytes),
         )
         with nondeterminism_noted(device) as nondeterministic:
             results = _audit_methods(run, methods)
@@ -677,6 +677,7 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
         draws += more
         outcomes.update({state.name: (*judged(state, draws), draws) for state in pending})
         pending = [state for state in pending if _undecided(outcomes[state.name][0])]
+    run.shared.forget()  # the last stage's model and parts: not needed by the next check
     for original, state in zip(originals, states, strict=True):
         original.seconds = state.seconds
     most = _check_units(check, check.max_draws())

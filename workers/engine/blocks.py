@@ -8,9 +8,9 @@ that resolution. A block here is:
    output crosses: a residual block, an Inception block or a dense block is one segment, and a plain
    CNN has a cut after every layer, so each of its layers is a segment of its own;
 2. consecutive segments merged where the file names them one block: every layer of them under the same
-   numbered module scope (``layer3.1``, ``features.4``, ``blocks.0``, ``encoder_layer_2``) or Keras name
-   prefix (``block_3_expand``), as a stride-2 inverted residual without a skip
-   connection is three segments but one block;
+   numbered module scope (``layer3.1``, ``features.4``, ``stages.1.blocks.2``, the innermost that holds
+   more than one layer and not every layer) or Keras name prefix (``block_3_expand``), as a stride-2
+   inverted residual without a skip connection is three segments but one block;
 3. adjacent blocks merged evenly until at most ``max_stages`` remain.
 
 Models that are no converted graph (TorchScript, torch.export) have no cut points to read: their layers
@@ -43,8 +43,9 @@ def stage_blocks(model: nn.Module, layers: list[Layer], settings: AuditSettings)
     if settings.stages is StageUnit.layers:
         return layer_blocks(layers)
     segments = graph_segments(model, layers) if isinstance(model, OnnxGraphModule) else [[y] for y in layers]
-    blocks = _merge_named(segments)
-    return [_block(group) for group in _merge_evenly(blocks, settings.max_stages)]
+    named = dict(zip([y.path for y in layers], named_blocks([y.name for y in layers]), strict=True))
+    groups = _merge_named(segments, named)
+    return [_block(run, named) for run in _merge_evenly(groups, settings.max_stages)]
 
 
 def layer_blocks(layers: list[Layer]) -> list[Block]:
@@ -58,6 +59,8 @@ def graph_segments(graph: OnnxGraphModule, layers: list[Layer]) -> list[list[Lay
     data = graph.data_values()
     last_use: dict[str, int] = {}
     for index, step in enumerate(graph.steps):
+        if step.op_type in ("Shape", "Size"):
+            continue  # reads only the shape: the value it reads need not stay live
         for name in step.inputs:
             if name:
                 last_use[name] = index
@@ -86,24 +89,40 @@ def graph_segments(graph: OnnxGraphModule, layers: list[Layer]) -> list[list[Lay
     return groups
 
 
-def named_block(name: str) -> str | None:
-    """The block a layer's name places it in: its outermost numbered module scope (a component that is a
-    number, or ends in _<number>), or a Keras name's prefix up to its first _<number>_; None for a
-    layer of no named block (``conv1``, ``fc``, ``features.0``: the layer is the numbered element)."""
+def named_blocks(names: list[str]) -> list[str | None]:
+    """The block each layer's name places it in, or None. A block is a numbered module scope of the
+    layer (a component that is a number or ends in _<number>: ``layer3.1``, ``features.4``,
+    ``encoder_layer_2``), the innermost one that holds more than this layer, or a flat Keras name's
+    prefix up to its first _<number>_ (``block_3_expand`` -> ``block_3``), among the same. A scope that
+    holds every layer is no block (a model wrapped as ``Sequential(normalize, net)``: every name starts
+    with ``1.``), nor is the layer itself (VGG's ``features.0``)."""
+    candidates = [_candidates(name) for name in names]
+    holds: dict[str, int] = {}
+    for scopes in candidates:
+        for scope in scopes:
+            holds[scope] = holds.get(scope, 0) + 1
+    return [next((scope for scope in scopes if 1 < holds[scope] < len(names)), None) for scopes in candidates]
+
+
+def _candidates(name: str) -> list[str]:
+    """The numbered scopes of a layer's name, innermost first, without the layer itself."""
     parts = name.split(".")
-    for depth in range(1, len(parts)):
-        if parts[depth - 1].isdigit() or re.search(r"_\d+$", parts[depth - 1]):
-            return ".".join(parts[:depth])
-    match = _KERAS_BLOCK.match(name) if len(parts) == 1 else None
-    return match.group(1) if match else None
+    if len(parts) == 1:
+        match = _KERAS_BLOCK.match(name)
+        return [match.group(1)] if match else []
+    return [
+        ".".join(parts[:depth])
+        for depth in range(len(parts) - 1, 0, -1)
+        if parts[depth - 1].isdigit() or re.search(r"_\d+$", parts[depth - 1])
+    ]
 
 
-def _merge_named(segments: list[list[Layer]]) -> list[list[Layer]]:
+def _merge_named(segments: list[list[Layer]], blocks: dict[str, str | None]) -> list[list[Layer]]:
     """Consecutive segments whose layers all lie in the same named block become one group."""
     merged: list[list[Layer]] = []
     previous: str | None = None
     for segment in segments:
-        names = {named_block(layer.name) for layer in segment}
+        names = {blocks[layer.path] for layer in segment}
         common = names.pop() if len(names) == 1 else None
         if merged and common is not None and common == previous:
             merged[-1].extend(segment)
@@ -121,16 +140,16 @@ def _merge_evenly(groups: list[list[Layer]], most: int) -> list[list[list[Layer]
     return [groups[start:end] for start, end in pairwise(bounds)]
 
 
-def _block(run: list[list[Layer]]) -> Block:
+def _block(run: list[list[Layer]], blocks: dict[str, str | None]) -> Block:
     layers = tuple(layer for group in run for layer in group)
-    names = [_group_name(group) for group in run]
+    names = [_group_name(group, blocks) for group in run]
     name = names[0] if len(names) == 1 else f"{names[0]} to {names[-1]}"
     return Block(name, layers)
 
 
-def _group_name(group: list[Layer]) -> str:
+def _group_name(group: list[Layer], blocks: dict[str, str | None]) -> str:
     """The group's named block, or its single layer's name, or its first and last layer's."""
-    blocks = {named_block(layer.name) for layer in group}
-    if len(blocks) == 1 and None not in blocks:
-        return str(blocks.pop())
+    named = {blocks[layer.path] for layer in group}
+    if len(named) == 1 and None not in named:
+        return str(named.pop())
     return group[0].name if len(group) == 1 else f"{group[0].name} to {group[-1].name}"

@@ -46,7 +46,7 @@ from workers.engine.report import (
     Stage,
     TestResult,
 )
-from workers.engine.settings import LayerOrder, Metric, Outcome
+from workers.engine.settings import LayerOrder, Metric, Outcome, StageUnit
 from workers.engine.similarity import normalize_absolute, normalize_signed
 
 GRID_IMAGES = 3  # probe images per grid: a few, as in the paper's figures
@@ -83,6 +83,7 @@ DATA_COLUMNS = ["trained\nmodel", "random-label\ntwins", "true-label\ncontrols"]
 # against its limit instead of similarity curves, and grid columns named for what they compare
 ONE_COMPARISON_TESTS = ("input_invariance", "random_logit", "efficient_mprt")
 PASSES_ABOVE = ("efficient_mprt",)  # the judged statistic must rise above its limit
+ENTROPY_COLOURS = {ENTROPY_TRAINED: "#1f77b4", ENTROPY_RANDOM: "#d62728"}
 PLAIN_STYLE = (0, (5, 2, 1, 2))  # smooth MPRT's figure: the plain cascading curve of the same stages
 GRID_COLUMNS = {
     "input_invariance": ["original\ninputs", "shifted\ninputs"],
@@ -202,7 +203,7 @@ def render_figures(report: AuditReport, archive: Path) -> list[FigureImage]:
         figures = [_verdict_figure(report)]
         for test in _tests(report):
             if test in ONE_COMPARISON_TESTS:
-                figures.append(_judged_figure(report, test))
+                figures += [_judged_figure(report, test)] if _judged(report, test) else []
             else:
                 figures.append(_curves_figure(report, test))
             if test == "efficient_mprt":
@@ -537,11 +538,12 @@ _SINGLE_STAGE_LABELS = {
 def _x_label(report: AuditReport, test: str) -> str:
     if test in _SINGLE_STAGE_LABELS:
         return _SINGLE_STAGE_LABELS[test]
+    unit = "block" if report.settings.stages is StageUnit.blocks else "layer"
     if test not in ("cascading", "smooth_mprt"):
-        return "layer randomized alone"
+        return f"{unit} randomized alone"
     order = next((t.order for m in report.methods for t in m.tests if t.test.value == test), None)
     direction = "bottom (input) up" if order is LayerOrder.bottom_up else "top (logits) down"
-    return f"layers randomized, from the {direction}"
+    return f"{unit}s randomized, from the {direction}"
 
 
 def _results(report: AuditReport, test: str) -> Iterator[tuple[MethodResult, TestResult]]:
@@ -697,14 +699,27 @@ def _judged_figure(report: AuditReport, test: str) -> FigureImage:
     )
 
 
+def _judged(report: AuditReport, test: str) -> list[tuple[MethodResult, TestResult]]:
+    """The methods with a verdict on ``test`` (baselines have none)."""
+    return [(m, r) for m, r in _results(report, test) if r.verdict is not None]
+
+
 def _draw_judged(report: AuditReport, test: str, width: int) -> Drawing:
     """One row per judged method: the estimate and its interval against the verdict's limit, on a
     symmetric log axis for input invariance, whose differences span orders of magnitude (an invariant
     method's is rounding, 1e-7)."""
-    results = [(m, r) for m, r in _results(report, test) if r.verdict is not None]
+    results = _judged(report, test)
     figure = _new_figure(width, 130 + 30 * len(results), layout="constrained")
     axis = figure.subplots()
-    limit = results[0][1].verdict.limit if results else 0.0  # type: ignore[union-attr]
+    limit = results[0][1].verdict.limit  # type: ignore[union-attr]
+    lowest = np.nanmin(
+        [
+            _or_nan(v)
+            for _, r in results
+            for v in (r.verdict.estimate.ci95_low, *r.verdict.estimate.draw_means)
+        ]  # type: ignore[union-attr]
+        + [0.0]
+    )
     for row, (method, result) in enumerate(results):
         verdict = result.verdict
         assert verdict is not None
@@ -727,15 +742,15 @@ def _draw_judged(report: AuditReport, test: str, width: int) -> Drawing:
         axis.set_xlim(0, None)
     elif test == "efficient_mprt":
         axis.set_xlim(-1.05, 1.05)
-    else:
-        axis.set_xlim(-0.05 if limit >= 0 else -1.05, 1.05)
+    else:  # a similarity: down to -1 only where a value lies below 0
+        axis.set_xlim(-0.05 if min(limit, lowest) >= -0.05 else -1.05, 1.05)
     low, high = axis.get_xlim()
     axis.axvspan(*((limit, high) if test in PASSES_ABOVE else (low, limit)), color="#e8f5e9", zorder=0)
     axis.set_ylim(len(results) - 0.5, -0.5)
     axis.set_yticks(range(len(results)), [_method_label(m) for m, _ in results])
     axis.tick_params(labelsize=FONT_PX)
     axis.grid(axis="x", color="#eeeeee", linewidth=0.8)
-    statistic = results[0][1].verdict.statistic if results else ""  # type: ignore[union-attr]
+    statistic = results[0][1].verdict.statistic  # type: ignore[union-attr]
     axis.set_xlabel(textwrap.fill(statistic, max(30, (width - 60) // 8)), fontsize=FONT_PX)
     figure.legend(
         handles=_judged_handles(test),
@@ -792,42 +807,45 @@ def _draw_entropy(report: AuditReport, reader: MapReader, test: str, narrow: boo
         for unused in axes[len(results) :]:
             unused.set_visible(False)
     centres = (np.arange(bins) + 0.5) / bins
-    lines: list[Line2D] = []
     for axis, (method, result) in zip(axes, results, strict=False):
         measures = result.stages[-1].measures
         entropy = {
             name: _or_nan(measures[name].mean) if name in measures else np.nan
             for name in (ENTROPY_TRAINED, ENTROPY_RANDOM, ENTROPY_MASK)
         }
-        lines = []
-        for stage, label, colour, name in (
-            (0, "trained model", "#1f77b4", ENTROPY_TRAINED),
-            (result.stages[-1].index, "every layer random", "#d62728", ENTROPY_RANDOM),
+        for row, (stage, name) in enumerate(
+            ((0, ENTROPY_TRAINED), (result.stages[-1].index, ENTROPY_RANDOM))
         ):
+            colour = ENTROPY_COLOURS[name]
             maps = reader.maps(method.name, test, stage, every_image=True)
             if maps is None:
                 continue
             histograms, defined = map_histograms(torch.from_numpy(np.array(maps)), bins)
             if bool(defined.any()):
                 mean = histograms[defined].mean(dim=0).numpy()
-                lines += axis.step(centres, mean, where="mid", color=colour, label=label, linewidth=1.2)
+                axis.step(centres, mean, where="mid", color=colour, linewidth=1.2)
             axis.text(
                 0.98,
-                0.95 - 0.1 * len(lines),
+                0.85 - 0.1 * row,
                 f"H {entropy[name]:.2f}",
                 color=colour,
                 transform=axis.transAxes,
                 ha="right",
                 fontsize=FONT_PX,
             )
-        lines += [axis.axhline(1 / bins, color="gray", linestyle=":", linewidth=1, label="random mask")]
+        axis.axhline(1 / bins, color="gray", linestyle=":", linewidth=1)
         axis.set_yscale("log")
         axis.set_title(f"{_method_label(method)} (mask H {entropy[ENTROPY_MASK]:.2f})", fontsize=TITLE_PX)
         axis.tick_params(labelsize=FONT_PX)
     figure.supxlabel("normalized absolute value of a map's pixel", fontsize=FONT_PX)
     figure.supylabel("share of the map's pixels", fontsize=FONT_PX)
+    handles = [
+        Line2D([], [], color=ENTROPY_COLOURS[ENTROPY_TRAINED], label="trained model"),
+        Line2D([], [], color=ENTROPY_COLOURS[ENTROPY_RANDOM], label="every layer random"),
+        Line2D([], [], color="gray", linestyle=":", label="random mask"),
+    ]
     figure.legend(
-        handles=lines, loc="outside upper center", ncol=3, fontsize=FONT_PX, frameon=False, handlelength=1.6
+        handles=handles, loc="outside upper center", ncol=3, fontsize=FONT_PX, frameon=False, handlelength=1.6
     )
     return _drawing(figure)
 

@@ -2,8 +2,11 @@
 machines where seconds do not. A 16-image batch counts 16; a pass that resumes from recorded values of
 the trained model counts like a full one (its cost lies between none and one).
 
-Counters nest: the audit's total and, inside it, the method whose maps are being computed; every active
-counter gets each pass. Work one method computes for others (a shared part) counts once, for the first.
+Every counter open around a pass gets it: the audit opens one for the class predictions and one per
+method around its maps, and reports their sum as its total. Work one method computes for others (a
+shared part) counts once, for the first; Gradient x Input's gradient, taken from Gradient's at the same
+stage, counts for Gradient. Passes outside the maps and classes (the conversion check, input
+invariance's logit check) are not counted.
 """
 
 from collections.abc import Iterator

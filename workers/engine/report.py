@@ -269,8 +269,8 @@ class MethodResult(_Frozen):
     image_passes: ImagePasses | None = Field(
         None,
         description="Passes run for this method's maps; a part shared with another method (SmoothGrad's "
-        "and VarGrad's noisy gradients, Guided GradCAM's factors) counts for the method that computed it "
-        "first. Null in reports before schema 2.6.",
+        "and VarGrad's noisy gradients, Guided GradCAM's factors, Gradient x Input's gradient) counts for "
+        "the method that computed it first. Null in reports before schema 2.6.",
     )
 
 
@@ -330,5 +330,6 @@ class AuditReport(_Frozen):
     image_passes: ImagePasses | None = Field(
         None,
         description="Every method's passes and the class predictions (training the data test's twins "
-        "and controls is not counted: their epochs are in data_randomization). Null before schema 2.6.",
+        "and controls, the conversion check and input invariance's logit check are not counted). Null "
+        "before schema 2.6.",
     )

@@ -84,8 +84,13 @@ class ForwardRecord:
         self._kept = {name for names in self._crossing.values() for name in names}
 
     @classmethod
-    def for_layers(cls, trained: OnnxGraphModule, layers: list[Layer], budget_bytes: int) -> "ForwardRecord":
-        return cls(trained, {first_step(trained, [layer]) for layer in layers}, budget_bytes)
+    def for_stages(
+        cls, trained: OnnxGraphModule, stages: list[list[Layer]], budget_bytes: int
+    ) -> "ForwardRecord":
+        """A record for stages that randomize these groups of layers (a block each, or a layer): a stage
+        starts at the first step of its group's earliest layer, and a cascade's stage at its lowest
+        group's."""
+        return cls(trained, {first_step(trained, group) for group in stages}, budget_bytes)
 
     def forward(self, model: OnnxGraphModule, inputs: Tensor, start: int, record: bool) -> Tensor:
         """``model``'s output on ``inputs``, computed from step ``start`` (> 0) on where the batch is

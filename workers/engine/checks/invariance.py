@@ -86,6 +86,11 @@ def shifted_model(model: nn.Module, first: Layer, x: Tensor, m: Tensor) -> tuple
     moved = x + m.view(1, -1, *([1] * (x.dim() - 2)))
     notes = [_shift_pad(shifted, model, pad, x, moved, first) for pad in _pad_steps_before(shifted, first)]
     module = _module_at(shifted, first)
+    if not isinstance(module, nn.Conv2d | nn.Linear):
+        raise AuditInputError(
+            f"input invariance needs the first layer to be a torch Conv2d or Linear reading the image; "
+            f"{first.name} is a {first.kind} (TorchScript and torch.export programs cannot be changed)"
+        )
     d = _shift_at_input(shifted, model, first, x, moved)
     with torch.no_grad():
         if isinstance(module, nn.Conv2d):
@@ -104,15 +109,10 @@ def shifted_model(model: nn.Module, first: Layer, x: Tensor, m: Tensor) -> tuple
                     f"{first.name} zero-pads its input, so the shifted model pads with the shifted zero (d "
                     "per channel) before it, which keeps the borders invariant"
                 )
-        elif isinstance(module, nn.Linear):
+        else:
             features = _constant_except(d, axis=d.dim() - 1, name=first.name)
             delta = module.weight @ features.to(module.weight)
             notes.append(f"bias of {first.name} less W d, d the shift its input receives")
-        else:
-            raise AuditInputError(
-                f"input invariance needs the first layer to be a torch Conv2d or Linear reading the image; "
-                f"{first.name} is a {first.kind} (TorchScript and torch.export programs cannot be changed)"
-            )
         if module.bias is None:
             module.bias = nn.Parameter(-delta, requires_grad=False)
         else:
@@ -175,7 +175,7 @@ def _pad_steps_before(model: nn.Module, first: Layer) -> list[int]:
     through steps that only scale, move or pad the image; none for a model of another kind."""
     if not isinstance(model, OnnxGraphModule):
         return []
-    producers = model.producers()
+    producers, data = model.producers(), model.data_values()
     layer = next((step for step in model.steps if step.module == first.path), None)
     value, pads = layer.inputs[0] if layer else model.input_name, []
     while value != model.input_name:
@@ -184,7 +184,10 @@ def _pad_steps_before(model: nn.Module, first: Layer) -> list[int]:
             return []
         if step.op_type == "Pad" and step.attrs.get("mode", "constant") == "constant":
             pads.append(model.steps.index(step))
-        value = step.inputs[0]
+        read = [name for name in step.inputs if name in data]  # Mul(scale, x): the image's side
+        if len(read) != 1:
+            return []
+        value = read[0]
     return pads[::-1]
 
 
@@ -208,6 +211,14 @@ def _shift_pad(
     shifted.steps[index] = dataclasses.replace(
         step, fn=partial(_padded_with_shift, pad=step.fn, offset=offset)
     )
+    try:
+        with torch.no_grad():
+            shifted.run(moved[:1], step.outputs[0])
+    except RuntimeError:  # the step pads the axis the shift varies along: no offset follows it
+        raise AuditInputError(
+            f"input invariance: {label} pads along the axis its shift varies along, so its padding "
+            "cannot follow the shift"
+        ) from None
     return f"{label} pads with its constant plus the shift it receives (per channel)"
 
 
@@ -219,6 +230,8 @@ def _along_one_axis(d: Tensor) -> Tensor | None:
     """One image's shift as a tensor that varies along one axis at most, shaped to broadcast over a
     batch; None where it varies along more (the channel axis of an NCHW or NHWC graph is not known)."""
     tolerance = _tolerance(d)
+    if torch.allclose(d, d.flatten()[0].expand_as(d), atol=tolerance):
+        return d.flatten()[0].float().view([1] * (d.dim() + 1))  # one value: broadcasts over any padding
     for axis in range(d.dim()):
         vector = d.movedim(axis, 0).reshape(d.shape[axis], -1)
         if torch.allclose(vector, vector[:, :1].expand_as(vector), atol=tolerance):

@@ -47,6 +47,8 @@ class SaliencyMethod:
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
+            if cls.attribute is SaliencyMethod.attribute and cls.parts is SaliencyMethod.parts:
+                raise TypeError(f"method {cls.name!r} defines neither attribute nor parts")
             _REGISTRY[cls.name] = cls
 
     def __init__(self, context: MethodContext) -> None:
