@@ -246,11 +246,17 @@ def layout_problems(layout: dict[str, Any], grids: dict[str, int], laptop: bool)
     return problems
 
 
-@pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     chromium_path() is None,
     reason="chromium is not installed (scripts/test installs it where apt-get can run)",
 )
-@pytest.mark.parametrize(("width", "height", "mobile"), [LAPTOP, PHONE], ids=["laptop", "phone"])
+on_laptop_and_phone = pytest.mark.parametrize(
+    ("width", "height", "mobile"), [LAPTOP, PHONE], ids=["laptop", "phone"]
+)
+
+
+@needs_chromium
+@on_laptop_and_phone
 def test_chromium_shows_every_figure_legibly_without_sideways_scrolling(
     audited: tuple[AuditReport, Path], width: int, height: int, mobile: bool
 ) -> None:

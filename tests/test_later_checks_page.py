@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.browser import chromium_page, chromium_path
+from tests.browser import chromium_page
 from tests.conftest import TrainedDigits
-from tests.test_html_report import _page_layout, layout_problems, one_image_of_maps
+from tests.test_html_report import (
+    _page_layout,
+    layout_problems,
+    needs_chromium,
+    on_laptop_and_phone,
+    one_image_of_maps,
+)
 from workers.engine.audit import run_audit
 from workers.engine.checks.logit import other_classes
 from workers.engine.figures import GRID_COLUMNS, MapReader, _class_captions, _plain_cascading
@@ -117,13 +123,8 @@ def test_the_smooth_curve_is_drawn_beside_the_plain_one_only_over_the_same_stage
     assert _plain_cascading(method, plain) is None  # the plain test has no plain curve beside it
 
 
-@pytest.mark.skipif(
-    chromium_path() is None,
-    reason="chromium is not installed (scripts/test installs it where apt-get can run)",
-)
-@pytest.mark.parametrize(
-    ("width", "height", "mobile"), [(1280, 800, False), (390, 844, True)], ids=["laptop", "phone"]
-)
+@needs_chromium
+@on_laptop_and_phone
 def test_chromium_shows_the_later_checks_legibly_without_sideways_scrolling(
     later_page: tuple[AuditReport, Path], width: int, height: int, mobile: bool
 ) -> None:
