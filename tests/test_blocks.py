@@ -14,6 +14,7 @@ from tests.conftest import TrainedDigits
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
 from workers.engine.blocks import graph_segments, named_blocks, stage_blocks
+from workers.engine.html_report import _stages
 from workers.engine.layers import layers_in_forward_order
 from workers.engine.settings import AuditSettings
 
@@ -150,6 +151,12 @@ def test_an_audit_randomizes_a_block_per_stage_and_lists_its_layers(resnet_files
         (f"{name} only", layers) for name, layers in reversed(RESNET_BLOCKS)
     ]
     assert report.settings.stages.value == "blocks"
+    assert _stages(report) == [
+        (
+            "stages (blocks)",
+            "4, in the order walked: fc (1 layer), layer2.0 (3 layers), layer1.0 (2 layers), conv1 (1 layer)",
+        )
+    ]  # the page's provenance row
 
 
 def _shape_read_late() -> onnx.ModelProto:

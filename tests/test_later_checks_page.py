@@ -85,6 +85,8 @@ def test_the_provenance_counts_reinitializations_apart_from_other_class_draws(
     page = html.read_text()
     assert "re-initializations per stage</th><td>cascading 1; smooth_mprt 1; efficient_mprt 1<" in page
     assert "other classes drawn per image</th><td>1<" in page
+    walked = "conv1 (1 layer), conv2 (1 layer), conv3 (1 layer), fc1 (1 layer), fc2 (1 layer)"
+    assert f"stages (blocks)</th><td>5, in the order walked: {walked}<" in page  # a plain CNN's blocks
 
 
 def test_the_random_logit_maps_name_the_classes_they_explain(later_page: tuple[AuditReport, Path]) -> None:

@@ -17,7 +17,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from workers.engine.figures import TEST_TITLES, FigureImage, render_figures
 from workers.engine.report import ARCHIVE_FILE, HTML_FILE, AuditReport, MethodResult, TestResult
-from workers.engine.settings import RandomizationTest
+from workers.engine.settings import RandomizationTest, StageUnit
+from workers.engine.summary import stage_name
 
 FIGURES_FOLDER = "figures"
 LATER_TESTS = (  # judged by rules of their own (docs/decisions/0023), stated in their sections
@@ -49,7 +50,7 @@ def render_html(report: AuditReport, figures: list[FigureImage]) -> str:
         tests=tests,
         verdict_rows=_verdict_rows(report, tests),
         sections=_sections(report, figures, tests),
-        draws=_draws(report, tests),
+        draws=_stages(report) + _draws(report, tests),
         later_tests=[test.value for test in LATER_TESTS],
         rule=report.settings.verdict,
         settings_json=report.settings.model_dump_json(indent=2),
@@ -89,6 +90,28 @@ def _sections(
 def _stage_notes(report: AuditReport, test: RandomizationTest) -> list[str]:
     notes = (stage.note for m in report.methods for t in m.tests if t.test is test for stage in t.stages)
     return [note for note in dict.fromkeys(notes) if note]
+
+
+def _stages(report: AuditReport) -> list[tuple[str, str]]:
+    """What each stage of the independent test (else the cascading one) randomized: the blocks, with their
+    layer counts, where stages are blocks; one layer each otherwise (docs/decisions/0025)."""
+    for test in (RandomizationTest.independent, RandomizationTest.cascading):
+        result = next((t for m in report.methods for t in m.tests if t.test is test), None)
+        if result is None:
+            continue
+        walked = result.stages[1:]
+        if test is RandomizationTest.cascading:  # each stage adds its block to those before it
+            counts = [len(s.randomized_layers) for s in walked]
+            sizes = [later - earlier for earlier, later in zip([0, *counts], counts, strict=False)]
+        else:
+            sizes = [len(s.randomized_layers) for s in walked]
+        blocks = [
+            f"{stage_name(s.label)} ({n} layer{'s' if n != 1 else ''})"
+            for s, n in zip(walked, sizes, strict=True)
+        ]
+        unit = "blocks" if report.settings.stages is StageUnit.blocks else "layers"
+        return [(f"stages ({unit})", f"{len(walked)}, in the order walked: " + ", ".join(blocks))]
+    return []
 
 
 def _draws(report: AuditReport, tests: list[RandomizationTest]) -> list[tuple[str, str]]:

@@ -44,7 +44,7 @@ def _test_table(
 ) -> str:
     metric = report.settings.verdict.metric
     first = rows[0][1]
-    labels = [_stage_name(stage.label) for stage in first.stages[1:]]
+    labels = [stage_name(stage.label) for stage in first.stages[1:]]
     what = (
         f"randomized {first.order.value.replace('_', '-')}, up to"
         if test in (RandomizationTest.cascading, RandomizationTest.smooth_mprt)
@@ -75,7 +75,7 @@ def _test_table(
     return "\n".join(lines)
 
 
-def _stage_name(label: str) -> str:
+def stage_name(label: str) -> str:
     """The block or layer a stage's label names ("layer3.1 and above" -> "layer3.1")."""
     for suffix in (" and above", " and below", " only"):
         label = label.removesuffix(suffix)
