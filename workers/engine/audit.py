@@ -663,18 +663,27 @@ def _run_check(run: _Run, check: SanityCheck, states: list[_MethodState]) -> dic
 
         return reference_maps
 
+    def references_first(pending: list[_MethodState], draws: int) -> None:
+        """The reference models' maps model by model, every method on each: parts shared between methods
+        (SmoothGrad's and VarGrad's) are computed once per model."""
+        for model, name, index in check.reference_models(draws):
+            for state in pending:
+                references_of(state)(model, name, index)
+
     def judged(state: _MethodState, draws: int) -> tuple[Verdict | None, RetrainFloor | None]:
         floor = check.retrain_floor(state.trained, references_of(state), draws)
         return _judge(check, state.method, state.trained_stage, stages[state.name], floor), floor
 
     draws = check.draws()
     add_draws(states, 0, draws)
+    references_first(states, draws)
     outcomes = {state.name: (*judged(state, draws), draws) for state in states}
     pending = [state for state in states if _undecided(outcomes[state.name][0])]
     while pending and draws < check.max_draws():
         more = min(check.draws(), check.max_draws() - draws)
         add_draws(pending, draws, draws + more)
         draws += more
+        references_first(pending, draws)
         outcomes.update({state.name: (*judged(state, draws), draws) for state in pending})
         pending = [state for state in pending if _undecided(outcomes[state.name][0])]
     run.shared.forget()  # the last stage's model and parts: not needed by the next check

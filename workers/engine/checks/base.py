@@ -159,6 +159,12 @@ class SanityCheck(ABC):
         """Further models whose maps the test needs after ``draws`` draws (for progress)."""
         return 0
 
+    def reference_models(self, draws: int) -> list[tuple[nn.Module, str, int]]:
+        """The models ``retrain_floor`` compares after ``draws`` draws, each with its archive name and
+        index: the audit computes their maps model by model for every method first, so methods made of
+        the same parts share them (docs/decisions/0024)."""
+        return []
+
     def retrain_floor(self, trained: PreparedMaps, maps_of: MapsOf, draws: int) -> "RetrainFloor | None":
         """How similar maps of honestly retrained models are; only the data test has one."""
         return None

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from itertools import combinations
 
 import numpy as np
+from torch import nn
 
 from workers.engine.checks.base import MapsOf, RetrainFloor, SanityCheck, StageValues, non_finite_by_stage
 from workers.engine.data_randomization import TwinPool
@@ -53,8 +54,11 @@ class DataRandomization(SanityCheck):
     def stage_models(self, draw: int) -> Iterator[StageModel]:
         yield StageModel(1, "random-label twins", [], self.pool.twin(draw), TWIN_MAPS)
 
+    def reference_models(self, draws: int) -> list[tuple[nn.Module, str, int]]:
+        return [(model, CONTROL_MAPS, k) for k, model in enumerate(self.pool.controls(draws))]
+
     def retrain_floor(self, trained: PreparedMaps, maps_of: MapsOf, draws: int) -> RetrainFloor | None:
-        controls = [maps_of(model, CONTROL_MAPS, k) for k, model in enumerate(self.pool.controls(draws))]
+        controls = [maps_of(model, name, k) for model, name, k in self.reference_models(draws)]
         if not controls:
             return None
         models = [trained, *controls]
