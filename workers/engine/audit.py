@@ -530,9 +530,8 @@ def _audit_methods(run: _Run, methods: list[SaliencyMethod]) -> list[MethodResul
 
 def _trained_state(run: _Run, method: SaliencyMethod, trained_forward: nn.Module) -> _MethodState:
     started = time.perf_counter()
-    method_key = zlib.crc32(
-        method.noise_key.encode()
-    )  # noise depends on the method, not its place in the list
+    # noise depends on the method (or its family), not its place in the list
+    method_key = zlib.crc32(method.noise_key.encode())
     noise_seed = int(np.random.SeedSequence([run.settings.seed, method_key]).generate_state(1)[0])
     model = trained_forward if method.reuses_forward else run.model
     trained_maps = _maps(run, method, model, noise_seed)

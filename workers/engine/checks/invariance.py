@@ -157,17 +157,25 @@ def _tolerance(d: Tensor) -> float:
     return 1e-5 * max(1.0, float(d.abs().max()))
 
 
-def _constant_except(d: Tensor, axis: int, name: str) -> Tensor:
-    """d (one image's shift) as a vector along ``axis``: it must not vary along the other axes. A Pad
-    step or a mask before the layer makes the shift differ at the borders or between positions."""
+def _vector_along(d: Tensor, axis: int) -> Tensor | None:
+    """d (one image's shift) as a vector along ``axis``; None where it varies along another axis."""
     vector = d.movedim(axis, 0).reshape(d.shape[axis], -1)
     if not torch.allclose(vector, vector[:, :1].expand_as(vector), atol=_tolerance(d)):
+        return None
+    return vector[:, 0].float()
+
+
+def _constant_except(d: Tensor, axis: int, name: str) -> Tensor:
+    """d as a vector along ``axis``: it must not vary along the other axes. A Pad step or a mask before
+    the layer makes the shift differ at the borders or between positions."""
+    vector = _vector_along(d, axis)
+    if vector is None:
         raise AuditInputError(
             f"input invariance: the shift reaching {name} varies across positions, so no bias can absorb it; "
             "a constant pad before it (other than a Pad step of an ONNX graph) or a mask leaves part of its "
             "input unshifted"
         )
-    return vector[:, 0].float()
+    return vector
 
 
 def _pad_steps_before(model: nn.Module, first: Layer) -> list[int]:
@@ -229,15 +237,14 @@ def _padded_with_shift(x: Tensor, *rest: Tensor | None, pad: Callable[..., Tenso
 def _along_one_axis(d: Tensor) -> Tensor | None:
     """One image's shift as a tensor that varies along one axis at most, shaped to broadcast over a
     batch; None where it varies along more (the channel axis of an NCHW or NHWC graph is not known)."""
-    tolerance = _tolerance(d)
-    if torch.allclose(d, d.flatten()[0].expand_as(d), atol=tolerance):
+    if torch.allclose(d, d.flatten()[0].expand_as(d), atol=_tolerance(d)):
         return d.flatten()[0].float().view([1] * (d.dim() + 1))  # one value: broadcasts over any padding
     for axis in range(d.dim()):
-        vector = d.movedim(axis, 0).reshape(d.shape[axis], -1)
-        if torch.allclose(vector, vector[:, :1].expand_as(vector), atol=tolerance):
+        vector = _vector_along(d, axis)
+        if vector is not None:
             shape = [1] * (d.dim() + 1)
             shape[axis + 1] = d.shape[axis]
-            return vector[:, 0].float().view(shape)
+            return vector.view(shape)
     return None
 
 
