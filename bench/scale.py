@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,27 +37,33 @@ IMAGES = 16
 
 
 class ResNetLike(nn.Module):
-    def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), classes: int = 10) -> None:
+    """torchvision's ResNet layout: a 7x7 stem of ``base`` channels, four stages of ``blocks`` blocks whose
+    widths double, a linear head. ``block(inputs, width, stride)`` gives ``expansion`` x width channels:
+    the tests' BasicBlock (1, ResNet-18/34) or a Bottleneck (4, ResNet-50)."""
+
+    def __init__(
+        self,
+        blocks: tuple[int, ...] = (2, 2, 2, 2),
+        classes: int = 10,
+        block: Callable[[int, int, int], nn.Module] = BasicBlock,
+        expansion: int = 1,
+        base: int = 64,
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, base, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        stages, width = [], 64
+        stages, inputs = [], base
         for index, count in enumerate(blocks):
-            out = 64 * 2**index
-            stages.append(
-                nn.Sequential(
-                    *(
-                        BasicBlock(width if i == 0 else out, out, 2 if i == 0 and index else 1)
-                        for i in range(count)
-                    )
-                )
-            )
-            width = out
+            width, stage = base * 2**index, []
+            for i in range(count):
+                stage.append(block(inputs, width, 2 if i == 0 and index else 1))
+                inputs = expansion * width
+            stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(width, classes)
+        self.fc = nn.Linear(inputs, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -64,15 +71,20 @@ class ResNetLike(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def write_inputs(folder: Path, blocks: tuple[int, ...], images: int) -> tuple[Path, Path]:
-    torch.manual_seed(0)
-    model = ResNetLike(blocks).eval()
+def with_statistics(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with BatchNorm statistics that differ per layer, as a trained model's do."""
     with torch.no_grad():
         for name, tensor in model.named_buffers():
             if name.endswith("running_var"):
                 tensor.uniform_(0.5, 1.5)
             elif name.endswith("running_mean"):
                 tensor.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def write_inputs(folder: Path, blocks: tuple[int, ...], images: int) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    model = with_statistics(ResNetLike(blocks))
     model_path = export(model, "onnx_legacy", folder, torch.zeros(1, 3, SIZE, SIZE))
     rng = np.random.default_rng(0)
     rows, columns = np.mgrid[0:SIZE, 0:SIZE]

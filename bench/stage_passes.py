@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bench.matched import machine
+from bench.scale import ResNetLike, with_statistics
 from bench.tables import markdown_table
 from tests.architectures import export
 from workers.engine.audit import run_audit
@@ -57,37 +58,9 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
-class ResNet50Like(nn.Module):
-    def __init__(self, base: int, classes: int = 10) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, base, 7, 2, 3, bias=False), nn.BatchNorm2d(base)
-        self.relu, self.maxpool = nn.ReLU(), nn.MaxPool2d(3, 2, 1)
-        stages, inputs = [], base
-        for index, count in enumerate((3, 4, 6, 3)):
-            width = base * 2**index
-            blocks = []
-            for i in range(count):
-                blocks.append(Bottleneck(inputs, width, 2 if i == 0 and index else 1))
-                inputs = 4 * width
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(inputs, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 def write_inputs(folder: Path, base: int, size: int, images: int) -> tuple[Path, Path]:
     torch.manual_seed(0)
-    model = ResNet50Like(base).eval()
-    with torch.no_grad():
-        for name, tensor in model.named_buffers():
-            if name.endswith("running_var"):
-                tensor.uniform_(0.5, 1.5)
-            elif name.endswith("running_mean"):
-                tensor.uniform_(-0.2, 0.2)
+    model = with_statistics(ResNetLike((3, 4, 6, 3), block=Bottleneck, expansion=4, base=base))
     model_path = export(model, "onnx_legacy", folder, torch.zeros(1, 3, size, size))
     probes = folder / "probes.npy"
     np.save(probes, np.random.default_rng(0).normal(size=(images, 3, size, size)).astype(np.float32))
