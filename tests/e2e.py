@@ -13,6 +13,14 @@ import numpy as np
 from workers.engine.report import AuditReport
 
 OCTET = {"Content-Type": "application/octet-stream"}
+# what differs between two runs of the same audit: timings, and the names the files were uploaded under
+RUN_SPECIFIC = {
+    "seconds": True,
+    "created_at": True,
+    "memory": True,
+    "model": {"filename"},
+    "probes": {"filename"},
+}
 FAST_SETTINGS = {"methods": ["gradient", "gradcam"], "tests": ["cascading"]}
 
 
@@ -75,3 +83,10 @@ def check_results(client: httpx.Client, location: str, job: dict, out: Path) -> 
     assert {"report.html", "figures/verdicts.png"} <= names and archive_html == html.content
     (out / "maps.zip").write_bytes(archive_response.content)
     return report
+
+
+def report_numbers(report: AuditReport) -> dict:
+    """Everything a report says but what differs between two runs of the same audit."""
+    return report.model_dump(mode="json", exclude=RUN_SPECIFIC | {"methods": True}) | {
+        "methods": [method.model_dump(mode="json", exclude={"seconds"}) for method in report.methods]
+    }

@@ -168,7 +168,7 @@ def empty_tables(url: str) -> None:
 
     engine = create_engine(url)
     with engine.begin() as connection:
-        tables = set(inspect(connection).get_table_names()) & {"jobs", "artifacts"}
+        tables = set(inspect(connection).get_table_names()) & {"jobs", "artifacts", "audit_units"}
         if tables:
             connection.execute(text(f"TRUNCATE {', '.join(sorted(tables))}"))
     engine.dispose()

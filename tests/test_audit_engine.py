@@ -9,14 +9,9 @@ import pytest
 import torch
 
 from tests.conftest import TrainedDigits
-from workers.engine.audit import (
-    AuditCancelled,
-    Progress,
-    cross_image_partners,
-    nondeterminism_noted,
-    run_audit,
-)
-from workers.engine.errors import AuditInputError, MethodUnsupportedError
+from workers.engine.audit import Progress, run_audit
+from workers.engine.errors import AuditCancelled, AuditInputError, MethodUnsupportedError
+from workers.engine.preparation import cross_image_partners, nondeterminism_noted
 from workers.engine.settings import AuditSettings
 
 QUICK = AuditSettings(methods=["gradient", "gradcam"], tests=["cascading"], batch_size=16, draws=2)

@@ -181,9 +181,9 @@ def test_the_smooth_mprt_figures_show_its_smoothed_reference_and_its_order(mprt_
 def test_a_cancel_is_heard_between_the_noisy_copies_of_a_smoothed_stage() -> None:
     from types import SimpleNamespace
 
-    from workers.engine.audit import _smoothed_maps
     from workers.engine.errors import AuditCancelled
     from workers.engine.randomization import Smoothing
+    from workers.engine.units import smoothed_maps
 
     calls: list[int] = []
 
@@ -206,5 +206,5 @@ def test_a_cancel_is_heard_between_the_noisy_copies_of_a_smoothed_stage() -> Non
     )
     method = SimpleNamespace(name="identity", parts=dict, attribute=attribute)
     with pytest.raises(AuditCancelled):
-        _smoothed_maps(run, method, torch.nn.Identity(), 0, Smoothing(50, 0.1, 0))
+        smoothed_maps(run, method, torch.nn.Identity(), 0, Smoothing(50, 0.1, 0))
     assert attributed == [4, 4]  # two copies of the fifty, then the cancel

@@ -69,7 +69,8 @@ def test_an_upload_whose_last_write_met_a_full_disk_leaves_nothing(
 
 def test_a_job_store_blip_does_not_stop_a_running_audit_but_a_code_fault_does() -> None:
     from workers.engine.audit import Progress
-    from workers.job_runner import _Lease, _Throttle
+    from workers.job_runner import Throttle
+    from workers.lease import Lease
 
     blip = _raised(lambda: create_engine("postgresql+psycopg://x@127.0.0.1:1/x").connect())
 
@@ -83,8 +84,8 @@ def test_a_job_store_blip_does_not_stop_a_running_audit_but_a_code_fault_does() 
             raise self.failure
 
     store = Store()
-    lease = _Lease(store, "job", 1, lease_s=60)  # type: ignore[arg-type]
-    throttle = _Throttle(store, "job", 1, lease)  # type: ignore[arg-type]
+    lease = Lease(lambda: True, 60, "job")
+    throttle = Throttle(store, "job", 1, lease)  # type: ignore[arg-type]
     throttle.progress(Progress("gradient: trained model", 1, 9))
     assert throttle.cancel_requested() is False
     store.failure = KeyError("a fault of the code")

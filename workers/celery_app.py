@@ -14,6 +14,7 @@ from workers.config import Settings
 from workers.requests import WorkQueue
 
 TASK_NAME = "saliency_audit.run_job"
+UNIT_TASK_NAME = "saliency_audit.run_unit"  # a unit of a fanned-out audit (workers.fan_out)
 QUEUES = {WorkQueue.cpu: "audit-cpu", WorkQueue.gpu: "audit-gpu"}
 VISIBILITY_MARGIN_S = 3600
 

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(
         LogFormat.text, description="text, or json: one JSON object per line, with request and job ids."
     )
+    fan_out: bool = Field(
+        True,
+        description="Share an audit's units with the other Celery workers listening on its queue (one "
+        "audit over many workers); off: each audit runs on one worker.",
+    )
     audit_memory_limit_mib: Annotated[int, Field(ge=0)] = Field(
         8192,
         description="Address space an audit's process may use (embedded worker child, Celery task); 0: "

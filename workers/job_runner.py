@@ -8,41 +8,60 @@ into the attempt's own results folder before the job is marked succeeded.
 import contextlib
 import logging
 import shutil
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from workers import logs, problems
 from workers.config import Settings
-from workers.engine.audit import Progress, run_audit
+from workers.engine.audit import Progress, UnitExecutor, run_audit
 from workers.engine.data_randomization import DataTestInputs
 from workers.engine.errors import AuditCancelled, AuditInputError
 from workers.engine.html_report import write_html_report
+from workers.lease import Lease
 from workers.outages import DISK, OUTAGES, outage_of
 from workers.requests import AuditRequest
 from workers.storage import Storage
-from workers.store.jobs import JobState, JobStore
+from workers.store.jobs import ACTIVE_STATES, Job, JobState, JobStore
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5  # at most two progress writes and two cancel reads per second
 
 
-def execute_job(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> JobState | None:
+class SharedUnits(UnitExecutor, Protocol):
+    """Units run by any worker that listens (``workers.fan_out``); forgotten once the job has ended."""
+
+    def close(self) -> None: ...
+
+
+def execute_job(
+    job_id: str,
+    store: JobStore,
+    storage: Storage,
+    settings: Settings,
+    fan_out: Callable[[Job, Path], SharedUnits | None] | None = None,
+) -> JobState | None:
     """Run the job if it is due; the state it ended in, or ``None`` when there was nothing to run. Every
     log record written meanwhile names the job. Raises when the job store fails; a full disk or an
-    unreachable object store gives the job back to the queue."""
+    unreachable object store gives the job back to the queue. ``fan_out`` may share the audit's units
+    with other workers (given the job and its attempt's work folder)."""
     with logs.bound_job(job_id):
         started = time.monotonic()
-        state = _execute(job_id, store, storage, settings)
+        state = _execute(job_id, store, storage, settings, fan_out)
         if state is not None:
             log.info("audit %s after %.1f s", state, time.monotonic() - started)
         return state
 
 
-def _execute(job_id: str, store: JobStore, storage: Storage, settings: Settings) -> JobState | None:
+def _execute(
+    job_id: str,
+    store: JobStore,
+    storage: Storage,
+    settings: Settings,
+    fan_out: Callable[[Job, Path], SharedUnits | None] | None,
+) -> JobState | None:
     job = store.claim(job_id)
     if job is None:
         log.info("job %s: nothing to run (finished, cancelled or held by another attempt)", job_id)
@@ -50,11 +69,12 @@ def _execute(job_id: str, store: JobStore, storage: Storage, settings: Settings)
     attempt = job.attempts
     log.info("audit started (attempt %d)", attempt)
     work = storage.new_work_dir(job_id, attempt)
+    shared = fan_out(job, work) if fan_out is not None else None
     try:
-        with _Lease(store, job_id, attempt, settings.lease_s) as lease:
+        with Lease(lambda: store.heartbeat(job_id, attempt), settings.lease_s, f"job {job_id}") as lease:
             request = AuditRequest.model_validate(job.request)
-            inputs = _fetch_inputs(request, job.tenant, store, storage, work)
-            throttle = _Throttle(store, job_id, attempt, lease)
+            inputs = fetch_inputs(request, job.tenant, store, storage, work)
+            throttle = Throttle(store, job_id, attempt, lease)
             report = run_audit(
                 inputs["model"],
                 inputs["probes"],
@@ -63,6 +83,7 @@ def _execute(job_id: str, store: JobStore, storage: Storage, settings: Settings)
                 on_progress=throttle.progress,
                 should_cancel=throttle.cancel_requested,
                 data_inputs=_data_inputs(request, inputs),
+                executor=shared,
             )
             write_html_report(report, work / "out")
             result = storage.publish_results(job_id, attempt, work / "out")
@@ -90,6 +111,8 @@ def _execute(job_id: str, store: JobStore, storage: Storage, settings: Settings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     final = store.get_job(job_id)
+    if shared is not None and (final is None or final.state not in ACTIVE_STATES):
+        shared.close()  # a released job keeps its finished units for the next attempt
     return None if final is None else final.state
 
 
@@ -124,7 +147,7 @@ def _internal_error(error: Exception, job_id: str, attempt: int, settings: Setti
     )
 
 
-def _fetch_inputs(
+def fetch_inputs(
     request: AuditRequest, tenant: str, store: JobStore, storage: Storage, work: Path
 ) -> dict[str, Path]:
     """Each of the tenant's artifacts under its role's name and its format's suffix (the engine reads
@@ -150,47 +173,10 @@ def _data_inputs(request: AuditRequest, inputs: dict[str, Path]) -> DataTestInpu
     )
 
 
-class _Lease:
-    """Renews the attempt's lease from a thread, so a long stage with no progress keeps the job held.
-
-    ``lost`` turns true when the store says the attempt no longer holds the job (it was presumed dead
-    and settled): the attempt then stops at its next cancel check.
-    """
-
-    def __init__(self, store: JobStore, job_id: str, attempt: int, lease_s: float) -> None:
-        self.store, self.job_id, self.attempt = store, job_id, attempt
-        self.interval_s = lease_s / 4  # three renewals may fail before the lease lapses
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}", daemon=True)
-
-    def __enter__(self) -> "_Lease":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _renew(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.lost = not self.store.heartbeat(self.job_id, self.attempt)
-            except Exception as error:  # the store is unreachable for now: the next renewal tries again
-                outage = outage_of(error)
-                if outage is None:
-                    log.warning("job %s: lease renewal failed", self.job_id, exc_info=True)
-                else:
-                    OUTAGES.failed(outage, error, f"lease of job {self.job_id}")
-            if self.lost:
-                log.warning("job %s: attempt %d no longer holds the job; stopping", self.job_id, self.attempt)
-                return
-
-
-class _Throttle:
+class Throttle:
     """Progress and cancel checks through the job store, at most every ``PROGRESS_INTERVAL_S``."""
 
-    def __init__(self, store: JobStore, job_id: str, attempt: int, lease: _Lease) -> None:
+    def __init__(self, store: JobStore, job_id: str, attempt: int, lease: Lease) -> None:
         self.store, self.job_id, self.attempt, self.lease = store, job_id, attempt, lease
         self._last_write = self._last_read = 0.0
         self._phase: str | None = None

@@ -3,16 +3,21 @@
 import logging
 import random
 from functools import cache
+from pathlib import Path
 
 from celery import Task
 
-from workers.celery_app import TASK_NAME, app
+from workers import logs
+from workers.celery_app import QUEUES, TASK_NAME, UNIT_TASK_NAME, app
 from workers.config import Settings
+from workers.fan_out import FanOut, UnitFiles, execute_unit, listening_processes
 from workers.job_runner import execute_job
 from workers.outages import DATABASE, DISK, OBJECT_STORE, OUTAGES, outage_of, require_free_disk
+from workers.requests import WorkQueue
 from workers.storage import Storage
 from workers.store.database import make_engine
-from workers.store.jobs import JobStore
+from workers.store.jobs import Job, JobStore
+from workers.store.units import UnitStore
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ def run_job(self: Task, job_id: str) -> None:
     store, storage, settings = _runtime()
     try:
         require_free_disk(storage.root, settings.min_free_disk_mib)  # no new audit below the floor
-        execute_job(job_id, store, storage, settings)
+        execute_job(job_id, store, storage, settings, _fan_out)
     except Exception as error:
         outage = outage_of(error)
         if outage is None:
@@ -55,3 +60,30 @@ def run_job(self: Task, job_id: str) -> None:
         pause = pause_s(settings.store_retry_s, tries, random.Random())
         raise self.retry(countdown=pause, max_retries=settings.store_retries) from error
     OUTAGES.working(DATABASE, DISK, OBJECT_STORE)
+
+
+def _fan_out(job: Job, work: Path) -> FanOut | None:
+    """Share the audit's units when another worker process listens on its queue."""
+    _, storage, settings = _runtime()
+    queue = QUEUES[WorkQueue(job.queue)]
+    if not settings.fan_out or listening_processes(app, queue) < 2:
+        return None
+
+    def send(key: str) -> None:
+        app.send_task(UNIT_TASK_NAME, args=[job.id, key], queue=queue)
+
+    return FanOut(job.id, _units(), UnitFiles(storage, job.id, work / "units"), send, settings.lease_s)
+
+
+@cache
+def _units() -> UnitStore:
+    return UnitStore(_runtime()[0].engine)
+
+
+@app.task(name=UNIT_TASK_NAME)
+def run_unit(job_id: str, key: str) -> None:
+    """A unit of another worker's audit: run if still wanted, else dropped (its coordinator runs every unit
+    no one else took)."""
+    store, storage, settings = _runtime()
+    with logs.bound_job(job_id):
+        execute_unit(job_id, key, store, _units(), storage, settings)

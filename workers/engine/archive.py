@@ -50,6 +50,15 @@ class MapArchive:
 
         self._queue(self._writer.submit(write))
 
+    def add_archive(self, part: Path) -> None:
+        """Every array of another archive (a unit's share of the maps), in its order, as it was entered."""
+        with zipfile.ZipFile(part) as source:
+            for entry in json.loads(source.read("manifest.json"))["arrays"]:
+                self._entries.append(entry)
+                self._queue(
+                    self._writer.submit(self._zip.writestr, entry["path"], source.read(entry["path"]))
+                )
+
     def add_bytes(self, name: str, data: str | bytes) -> None:
         self._queue(self._writer.submit(self._zip.writestr, name, data))
 

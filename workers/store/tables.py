@@ -103,3 +103,17 @@ class WebhookSecretRow(Base):
     tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
     secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class UnitRow(Base):
+    """A unit of a job's audit plan that any worker may run (``workers.fan_out``); rows live while their
+    job runs and let a later attempt reuse what an earlier one finished."""
+
+    __tablename__ = "audit_units"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # pending, running, done
+    holder: Mapped[str | None] = mapped_column(String(100))  # who runs it: role, process, token
+    claims: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # the holder's lease

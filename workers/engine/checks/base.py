@@ -73,6 +73,18 @@ class StageValues:
         self.degenerate += int(maps.constant.sum())
         self.non_finite += int(maps.non_finite.sum())
 
+    def extend(self, later: "StageValues") -> None:
+        """Append a later draw's values of the same stage."""
+        for mine, theirs in (
+            (self.similarity, later.similarity),
+            (self.cross_image, later.cross_image),
+            (self.measures, later.measures),
+        ):
+            for name, tables in theirs.items():
+                mine.setdefault(name, []).extend(tables)  # type: ignore[arg-type]
+        self.degenerate += later.degenerate
+        self.non_finite += later.non_finite
+
     @classmethod
     def of(cls, stage: StageModel) -> "StageValues":
         return cls(stage.index, stage.label, stage.randomized, note=stage.note)

@@ -64,7 +64,7 @@ class SaliencyMethod:
 
     # methods made of the same parts name their family: one noise seed, so that a part they share is one
     # computation (SmoothGrad and VarGrad draw the same noise; Guided Backprop, GradCAM and Guided
-    # GradCAM draw none)
+    # GradCAM draw none), and one unit of the audit's plan, where the sharing happens (plan.py)
     family: ClassVar[str | None] = None
 
     @property

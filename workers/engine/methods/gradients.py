@@ -38,6 +38,9 @@ def noise_std(inputs: Tensor, level: float) -> Tensor:
     return (level * spread).view(len(inputs), *([1] * (inputs.dim() - 1)))
 
 
+INPUT_GRADIENT = "input_gradient"  # Gradient x Input takes Gradient's gradient at the same stage (reuse)
+
+
 class _PlainGradients(SaliencyMethod):
     """Methods that only differentiate the model's output: a stage may start them from recorded values."""
 
@@ -46,6 +49,7 @@ class _PlainGradients(SaliencyMethod):
 
 class Gradient(_PlainGradients):
     name = "gradient"
+    family = INPUT_GRADIENT
 
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator
@@ -55,6 +59,7 @@ class Gradient(_PlainGradients):
 
 class GradientXInput(_PlainGradients):
     name = "gradient_x_input"
+    family = INPUT_GRADIENT
 
     def attribute(
         self, model: nn.Module, inputs: Tensor, target: Tensor, generator: torch.Generator

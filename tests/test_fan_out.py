@@ -1,0 +1,144 @@
+"""One audit over two real Celery worker processes (docs/decisions/0026): the API, Redis, PostgreSQL and
+two workers, each one process with one torch thread. The fanned-out report must equal the in-process
+run's number for number, also when the worker running a unit is killed in the middle of it.
+
+Leases are short (3 s) so a killed worker's unit is claimed again within the test."""
+
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from sqlalchemy import create_engine, text
+
+from tests.conftest import TrainedDigits
+from tests.e2e import check_results, poll, report_numbers, submit, upload
+from tests.services import api_server, celery_worker, empty_tables, wait_until
+from workers.engine.audit import run_audit
+from workers.engine.report import AuditReport
+from workers.engine.settings import AuditSettings
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SETTINGS = {
+    "methods": ["gradient", "gradient_x_input", "smoothgrad", "vargrad", "gradcam"],
+    "tests": ["cascading", "independent"],
+    "draws": 2,
+    "max_draws": 2,
+    "noise_samples": 16,
+}
+
+
+@dataclass(frozen=True)
+class TwoWorkers:
+    client: httpx.Client
+    logs: list[Path]
+    database_url: str
+    model: str
+    probes: str
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    redis_url: str, postgres_url: str, trained_digits: TrainedDigits, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TwoWorkers]:
+    empty_tables(postgres_url)
+    folder = tmp_path_factory.mktemp("fan-out")
+    env = {
+        "SALIENCY_DATA_DIR": str(folder / "data"),
+        "SALIENCY_DATABASE_URL": postgres_url,
+        "SALIENCY_BROKER_URL": redis_url,
+        "SALIENCY_LEASE_S": "3",
+        "SALIENCY_SWEEP_INTERVAL_S": "0.5",
+    }
+    logs = [folder / "worker-a.log", folder / "worker-b.log"]
+    with ExitStack() as stack:
+        url, _ = stack.enter_context(api_server(env, folder / "api.log"))
+        for log in logs:
+            stack.enter_context(celery_worker(env | ONE_THREAD, log))
+        client = stack.enter_context(httpx.Client(base_url=url, timeout=30))
+        yield TwoWorkers(
+            client,
+            logs,
+            postgres_url,
+            upload(client, "/v1/models", trained_digits.onnx_dynamo.read_bytes()),
+            upload(client, "/v1/probe-sets", trained_digits.probes.read_bytes()),
+        )
+
+
+@pytest.fixture(scope="module")
+def in_process(trained_digits: TrainedDigits, tmp_path_factory: pytest.TempPathFactory) -> AuditReport:
+    """The same audit run here, as the CLI runs it, on one torch thread as the workers do."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_audit(
+            trained_digits.onnx_dynamo,
+            trained_digits.probes,
+            AuditSettings.model_validate(SETTINGS),
+            tmp_path_factory.mktemp("in-process"),
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _units_done_by_helpers(logs: list[Path]) -> int:
+    return sum(log.read_text(errors="replace").count("unit done here") for log in logs)
+
+
+def _helper_units(database_url: str) -> dict[str, tuple[str, str]]:
+    """Each unit's state and holder, of the units a helping worker (not the coordinator) holds or held."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT key, state, holder FROM audit_units WHERE holder LIKE 'worker:%'")
+            ).all()
+    finally:
+        engine.dispose()
+    return {key: (state, holder) for key, state, holder in rows}
+
+
+def test_an_audit_fanned_out_over_two_workers_reports_the_same_numbers_as_in_process(
+    two_workers: TwoWorkers, in_process: AuditReport, tmp_path: Path
+) -> None:
+    before = _units_done_by_helpers(two_workers.logs)
+    body = {"model": two_workers.model, "probes": two_workers.probes, "settings": SETTINGS}
+    location = submit(two_workers.client, body)
+    job = poll(two_workers.client, location, {"succeeded", "failed", "cancelled"}, timeout=600)
+    assert job["state"] == "succeeded", job["error"]
+    assert job["progress"]["done"] == job["progress"]["total"]
+    report = check_results(two_workers.client, location, job, tmp_path)
+    assert _units_done_by_helpers(two_workers.logs) > before  # the other worker ran some of the units
+    assert report_numbers(report) == report_numbers(in_process)
+
+
+def test_a_fanned_out_audit_survives_the_worker_of_a_unit_killed_in_the_middle_of_it(
+    two_workers: TwoWorkers, in_process: AuditReport, tmp_path: Path
+) -> None:
+    body = {"model": two_workers.model, "probes": two_workers.probes, "settings": SETTINGS}
+    location = submit(two_workers.client, body)
+    held: list[tuple[str, str]] = []
+
+    def helper_runs_a_noisy_unit() -> bool:
+        running = [
+            (key, holder)
+            for key, (state, holder) in _helper_units(two_workers.database_url).items()
+            if state == "running" and "smoothgrad" in key  # the longest units: noisy copies
+        ]
+        held.extend(running)
+        return bool(running)
+
+    wait_until(helper_runs_a_noisy_unit, 300, "a unit run by the helping worker")
+    key, holder = held[0]
+    os.kill(int(holder.split(":")[1]), signal.SIGKILL)
+    assert _helper_units(two_workers.database_url)[key] == ("running", holder)  # killed in the middle
+    job = poll(two_workers.client, location, {"succeeded", "failed", "cancelled"}, timeout=600)
+    assert job["state"] == "succeeded", job["error"]
+    assert job["attempts"] == 1  # the job itself was never lost: only the unit ran again
+    report = check_results(two_workers.client, location, job, tmp_path)
+    assert report_numbers(report) == report_numbers(in_process)
