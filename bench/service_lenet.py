@@ -40,7 +40,7 @@ def main() -> None:
         with (
             redis_server(folder) as redis_url,
             postgres_database() as database_url,
-            distributed_deployment(folder, redis_url, database_url) as (url, _worker),
+            distributed_deployment(folder, redis_url, database_url) as (url, _workers),
             httpx.Client(base_url=url, timeout=30) as client,
         ):
             model = upload(client, "/v1/models", (args.data / "lenet_mnist.onnx").read_bytes())

@@ -74,14 +74,19 @@ def unshared_backward(report: AuditReport) -> int:
     return report.image_passes.backward + again  # type: ignore[union-attr]
 
 
-def main() -> None:
+def model_arguments(description: str) -> argparse.ArgumentParser:
+    """The options that size the model and its probes."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--width", type=int, default=8, help="channels of the stem (torchvision: 64)")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--images", type=int, default=16)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = model_arguments(__doc__).parse_args()
     folder = Path(tempfile.mkdtemp())
     model_path, probes = write_inputs(folder, args.width, args.size, args.images)
     runs = {}

@@ -247,18 +247,29 @@ def distributed_deployment(
     database_url: str,
     settings: dict[str, str] | None = None,
     shared_data_dir: bool = True,
-) -> Iterator[tuple[str, subprocess.Popen]]:
-    """The API and one Celery worker sharing a broker and a job store; ``settings`` adds ``SALIENCY_*``
-    variables for both. Without ``shared_data_dir`` each has a data directory of its own, as on two
-    machines (what they share must then be in the object store)."""
+    workers: int = 1,
+    worker_env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """The API and ``workers`` Celery workers sharing a broker and a job store; ``settings`` adds
+    ``SALIENCY_*`` variables for all, ``worker_env`` more variables for the workers. Without
+    ``shared_data_dir`` the workers have a data directory of their own, as on other machines (what they
+    share must then be in the object store). Worker logs: ``worker.log``, then ``worker-2.log``..."""
     env = {
         "SALIENCY_DATA_DIR": str(folder / "data"),
         "SALIENCY_DATABASE_URL": database_url,
         "SALIENCY_BROKER_URL": redis_url,
     } | (settings or {})
-    worker_env = env if shared_data_dir else env | {"SALIENCY_DATA_DIR": str(folder / "worker-data")}
-    with (
-        api_server(env, folder / "api.log") as (url, _),
-        celery_worker(worker_env, folder / "worker.log") as worker,
-    ):
-        yield url, worker
+    worker_env = (env if shared_data_dir else env | {"SALIENCY_DATA_DIR": str(folder / "worker-data")}) | (
+        worker_env or {}
+    )
+    with contextlib.ExitStack() as stack:
+        url, _ = stack.enter_context(api_server(env, folder / "api.log"))
+        started = [
+            stack.enter_context(celery_worker(worker_env, folder / worker_log(index)))
+            for index in range(workers)
+        ]
+        yield url, started
+
+
+def worker_log(index: int) -> str:
+    return "worker.log" if index == 0 else f"worker-{index + 1}.log"

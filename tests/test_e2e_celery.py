@@ -41,7 +41,7 @@ def deployment(
     empty_tables(postgres_url)
     folder = tmp_path_factory.mktemp("celery-deployment")
     with (
-        distributed_deployment(folder, redis_url, postgres_url, SHORT_LEASES) as (url, worker),
+        distributed_deployment(folder, redis_url, postgres_url, SHORT_LEASES) as (url, (worker,)),
         httpx.Client(base_url=url, timeout=30) as client,
     ):
         training = training_npz(*trained_digits.data.twin_training_set())

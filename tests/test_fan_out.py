@@ -7,7 +7,6 @@ Leases are short (3 s) so a killed worker's unit is claimed again within the tes
 import os
 import signal
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import TrainedDigits
 from tests.e2e import check_results, poll, report_numbers, submit, upload
-from tests.services import api_server, celery_worker, empty_tables, wait_until
+from tests.services import distributed_deployment, empty_tables, wait_until, worker_log
 from workers.engine.audit import run_audit
 from workers.engine.report import AuditReport
 from workers.engine.settings import AuditSettings
@@ -48,22 +47,16 @@ def two_workers(
 ) -> Iterator[TwoWorkers]:
     empty_tables(postgres_url)
     folder = tmp_path_factory.mktemp("fan-out")
-    env = {
-        "SALIENCY_DATA_DIR": str(folder / "data"),
-        "SALIENCY_DATABASE_URL": postgres_url,
-        "SALIENCY_BROKER_URL": redis_url,
-        "SALIENCY_LEASE_S": "3",
-        "SALIENCY_SWEEP_INTERVAL_S": "0.5",
-    }
-    logs = [folder / "worker-a.log", folder / "worker-b.log"]
-    with ExitStack() as stack:
-        url, _ = stack.enter_context(api_server(env, folder / "api.log"))
-        for log in logs:
-            stack.enter_context(celery_worker(env | ONE_THREAD, log))
-        client = stack.enter_context(httpx.Client(base_url=url, timeout=30))
+    short_leases = {"SALIENCY_LEASE_S": "3", "SALIENCY_SWEEP_INTERVAL_S": "0.5"}
+    with (
+        distributed_deployment(
+            folder, redis_url, postgres_url, short_leases, workers=2, worker_env=ONE_THREAD
+        ) as (url, _),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
         yield TwoWorkers(
             client,
-            logs,
+            [folder / worker_log(index) for index in range(2)],
             postgres_url,
             upload(client, "/v1/models", trained_digits.onnx_dynamo.read_bytes()),
             upload(client, "/v1/probe-sets", trained_digits.probes.read_bytes()),
@@ -88,6 +81,10 @@ def in_process(trained_digits: TrainedDigits, tmp_path_factory: pytest.TempPathF
 
 def _units_done_by_helpers(logs: list[Path]) -> int:
     return sum(log.read_text(errors="replace").count("unit done here") for log in logs)
+
+
+def _tracebacks(logs: list[Path]) -> int:
+    return sum(log.read_text(errors="replace").count("Traceback") for log in logs)
 
 
 def _helper_units(database_url: str) -> dict[str, tuple[str, str]]:
@@ -142,3 +139,19 @@ def test_a_fanned_out_audit_survives_the_worker_of_a_unit_killed_in_the_middle_o
     assert job["attempts"] == 1  # the job itself was never lost: only the unit ran again
     report = check_results(two_workers.client, location, job, tmp_path)
     assert report_numbers(report) == report_numbers(in_process)
+
+
+def test_a_cancel_stops_the_units_on_every_worker_and_forgets_them(two_workers: TwoWorkers) -> None:
+    tracebacks = _tracebacks(two_workers.logs)
+    body = {"model": two_workers.model, "probes": two_workers.probes, "settings": SETTINGS | {"seed": 3}}
+    location = submit(two_workers.client, body)
+    wait_until(
+        lambda: any(state == "running" for state, _ in _helper_units(two_workers.database_url).values()),
+        300,
+        "a unit run by the helping worker",
+    )
+    assert two_workers.client.post(f"{location}/cancel").json()["state"] == "cancelling"
+    job = poll(two_workers.client, location, {"succeeded", "failed", "cancelled"}, timeout=120)
+    assert job["state"] == "cancelled"
+    wait_until(lambda: not _helper_units(two_workers.database_url), 30, "the job's units forgotten")
+    assert _tracebacks(two_workers.logs) == tracebacks  # the helper stopped its unit cleanly

@@ -24,7 +24,8 @@ from celery import Celery
 
 from workers.config import Settings
 from workers.engine.archive import MapArchive
-from workers.engine.audit import InProcess, audit_run
+from workers.engine.audit import audit_run
+from workers.engine.check_run import InProcess
 from workers.engine.errors import AuditCancelled
 from workers.engine.plan import Unit
 from workers.engine.preparation import load, prepare

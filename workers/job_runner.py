@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from workers import logs, problems
 from workers.config import Settings
-from workers.engine.audit import Progress, UnitExecutor, run_audit
+from workers.engine.audit import Progress, run_audit
+from workers.engine.check_run import UnitExecutor
 from workers.engine.data_randomization import DataTestInputs
 from workers.engine.errors import AuditCancelled, AuditInputError
 from workers.engine.html_report import write_html_report

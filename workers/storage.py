@@ -150,9 +150,10 @@ class Storage:
         return self.objects.signed_url(_result_key(job_id, attempt, name), expires_s)
 
     def remove_results(self, job_id: str) -> None:
-        """Every attempt's results of a deleted or expired job."""
+        """Every attempt's results of a deleted or expired job (and its units' files)."""
         with _left_if_unreachable(f"results of job {job_id}"):
             self.objects.delete_prefix(f"results/{job_id}")
+            self.objects.delete_prefix(f"units/{job_id}/")  # a fanned-out audit's, if its coordinator died
 
     def remove_blob(self, sha256: str, untouched_since: float) -> None:
         """Unless an upload kept it again since (a row for it may be on its way)."""

@@ -28,10 +28,12 @@ class MapArchive:
         self._partial = path.with_name(path.name + ".partial")
         self._zip = zipfile.ZipFile(self._partial, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
         self._entries: list[dict[str, Any]] = []
+        self._names: set[str] = set()  # a zip may hold one name twice; a reader would see either
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="map-archive")
         self._pending: list[Future[None]] = []
 
     def add_array(self, name: str, array: np.ndarray, **metadata: Any) -> None:
+        self._claim(name)
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
         data = buffer.getvalue()
@@ -54,13 +56,20 @@ class MapArchive:
         """Every array of another archive (a unit's share of the maps), in its order, as it was entered."""
         with zipfile.ZipFile(part) as source:
             for entry in json.loads(source.read("manifest.json"))["arrays"]:
+                self._claim(entry["path"])
                 self._entries.append(entry)
                 self._queue(
                     self._writer.submit(self._zip.writestr, entry["path"], source.read(entry["path"]))
                 )
 
     def add_bytes(self, name: str, data: str | bytes) -> None:
+        self._claim(name)
         self._queue(self._writer.submit(self._zip.writestr, name, data))
+
+    def _claim(self, name: str) -> None:
+        if name in self._names:
+            raise ValueError(f"{name} is in the map archive already")
+        self._names.add(name)
 
     def _queue(self, future: "Future[None]") -> None:
         """At most ``MAX_PENDING`` writes wait, so queued bytes stay bounded when maps come faster."""

@@ -7,15 +7,14 @@ asked before every map, so a cancel never tears a stage.
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
 from torch import nn
 
+from workers.engine import units
 from workers.engine.archive import MapArchive
 from workers.engine.assembly import (
     Calibration,
@@ -23,16 +22,16 @@ from workers.engine.assembly import (
     model_notes,
     probe_info,
     stage_zero,
-    summarized,
     versions,
 )
-from workers.engine.checks import CheckContext, RetrainFloor, SanityCheck, StageValues, create_check
+from workers.engine.check_run import CheckRun, InProcess, Ledger, UnitExecutor
+from workers.engine.checks import CheckContext, create_check
 from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinPool
 from workers.engine.errors import AuditInputError
 from workers.engine.methods import SaliencyMethod
 from workers.engine.methods.edges import sobel_magnitude
-from workers.engine.passes import as_report, counting, new_counter
-from workers.engine.plan import Unit, check_progress, draw_units, planned_progress
+from workers.engine.passes import as_report
+from workers.engine.plan import planned_progress
 from workers.engine.preparation import (
     Loaded,
     Prepared,
@@ -41,7 +40,6 @@ from workers.engine.preparation import (
     nondeterminism_noted,
     prepare,
 )
-from workers.engine.randomization import StageModel
 from workers.engine.report import (
     ARCHIVE_FILE,
     REPORT_FILE,
@@ -49,29 +47,15 @@ from workers.engine.report import (
     LayerInfo,
     MethodResult,
     MetricTable,
-    Stage,
     TestResult,
-    Verdict,
 )
 from workers.engine.reuse import ForwardRecord
 from workers.engine.settings import AuditSettings, RandomizationTest, TargetPolicy
-from workers.engine.similarity import PreparedMaps, compare_prepared
+from workers.engine.similarity import compare_prepared
 from workers.engine.similarity import prepare as prepare_maps
 from workers.engine.statistics import summarize_all
-from workers.engine.units import (
-    ArraySink,
-    AuditRun,
-    MethodState,
-    UnitResult,
-    map_folder,
-    maps,
-    noise_seed,
-    run_unit,
-    stage_maps,
-)
+from workers.engine.units import ArraySink, AuditRun, MethodState, noise_seed
 from workers.engine.verification import verify_conversion
-
-UNDECIDED = ("interval", "draws_disagree")  # causes that more draws may settle
 
 TARGET_NOTES = {
     TargetPolicy.predicted: "Maps explain the trained model's predicted class, held fixed at every stage.",
@@ -86,46 +70,6 @@ class Progress:
     phase: str
     done: int
     total: int
-
-
-class UnitExecutor(Protocol):
-    """Runs units of the plan; the CLI runs them here, a Celery worker may hand them to others."""
-
-    def run(
-        self, run: AuditRun, units: list[Unit], states: dict[str, MethodState], archive: ArraySink
-    ) -> Iterator[UnitResult]:
-        """The units' results in the order of ``units``, their maps added to ``archive`` in that order."""
-        ...
-
-
-class InProcess:
-    def run(
-        self, run: AuditRun, units: list[Unit], states: dict[str, MethodState], archive: ArraySink
-    ) -> Iterator[UnitResult]:
-        for unit in units:
-            yield run_unit(run, unit, states, archive)
-
-
-@dataclass
-class _Ledger:
-    """Seconds and image-passes per method, over every unit and reference of the audit."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    passes: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @contextmanager
-    def spending(self, method: str) -> Iterator[None]:
-        started = time.perf_counter()
-        with counting(self.passes.setdefault(method, new_counter())):
-            yield
-        self.seconds[method] = self.seconds.get(method, 0.0) + time.perf_counter() - started
-
-    def add(self, result: UnitResult) -> None:
-        for method, passes in result.passes.items():
-            counter = self.passes.setdefault(method, new_counter())
-            for key, count in passes.items():
-                counter[key] += count
-            self.seconds[method] = self.seconds.get(method, 0.0) + result.seconds[method]
 
 
 def run_audit(
@@ -283,9 +227,9 @@ def _remove_previous_results(out_dir: Path) -> None:
 
 def _audit_methods(
     run: AuditRun, executor: UnitExecutor, archive: MapArchive, prepared: Prepared
-) -> tuple[list[MethodResult], _Ledger]:
+) -> tuple[list[MethodResult], Ledger]:
     """Every method's trained maps first, then each test's units; each method's calibration rows last."""
-    ledger = _Ledger()
+    ledger = Ledger()
     trained_forward = run.forward_for(run.model, len(run.record.trained.steps))
     states = {
         method.name: _trained_state(run, method, trained_forward, archive, ledger)
@@ -296,7 +240,9 @@ def _audit_methods(
     }
     tests: dict[str, list[TestResult]] = {name: [] for name in states}
     for check in run.checks.values():
-        for name, result in _run_check(run, check, states, trained_stages, executor, archive, ledger).items():
+        for name, result in (
+            CheckRun(run, check, executor, archive, ledger).results(states, trained_stages).items()
+        ):
             tests[name].append(result)
     calibration = Calibration(run.x, prepare_maps(sobel_magnitude(run.x)), run.settings.seed)
     results = []
@@ -311,172 +257,26 @@ def _audit_methods(
 
 
 def _trained_state(
-    run: AuditRun, method: SaliencyMethod, trained_forward: nn.Module, archive: ArraySink, ledger: _Ledger
+    run: AuditRun, method: SaliencyMethod, trained_forward: nn.Module, archive: ArraySink, ledger: Ledger
 ) -> MethodState:
     with ledger.spending(method.name):
         model = trained_forward if method.reuses_forward else run.model
-        raw = maps(run, method, model, noise_seed(method, run.settings.seed))
+        raw = units.maps(run, method, model, noise_seed(method, run.settings.seed))
         archive.add_array(f"maps/{method.name}/trained.npy", raw.cpu().numpy(), method=method.name, stage=0)
         state = MethodState.of(method, run.settings.seed, raw)
     run.report_progress(f"{method.name}: trained model", 1)
     return state
 
 
-def _self_similarity(run: AuditRun, state: MethodState, ledger: _Ledger) -> MetricTable | None:
+def _self_similarity(run: AuditRun, state: MethodState, ledger: Ledger) -> MetricTable | None:
     """A stochastic method's maps drawn again with other noise: how alike two draws of the same model are."""
     if not state.method.stochastic:
         return None
     with ledger.spending(state.name):
-        second = maps(run, state.method, run.model, state.noise_seed + 1)
+        second = units.maps(run, state.method, run.model, state.noise_seed + 1)
         table = summarize_all(compare_prepared(state.trained, prepare_maps(second)))
     run.report_progress(f"{state.name}: noise floor", 1)
     return table
-
-
-def _run_check(
-    run: AuditRun,
-    check: SanityCheck,
-    trained: dict[str, MethodState],
-    trained_stages: dict[str, Stage],
-    executor: UnitExecutor,
-    archive: ArraySink,
-    ledger: _Ledger,
-) -> dict[str, TestResult]:
-    """Every draw's stages against each method's trained maps; the test judges each method's table.
-
-    A method whose verdict more draws may settle gets them; the others are done.
-    """
-    test = check.test.value
-    states, zero = dict(trained), dict(trained_stages)
-    reference = check.reference()
-    if reference is not None:  # the check's own reference maps replace the trained ones in its comparisons
-        for name, state in trained.items():
-            states[name], zero[name] = _referenced(run, state, reference, test, archive, ledger)
-    stages: dict[str, dict[int, StageValues]] = {name: {} for name in states}
-
-    def add_draws(pending: list[str], first: int, last: int) -> None:
-        units = draw_units(check.test, [states[name].method for name in pending], first, last)
-        for result in executor.run(run, units, states, archive):
-            ledger.add(result)
-            for name, values in result.stages.items():
-                for stage in values:
-                    known = stages[name].setdefault(stage.index, stage)
-                    if known is not stage:
-                        known.extend(stage)
-
-    memo: dict[tuple[str, str, int], PreparedMaps] = {}
-
-    def references_of(state: MethodState) -> Callable[[nn.Module, str, int], PreparedMaps]:
-        def reference_maps(model: nn.Module, name: str, index: int) -> PreparedMaps:
-            """Reference models (controls) are compared again after every extension: their maps once."""
-            if (state.name, name, index) not in memo:
-                memo[state.name, name, index] = _control_maps(
-                    run, state, model, name, index, test, archive, ledger
-                )
-                run.report_progress(f"{state.name}: {test} {name.replace('_', ' ')} {index + 1}", 1)
-            return memo[state.name, name, index]
-
-        return reference_maps
-
-    def references_first(pending: list[str], draws: int) -> None:
-        """The reference models' maps model by model, every method on each: parts shared between methods
-        (SmoothGrad's and VarGrad's) are computed once per model."""
-        for model, name, index in check.reference_models(draws):
-            for method in pending:
-                references_of(states[method])(model, name, index)
-        run.shared.forget()
-
-    def judged(name: str, draws: int) -> tuple[Verdict | None, RetrainFloor | None]:
-        state = states[name]
-        floor = check.retrain_floor(state.trained, references_of(state), draws)
-        return _judge(check, state, zero[name], stages[name], floor), floor
-
-    draws = check.draws()
-    add_draws(list(states), 0, draws)
-    references_first(list(states), draws)
-    outcomes = {name: (*judged(name, draws), draws) for name in states}
-    pending = [name for name in states if _undecided(outcomes[name][0])]
-    while pending and draws < check.max_draws():
-        more = min(check.draws(), check.max_draws() - draws)
-        add_draws(pending, draws, draws + more)
-        draws += more
-        references_first(pending, draws)
-        outcomes.update({name: (*judged(name, draws), draws) for name in pending})
-        pending = [name for name in pending if _undecided(outcomes[name][0])]
-    most = check_progress(check, check.max_draws())
-    unused = sum(most - check_progress(check, used) for *_, used in outcomes.values())
-    if unused:
-        run.report_progress(f"{test}: every verdict settled", unused)
-    return {
-        name: TestResult(
-            test=check.test,
-            order=check.order(),
-            draws=outcomes[name][2],
-            stages=[zero[name], *(summarized(values) for _, values in sorted(stages[name].items()))],
-            retrain_floor=floor.similarity if (floor := outcomes[name][1]) is not None else None,
-            verdict=outcomes[name][0],
-        )
-        for name in states
-    }
-
-
-def _control_maps(
-    run: AuditRun,
-    state: MethodState,
-    model: nn.Module,
-    name: str,
-    index: int,
-    test: str,
-    archive: ArraySink,
-    ledger: _Ledger,
-) -> PreparedMaps:
-    """A reference model's maps (the data test's controls), archived as its draw ``index``."""
-    with ledger.spending(state.name):
-        raw = stage_maps(run, state, model, None)
-        if index == 0 or run.settings.archive_all_draws:
-            path = f"{map_folder(state.name, test, index)}/{name}.npy"
-            archive.add_array(path, raw.cpu().numpy(), method=state.name, test=test, draw=index)
-        return state.trained if state.baseline else prepare_maps(raw)
-
-
-def _referenced(
-    run: AuditRun,
-    state: MethodState,
-    reference: StageModel,
-    test: str,
-    archive: ArraySink,
-    ledger: _Ledger,
-) -> tuple[MethodState, Stage]:
-    """``state`` with ``reference``'s maps to compare with (a baseline's stay as they are), and the row
-    that starts the test's table."""
-    if state.baseline:  # a baseline's maps are the same for every model: nothing to make
-        run.report_progress(f"{state.name}: {reference.label}", 1)
-        return state, stage_zero(run.partners, state.trained, reference.label, reference.note)
-    with ledger.spending(state.name):
-        raw = stage_maps(run, state, reference.model, reference)
-        path = f"{map_folder(state.name, test, 0)}/{reference.archive_name}.npy"
-        archive.add_array(path, raw.cpu().numpy(), method=state.name, test=test, draw=0, stage=0)
-        referenced = replace(state, raw=raw, trained=prepare_maps(raw))
-        stage = stage_zero(run.partners, referenced.trained, reference.label, reference.note)
-    run.report_progress(f"{state.name}: {reference.label}", 1)
-    return referenced, stage
-
-
-def _undecided(verdict: Verdict | None) -> bool:
-    return verdict is not None and verdict.cause in UNDECIDED
-
-
-def _judge(
-    check: SanityCheck,
-    state: MethodState,
-    trained_stage: Stage,
-    stages: dict[int, StageValues],
-    retrain_floor: RetrainFloor | None,
-) -> Verdict | None:
-    """Baselines need no model: they are compared, never judged."""
-    if state.baseline:
-        return None
-    return check.judge(trained_stage, [stages[index] for index in sorted(stages)], retrain_floor)
 
 
 def _write_atomically(path: Path, text: str) -> None:

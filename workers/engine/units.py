@@ -104,6 +104,9 @@ class UnitResult:
     stages: dict[str, list[StageValues]]
     passes: dict[str, dict[str, int]]
     seconds: dict[str, float]
+    # the classes a stage's maps explain where they are not the trained maps' (random logit's), by their
+    # archive path: the same for every group of the draw, so whoever merges archives each once
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def run_unit(run: AuditRun, unit: Unit, states: dict[str, MethodState], archive: ArraySink) -> UnitResult:
@@ -115,12 +118,14 @@ def run_unit(run: AuditRun, unit: Unit, states: dict[str, MethodState], archive:
     stages: dict[str, list[StageValues]] = {state.name: [] for state in group}
     passes = {state.name: new_counter() for state in group}
     seconds = dict.fromkeys(stages, 0.0)
+    targets: dict[str, np.ndarray] = {}
     archived = draw == 0 or run.settings.archive_all_draws
     for stage_model in check.stage_models(draw):
         run.shared.forget()  # a cascade randomizes one model in place: the same object, another model
         about: dict[str, Any] = {"stage": stage_model.index, "label": stage_model.label}
         if stage_model.targets is not None and archived:
-            about["targets"] = _archive_targets(archive, test, draw, stage_model)
+            about["targets"] = path = targets_path(test, draw, stage_model)
+            targets[path] = stage_model.targets.cpu().numpy()
         start = first_step(stage_model.model, stage_model.randomized) if check.shares_trained else 0
         forward = run.forward_for(stage_model.model, start)
         for state in group:
@@ -144,7 +149,7 @@ def run_unit(run: AuditRun, unit: Unit, states: dict[str, MethodState], archive:
             seconds[state.name] += time.perf_counter() - started
             run.report_progress(f"{state.name}: {test} {stage_model.label}, draw {draw + 1}", 1)
     run.shared.forget()  # the last stage's model and parts: not needed by the next unit
-    return UnitResult(unit, stages, passes, seconds)
+    return UnitResult(unit, stages, passes, seconds, targets)
 
 
 def map_folder(method: str, test: str, draw: int) -> str:
@@ -168,13 +173,8 @@ def stage_maps(run: AuditRun, state: MethodState, model: nn.Module, at: StageMod
     return maps(run, method, model, state.noise_seed, at.inputs, at.targets)
 
 
-def _archive_targets(archive: ArraySink, test: str, draw: int, stage: StageModel) -> str:
-    """The classes a stage's maps explain where they are not the trained maps' (random logit's other
-    classes), once for every method; the path its maps' manifest entries name."""
-    assert stage.targets is not None
-    path = f"targets/{test}" + (f"/draw-{draw}" if draw else "") + f"/{stage.archive_name}.npy"
-    archive.add_array(path, stage.targets.cpu().numpy(), kind="targets", test=test, draw=draw)
-    return path
+def targets_path(test: str, draw: int, stage: StageModel) -> str:
+    return f"targets/{test}" + (f"/draw-{draw}" if draw else "") + f"/{stage.archive_name}.npy"
 
 
 def smoothed_maps(

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from workers.problems import WORKER_LOST
 from workers.store.database import PollConnection
-from workers.store.tables import ArtifactRow, JobRow
+from workers.store.tables import ArtifactRow, JobRow, UnitRow
 
 
 class JobState(StrEnum):
@@ -322,6 +322,9 @@ class JobStore:
             statement = delete(JobRow).where(JobRow.id == job_id, JobRow.state.in_(finished))
             if _rowcount(session, statement) != 1:
                 raise WrongState(job)
+            session.execute(
+                delete(UnitRow).where(UnitRow.job_id == job_id)
+            )  # left by a coordinator that died
         return job
 
     def expired_jobs(self, finished_before: datetime) -> list[str]:

@@ -70,18 +70,18 @@ class UnitStore:
 
     def heartbeat(self, job_id: str, key: str, holder: str) -> bool:
         """Renew the holder's lease; ``False`` once the unit is another's or done."""
-        return self._held(job_id, key, holder, heartbeat_at=_now())
+        return self._update_held(job_id, key, holder, {"heartbeat_at": _now()})
 
     def finish(self, job_id: str, key: str, holder: str) -> bool:
         """Mark the unit done once its result is stored; ``False`` when the holder had lost it (the result
         it stored is the same numbers as the new holder's: units are deterministic)."""
-        return self._held(job_id, key, holder, state=DONE)
+        return self._update_held(job_id, key, holder, {"state": DONE})
 
     def release(self, job_id: str, key: str, holder: str) -> None:
         """Give the unit back unfinished (its holder stopped or failed): the next claimant runs it."""
-        self._held(job_id, key, holder, state=PENDING, holder=None)
+        self._update_held(job_id, key, holder, {"state": PENDING, "holder": None})
 
-    def _held(self, job_id: str, key: str, holder: str, **values: object) -> bool:
+    def _update_held(self, job_id: str, key: str, holder: str, values: dict[str, object]) -> bool:
         statement = (
             update(UnitRow)
             .where(UnitRow.job_id == job_id, UnitRow.key == key)
