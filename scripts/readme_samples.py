@@ -4,7 +4,8 @@
 
 runs every block marked ``<!-- readme: run ... -->`` in a temporary folder (tests/readme.py says how) and
 rewrites README.md's ``<!-- readme: output of NAME -->`` blocks; tests/test_readme.py checks them in CI.
-Lines ``...`` in an output block are kept where the output still fits around them.
+Lines ``...`` in an output block are kept where the output still fits around them. tests/readme_cpu.txt
+records the CPU they came from: on another kind the check compares everything but the numbers.
 """
 
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.readme import README, run_readme, with_outputs
+from tests.readme import README, SAMPLES_CPU, cpu_model, run_readme, with_outputs
 
 
 def main() -> None:
@@ -21,6 +22,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         printed = run_readme(Path(folder), readme)
     README.write_text(with_outputs(readme, printed))
+    SAMPLES_CPU.write_text(cpu_model() + "\n")
     print(f"{README}: {len(printed)} outputs written")
 
 
