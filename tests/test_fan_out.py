@@ -4,8 +4,10 @@ run's number for number, also when the worker running a unit is killed in the mi
 
 Leases are short (3 s) so a killed worker's unit is claimed again within the test."""
 
+import json
 import os
 import signal
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +21,13 @@ from tests.conftest import TrainedDigits
 from tests.e2e import check_results, poll, report_numbers, submit, upload
 from tests.services import distributed_deployment, empty_tables, wait_until, worker_log
 from workers.engine.audit import run_audit
+from workers.engine.plan import Unit
 from workers.engine.report import AuditReport
 from workers.engine.settings import AuditSettings
+from workers.fan_out import FanOut, UnitFiles, UnitRunner
+from workers.storage import Storage
+from workers.store.database import make_engine, migrate
+from workers.store.units import PlanId, UnitStore, holder_token
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SETTINGS = {
@@ -155,3 +162,50 @@ def test_a_cancel_stops_the_units_on_every_worker_and_forgets_them(two_workers: 
     assert job["state"] == "cancelled"
     wait_until(lambda: not _helper_units(two_workers.database_url), 30, "the job's units forgotten")
     assert _tracebacks(two_workers.logs) == tracebacks  # the helper stopped its unit cleanly
+
+
+@pytest.mark.parametrize("target", ["predicted", "randomized_argmax"])
+def test_units_run_by_a_helper_give_the_in_process_report_for_every_test_and_baseline(
+    trained_digits: TrainedDigits, tmp_path: Path, target: str
+) -> None:
+    """The coordinator and a helper in this process, sharing a SQLite job store and a folder object
+    store: the helper takes two units of three as their messages are sent, the coordinator the rest."""
+    settings = AuditSettings(
+        methods=["gradient", "gradient_x_input", "vargrad", "gradcam", "edge_detector"],
+        tests=["cascading", "independent", "random_logit", "smooth_mprt", "efficient_mprt"],
+        target=target,
+        smooth_mprt_samples=2,
+        noise_samples=4,
+        draws=1,
+        max_draws=2,
+    )
+    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    migrate(engine)
+    units, storage, plan = UnitStore(engine), Storage(tmp_path / "data"), PlanId("job", 1)
+    helper, sent, helped = UnitRunner(), [], []
+    model, probes = trained_digits.onnx_legacy, trained_digits.probes
+
+    def send(key: str) -> None:
+        sent.append(key)
+        if len(sent) % 3 == 0:
+            return  # left to the coordinator
+        holder = holder_token("worker")
+        assert units.claim(plan, [key], holder, lease_s=60) == key
+        files = UnitFiles(storage, plan, tmp_path / "helper")
+        helper.run(plan, Unit.from_key(key), files, lambda: {"model": model, "probes": probes}, lambda: False)
+        assert units.finish(plan, key, holder)
+        helped.append(key)
+
+    fan_out = FanOut(plan, units, UnitFiles(storage, plan, tmp_path / "coordinator"), send, lease_s=60)
+    shared = run_audit(model, probes, settings, tmp_path / "shared", executor=fan_out)
+    alone = run_audit(model, probes, settings, tmp_path / "alone")
+    assert 0 < len(helped) < len(sent)
+    assert report_numbers(shared) == report_numbers(alone)
+    with (
+        zipfile.ZipFile(tmp_path / "shared" / "maps.zip") as a,
+        zipfile.ZipFile(tmp_path / "alone" / "maps.zip") as b,
+    ):
+        assert json.loads(a.read("manifest.json")) == json.loads(b.read("manifest.json"))
+    fan_out.close()
+    assert units.holders(plan) == {}
+    assert not [path for path in (tmp_path / "data").rglob("*") if path.is_file() and "units" in path.parts]

@@ -70,8 +70,9 @@ def _execute(
     attempt = job.attempts
     log.info("audit started (attempt %d)", attempt)
     work = storage.new_work_dir(job_id, attempt)
-    shared = fan_out(job, work) if fan_out is not None else None
+    shared: SharedUnits | None = None
     try:
+        shared = _shared_units(fan_out, job, work)
         with Lease(lambda: store.heartbeat(job_id, attempt), settings.lease_s, f"job {job_id}") as lease:
             request = AuditRequest.model_validate(job.request)
             inputs = fetch_inputs(request, job.tenant, store, storage, work)
@@ -115,6 +116,19 @@ def _execute(
     if shared is not None and (final is None or final.state not in ACTIVE_STATES):
         shared.close()  # a released job keeps its finished units for the next attempt
     return None if final is None else final.state
+
+
+def _shared_units(
+    fan_out: Callable[[Job, Path], SharedUnits | None] | None, job: Job, work: Path
+) -> SharedUnits | None:
+    """Whether other workers help is an optimization: a broker that cannot say runs the audit here."""
+    if fan_out is None:
+        return None
+    try:
+        return fan_out(job, work)
+    except Exception as error:  # kombu raises transport-specific errors
+        log.warning("job %s runs on this worker alone: other workers not found (%s)", job.id, error)
+        return None
 
 
 def _release(

@@ -10,14 +10,14 @@ from celery import Task
 from workers import logs
 from workers.celery_app import QUEUES, TASK_NAME, UNIT_TASK_NAME, app
 from workers.config import Settings
-from workers.fan_out import FanOut, UnitFiles, execute_unit, listening_processes
+from workers.fan_out import RUNNER, FanOut, UnitFiles, execute_unit, listening_processes
 from workers.job_runner import execute_job
 from workers.outages import DATABASE, DISK, OBJECT_STORE, OUTAGES, outage_of, require_free_disk
 from workers.requests import WorkQueue
 from workers.storage import Storage
 from workers.store.database import make_engine
 from workers.store.jobs import Job, JobStore
-from workers.store.units import UnitStore
+from workers.store.units import PlanId, UnitStore
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def run_job(self: Task, job_id: str) -> None:
     too little disk to start, so the delivery is tried again after a pause. After ``store_retries`` tries
     the message is dropped: the sweeper hands a queued job no worker started over again."""
     store, storage, settings = _runtime()
+    RUNNER.forget()  # a model kept for helping another audit: this process now runs one of its own
     try:
         require_free_disk(storage.root, settings.min_free_disk_mib)  # no new audit below the floor
         execute_job(job_id, store, storage, settings, _fan_out)
@@ -68,11 +69,12 @@ def _fan_out(job: Job, work: Path) -> FanOut | None:
     queue = QUEUES[WorkQueue(job.queue)]
     if not settings.fan_out or listening_processes(app, queue) < 2:
         return None
+    plan = PlanId(job.id, job.attempts)
 
     def send(key: str) -> None:
-        app.send_task(UNIT_TASK_NAME, args=[job.id, key], queue=queue)
+        app.send_task(UNIT_TASK_NAME, args=[plan.job_id, plan.attempt, key], queue=queue)
 
-    return FanOut(job.id, _units(), UnitFiles(storage, job.id, work / "units"), send, settings.lease_s)
+    return FanOut(plan, _units(), UnitFiles(storage, plan, work / "units"), send, settings.lease_s)
 
 
 @cache
@@ -81,9 +83,9 @@ def _units() -> UnitStore:
 
 
 @app.task(name=UNIT_TASK_NAME)
-def run_unit(job_id: str, key: str) -> None:
+def run_audit_unit(job_id: str, attempt: int, key: str) -> None:
     """A unit of another worker's audit: run if still wanted, else dropped (its coordinator runs every unit
     no one else took)."""
     store, storage, settings = _runtime()
     with logs.bound_job(job_id):
-        execute_unit(job_id, key, store, _units(), storage, settings)
+        execute_unit(PlanId(job_id, attempt), key, store, _units(), storage, settings)

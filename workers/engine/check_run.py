@@ -9,6 +9,7 @@ from typing import Protocol
 
 from torch import nn
 
+from workers.engine.archive import MapArchive
 from workers.engine.assembly import stage_zero, summarized
 from workers.engine.checks import RetrainFloor, SanityCheck, StageValues
 from workers.engine.passes import counting, new_counter
@@ -18,7 +19,6 @@ from workers.engine.report import Stage, TestResult, Verdict
 from workers.engine.similarity import PreparedMaps
 from workers.engine.similarity import prepare as prepare_maps
 from workers.engine.units import (
-    ArraySink,
     AuditRun,
     MethodState,
     UnitResult,
@@ -34,7 +34,7 @@ class UnitExecutor(Protocol):
     """Runs units of the plan; the CLI runs them here, a Celery worker may hand them to others."""
 
     def run(
-        self, run: AuditRun, units: list[Unit], states: dict[str, MethodState], archive: ArraySink
+        self, run: AuditRun, units: list[Unit], states: dict[str, MethodState], archive: MapArchive
     ) -> Iterator[UnitResult]:
         """The units' results in the order of ``units``, their maps added to ``archive`` in that order."""
         ...
@@ -42,7 +42,7 @@ class UnitExecutor(Protocol):
 
 class InProcess:
     def run(
-        self, run: AuditRun, units: list[Unit], states: dict[str, MethodState], archive: ArraySink
+        self, run: AuditRun, units: list[Unit], states: dict[str, MethodState], archive: MapArchive
     ) -> Iterator[UnitResult]:
         for unit in units:
             yield run_unit(run, unit, states, archive)
@@ -75,10 +75,13 @@ class CheckRun:
     the test judges each method's table."""
 
     def __init__(
-        self, run: AuditRun, check: SanityCheck, executor: UnitExecutor, archive: ArraySink, ledger: Ledger
+        self, run: AuditRun, check: SanityCheck, executor: UnitExecutor, archive: MapArchive, ledger: Ledger
     ) -> None:
         self.run, self.check, self.executor, self.archive, self.ledger = run, check, executor, archive, ledger
         self.test = check.test.value
+        self.states: dict[str, MethodState] = {}  # the maps each method's stages are compared with
+        self.zero: dict[str, Stage] = {}  # the row each method's table starts with
+        self.stages: dict[str, dict[int, StageValues]] = {}  # by method and stage index, over draws
         self._controls: dict[tuple[str, str, int], PreparedMaps] = {}
         self._targets: set[str] = set()  # archive paths of the classes stages explained
 
@@ -92,7 +95,7 @@ class CheckRun:
         if reference is not None:  # the check's own reference maps replace the trained ones
             for name, state in trained.items():
                 self.states[name], self.zero[name] = self._referenced(state, reference)
-        self.stages: dict[str, dict[int, StageValues]] = {name: {} for name in self.states}
+        self.stages = {name: {} for name in self.states}
         draws = check.draws()
         self._add_draws(list(self.states), 0, draws)
         outcomes = {name: (*self._judged(name, draws), draws) for name in self.states}
@@ -181,9 +184,9 @@ class CheckRun:
         """``state`` with ``reference``'s maps to compare with (a baseline's stay as they are), and the row
         that starts the test's table."""
         run = self.run
-        if state.baseline:  # a baseline's maps are the same for every model: nothing to make
+        if state.baseline:  # a baseline's maps are the same for every model: its trained row stands
             run.report_progress(f"{state.name}: {reference.label}", 1)
-            return state, stage_zero(run.partners, state.trained, reference.label, reference.note)
+            return state, self.zero[state.name]
         with self.ledger.spending(state.name):
             raw = stage_maps(run, state, reference.model, reference)
             path = f"{map_folder(state.name, self.test, 0)}/{reference.archive_name}.npy"

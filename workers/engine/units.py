@@ -74,7 +74,6 @@ class MethodState:
     noise_seed: int
     raw: Tensor  # the maps as the method gave them
     trained: PreparedMaps
-    seconds: float = 0.0  # time spent on this method's maps and comparisons
 
     @property
     def name(self) -> str:

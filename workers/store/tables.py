@@ -106,12 +106,13 @@ class WebhookSecretRow(Base):
 
 
 class UnitRow(Base):
-    """A unit of a job's audit plan that any worker may run (``workers.fan_out``); rows live while their
-    job runs and let a later attempt reuse what an earlier one finished."""
+    """A unit of a job attempt's audit plan that any worker may run (``workers.fan_out``); rows live while
+    their job runs."""
 
     __tablename__ = "audit_units"
 
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))  # pending, running, done
     holder: Mapped[str | None] = mapped_column(String(100))  # who runs it: role, process, token

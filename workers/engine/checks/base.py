@@ -119,8 +119,7 @@ class SanityCheck(ABC):
     # stage models hold the trained weights below their randomized layers, so stages may start from the
     # trained model's recorded forward passes there (``reuse``)
     shares_trained: ClassVar[bool] = False
-    # ``measure`` reads the raw maps: the audit keeps every method's trained raw maps only when a requested
-    # check does (they would otherwise cost each audit a third more memory for nothing)
+    # ``measure`` reads the raw maps of every stage beside the trained ones
     needs_raw_maps: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:

@@ -20,6 +20,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_units",
         sa.Column("job_id", sa.String(32), primary_key=True),
+        sa.Column("attempt", sa.Integer(), primary_key=True),
         sa.Column("key", sa.String(200), primary_key=True),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("holder", sa.String(100), nullable=True),
