@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workers.engine import audit
+from workers.engine import units
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
 from workers.engine.blocks import layer_blocks
@@ -35,10 +35,12 @@ def probes(data: Path) -> tuple[np.ndarray, np.ndarray]:
         return archive["x"].astype(np.float32), archive["y"]
 
 
-def engine_audit(data: Path, out: Path, settings: AuditSettings = SETTINGS) -> AuditReport:
-    """The engine's audit of the matched work (or of ``settings``): four metrics, both floors, intervals,
-    archive."""
-    return run_audit(data / "lenet_mnist.onnx", data / "probes.npz", settings, out)
+def engine_audit(
+    data: Path, out: Path, settings: AuditSettings = SETTINGS, model: str = "lenet_mnist.onnx"
+) -> AuditReport:
+    """The engine's audit of the matched work (or of ``settings``, or of another ``model`` file beside
+    ``data``'s probes.npz): four metrics, both floors, intervals, archive."""
+    return run_audit(data / model, data / "probes.npz", settings, out)
 
 
 @contextmanager
@@ -46,7 +48,7 @@ def attribution_clock() -> Iterator[list[float]]:
     """Adds up the seconds the engine spends computing maps (its forward and backward passes) while
     inside: what is left of an audit is its metrics, summaries and archive."""
     seconds = [0.0]
-    compute = audit._maps
+    compute = units.maps
 
     def clocked(*args: object, **kwargs: object) -> Tensor:
         started = time.perf_counter()
@@ -55,11 +57,11 @@ def attribution_clock() -> Iterator[list[float]]:
         finally:
             seconds[0] += time.perf_counter() - started
 
-    audit._maps = clocked
+    units.maps = clocked
     try:
         yield seconds
     finally:
-        audit._maps = compute
+        units.maps = compute
 
 
 def model_states(data: Path) -> Iterator[nn.Module]:

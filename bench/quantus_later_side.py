@@ -154,7 +154,7 @@ def main() -> None:
         int(sys.argv[3]),
         sys.argv[4] == "1",
     )
-    x, _ = probes(data)
+    x = probes(data)
     model = lenet(data)
     with torch.no_grad():
         y = model(torch.from_numpy(x)).argmax(dim=1).numpy()  # the engine's default target

@@ -82,16 +82,19 @@ def with_statistics(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def write_inputs(folder: Path, blocks: tuple[int, ...], images: int) -> tuple[Path, Path]:
+def write_inputs(folder: Path, blocks: tuple[int, ...], images: int, size: int = SIZE) -> tuple[Path, Path]:
+    """The seeded model as ``model_onnx_legacy.onnx`` and ``images`` probes of ``size`` x ``size`` as
+    ``probes.npz``; bench/quantus_mprt.py audits the same files at 112 x 112, where the blobs shrink with
+    the side so the images look the same."""
     torch.manual_seed(0)
     model = with_statistics(ResNetLike(blocks))
-    model_path = export(model, "onnx_legacy", folder, torch.zeros(1, 3, SIZE, SIZE))
+    model_path = export(model, "onnx_legacy", folder, torch.zeros(1, 3, size, size))
     rng = np.random.default_rng(0)
-    rows, columns = np.mgrid[0:SIZE, 0:SIZE]
-    x = rng.normal(scale=0.1, size=(images, 3, SIZE, SIZE))
+    rows, columns = np.mgrid[0:size, 0:size]
+    x = rng.normal(scale=0.1, size=(images, 3, size, size))
     for image in range(images):
         for _ in range(4):
-            centre, radius = rng.uniform(0, SIZE, 2), rng.uniform(10, 50)
+            centre, radius = rng.uniform(0, size, 2), rng.uniform(10, 50) * size / SIZE
             blob = np.exp(-((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2) / (2 * radius**2))
             x[image] += rng.uniform(-1, 1, (3, 1, 1)) * blob
     probes = folder / "probes.npz"
