@@ -36,7 +36,9 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        worker_max_tasks_per_child=20,  # bounds what a leak in a model runtime can accumulate
+        # bounds what a leak in a model runtime can accumulate; a fanned-out audit sends a message per unit
+        # (a few dozen per audit), and a new child loads the audit's model again
+        worker_max_tasks_per_child=200,
         broker_connection_retry_on_startup=True,
     )
     return app

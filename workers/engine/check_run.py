@@ -128,6 +128,7 @@ class CheckRun:
     def _add_draws(self, pending: list[str], first: int, last: int) -> None:
         """Draws ``first`` to ``last`` as units, merged in plan order; then the references they need."""
         units = draw_units(self.check.test, [self.states[name].method for name in pending], first, last)
+        units.sort(key=self._cost, reverse=True)  # dearest first: workers finish a round together
         for result in self.executor.run(self.run, units, self.states, self.archive):
             self.ledger.add(result)
             for path, classes in result.targets.items():
@@ -141,6 +142,11 @@ class CheckRun:
                     if known is not stage:
                         known.extend(stage)
         self._references_first(pending, last)
+
+    def _cost(self, unit: Unit) -> int:
+        """The unit's methods' image-passes so far (their trained maps at least): a deterministic guess at
+        its share of the round's work, so every executor runs and merges units in the same order."""
+        return sum(sum(self.ledger.passes.get(method, {}).values()) for method in unit.methods)
 
     def _references_first(self, pending: list[str], draws: int) -> None:
         """The reference models' maps model by model, every method on each: parts shared between methods

@@ -3,8 +3,9 @@
 A unit is one draw of one test for one group of methods that share work (a family: SmoothGrad and
 VarGrad, the guided methods, Gradient and Gradient x Input). A unit builds its draw's stage models itself
 from the seeds, so units need nothing from each other: they run one after another in-process, or on as
-many workers as listen (docs/decisions/0026). Whoever runs them, the results are merged in plan order,
-so the report is the same number for number. More draws for an undecided verdict are more units.
+many workers as listen (docs/decisions/0026). Whoever runs them, the results are merged in the order
+planned (a round's dearest units first, each method's draws in order), so the report is the same number
+for number. More draws for an undecided verdict are more units.
 """
 
 from collections.abc import Sequence
