@@ -192,9 +192,12 @@ def test_abandoned_uploads_and_stale_work_folders_are_removed_but_not_a_running_
     old = time.time() - 120
     abandoned = storage.new_upload(100, "model.onnx")
     stale, held = storage.new_work_dir("gone", 1), storage.new_work_dir(job.id, 1)
+    stale_helper, helper = storage.helper_dir("gone", 1), storage.helper_dir(job.id, 1)
     fresh = storage.new_upload(100, "probes.npz")
-    for folder in (abandoned.path.parent, stale, held):
+    for folder in (stale_helper, helper):
+        folder.mkdir()
+    for folder in (abandoned.path.parent, stale, held, stale_helper, helper):
         os.utime(folder, (old, old))
     sweeper.expire()
-    assert not abandoned.path.parent.exists() and not stale.exists()
-    assert held.exists() and fresh.path.parent.exists()
+    assert not abandoned.path.parent.exists() and not stale.exists() and not stale_helper.exists()
+    assert held.exists() and helper.exists() and fresh.path.parent.exists()

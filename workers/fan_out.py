@@ -12,7 +12,6 @@ of CPU or GPU and the same number of threads: float sums depend on both).
 import io
 import json
 import logging
-import os
 import pickle
 import shutil
 import time
@@ -294,8 +293,7 @@ def execute_unit(
     holder = holder_token("worker")
     if units.claim(plan, [key], holder, settings.lease_s) is None:
         return
-    # inside the attempt's work folder, which the sweeper leaves alone while the attempt holds the job
-    files = UnitFiles(storage, plan, storage.work_dir(plan.job_id, plan.attempt) / f"helper-{os.getpid()}")
+    files = UnitFiles(storage, plan, storage.helper_dir(plan.job_id, plan.attempt))
     request = AuditRequest.model_validate(job.request)
 
     def inputs() -> dict[str, Path]:

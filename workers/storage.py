@@ -135,6 +135,11 @@ class Storage:
     def work_dir(self, job_id: str, attempt: int) -> Path:
         return self.root / "work" / f"{job_id}-{attempt}"
 
+    def helper_dir(self, job_id: str, attempt: int) -> Path:
+        """A helping worker's folder for units of the attempt: beside the attempt's own (which its worker
+        removes when done, while a helper may still be finishing a unit), in use while the attempt is."""
+        return self.root / "work" / f"{job_id}-{attempt}-helper-{os.getpid()}"
+
     def new_work_dir(self, job_id: str, attempt: int) -> Path:
         folder = self.work_dir(job_id, attempt)
         shutil.rmtree(folder, ignore_errors=True)
@@ -170,7 +175,8 @@ class Storage:
         cutoff = now - older_than_s
         removed = 0
         for folder in (*(self.root / "uploads").glob("upload-*"), *(self.root / "work").iterdir()):
-            in_use = folder.parent.name == "work" and folder.name in attempts_in_use
+            attempt = "-".join(folder.name.split("-")[:2])  # of a work or a helper folder
+            in_use = folder.parent.name == "work" and attempt in attempts_in_use
             orphaned = (
                 folder.parent.name == "uploads"
                 and not _receiver_alive(folder.name)
