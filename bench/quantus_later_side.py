@@ -22,7 +22,7 @@ import numpy as np
 import quantus
 import scipy.stats
 import torch
-from quantus_side import lenet, probes  # this script's folder, bench/, comes first on sys.path
+from quantus_side import call, lenet, probes  # this script's folder, bench/, comes first on sys.path
 from skimage.metrics import structural_similarity
 
 # Quantus's "Gradient" is the signed gradient; its "Saliency" is captum's, which takes |.| by default, so
@@ -71,19 +71,6 @@ def clipped_entropy(a: np.ndarray, x: np.ndarray, **kwargs: object) -> float:
     return float(scipy.stats.entropy(counts))
 
 
-def call(metric: quantus.Metric, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, method: str) -> object:
-    return metric(
-        model=model,
-        x_batch=x,
-        y_batch=y,
-        a_batch=None,
-        device="cpu",
-        batch_size=len(x),
-        explain_func=quantus.explain,
-        explain_func_kwargs={"method": method},
-    )
-
-
 def smooth_mprt(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, samples: int) -> dict:
     """Mean Spearman of |smoothed maps| per layer, bottom-up; 'original' compares two smoothings of the
     trained model's maps (Quantus draws new noise for every model, the trained one included)."""
@@ -101,7 +88,7 @@ def smooth_mprt(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, samples: i
             seed=SEED,
             **QUIET,
         )
-        scores = call(metric, model, x, y, method)
+        scores = call(metric, model, x, y, method, quantus.explain)
         result[name] = {layer: float(np.nanmean(values)) for layer, values in scores.items()}
     return result
 
@@ -122,7 +109,7 @@ def efficient_mprt(
             seed=SEED,
             **QUIET,
         )
-        rise = call(metric, model, x, y, method)
+        rise = call(metric, model, x, y, method, quantus.explain)
         entropies = list(metric.explanation_scores_by_layer.values())
         result[name] = {
             "entropy_trained": float(np.nanmean(entropies[0])),
@@ -143,7 +130,7 @@ def random_logit(
         metric = quantus.RandomLogit(
             num_classes=10, seed=SEED, abs=absolute, normalise=True, similarity_func=similarity, **QUIET
         )
-        result[name] = float(np.nanmean(call(metric, model, x, y, method)))
+        result[name] = float(np.nanmean(call(metric, model, x, y, method, quantus.explain)))
     return result
 
 

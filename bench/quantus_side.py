@@ -12,7 +12,9 @@ weights come from the ONNX file's initializers, so both sides explain the same f
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -109,6 +111,27 @@ def explain(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **kwargs:
     return np.abs(maps).sum(axis=1, keepdims=True)
 
 
+def call(
+    metric: quantus.Metric,
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    method: str,
+    explain_func: Callable[..., np.ndarray] = explain,
+) -> Any:
+    """One Quantus metric on every probe in one batch, maps from ``explain_func`` with ``method``."""
+    return metric(
+        model=model,
+        x_batch=x,
+        y_batch=y,
+        a_batch=None,
+        device="cpu",
+        batch_size=len(x),
+        explain_func=explain_func,
+        explain_func_kwargs={"method": method},
+    )
+
+
 def main() -> None:
     data, rounds = Path(sys.argv[1]), int(sys.argv[2])
     torch.set_num_threads(torch.get_num_threads())
@@ -128,16 +151,7 @@ def main() -> None:
         started = time.perf_counter()
         layers = {}
         for name, method in METHODS.items():
-            scores = metric(
-                model=model,
-                x_batch=x,
-                y_batch=y,
-                a_batch=None,
-                device="cpu",
-                batch_size=len(x),
-                explain_func=explain,
-                explain_func_kwargs={"method": method},
-            )
+            scores = call(metric, model, x, y, method)
             layers[name] = {layer: float(np.mean(values)) for layer, values in scores.items()}
         print(json.dumps({"seconds": time.perf_counter() - started, "layers": layers}), flush=True)
 

@@ -106,7 +106,7 @@ class FanOut:
     ) -> None:
         self.plan, self.units, self.files, self.send, self.lease_s = plan, units, files, send, lease_s
         self.holder = holder_token("coordinator")
-        self._settings_published = False
+        self._published: set[RandomizationTest] = set()  # tests whose inputs helpers can read
         self._maps: dict[int, tuple[str, torch.Tensor]] = {}  # published maps by tensor, held so ids stay
 
     def run(
@@ -177,11 +177,13 @@ class FanOut:
         return partial(self.units.heartbeat, self.plan, key, self.holder)
 
     def _publish(self, run: AuditRun, test: RandomizationTest, states: dict[str, MethodState]) -> None:
-        """The applied settings, and which maps each method's stages are compared with in ``test``: the
-        trained maps are published once for every test, a test's own reference maps once more."""
-        if not self._settings_published:
+        """The applied settings, and which maps each method's stages are compared with in ``test`` (once per
+        test: its later rounds compare with the same): the trained maps are published once for every
+        test, a test's own reference maps once more."""
+        if test in self._published:
+            return
+        if not self._published:
             self.files.put("inputs/settings.json", run.settings.model_dump_json().encode())
-            self._settings_published = True
         index = {}
         for name, state in states.items():
             if id(state.raw) not in self._maps:
@@ -190,6 +192,7 @@ class FanOut:
                 self._maps[id(state.raw)] = (path, state.raw)
             index[name] = self._maps[id(state.raw)][0]
         self.files.put(f"inputs/{test.value}.json", json.dumps(index).encode())
+        self._published.add(test)
 
     def close(self) -> None:
         """The job ended: every attempt's units and their files are not needed again."""
@@ -208,6 +211,7 @@ class UnitRunner:
         self._plan: PlanId | None = None
         self._run: AuditRun | None = None
         self._states: dict[str, MethodState] = {}  # by published maps' name
+        self._indexes: dict[RandomizationTest, dict[str, str]] = {}
         self._work: Path | None = None
 
     def run(
@@ -219,7 +223,9 @@ class UnitRunner:
         should_cancel: Callable[[], bool],
     ) -> UnitResult:
         run = self._prepared(plan, files, inputs, should_cancel)
-        index = json.loads(files.get(f"inputs/{unit.test.value}.json"))
+        if unit.test not in self._indexes:  # which published maps the test compares with, by method
+            self._indexes[unit.test] = json.loads(files.get(f"inputs/{unit.test.value}.json"))
+        index = self._indexes[unit.test]
         self._states = {path: state for path, state in self._states.items() if path in index.values()}
         states = {name: self._state(files, run, name, index[name]) for name in unit.methods}
         part = files.work / f"{unit.key}.zip"
@@ -236,7 +242,7 @@ class UnitRunner:
             return
         if self._work is not None:
             shutil.rmtree(self._work, ignore_errors=True)
-        self._plan, self._run, self._states, self._work = None, None, {}, None
+        self._plan, self._run, self._states, self._indexes, self._work = None, None, {}, {}, None
 
     def _prepared(
         self,

@@ -22,7 +22,7 @@ from workers.engine.units import (
     AuditRun,
     MethodState,
     UnitResult,
-    map_folder,
+    archive_maps,
     run_unit,
     stage_maps,
 )
@@ -178,10 +178,7 @@ class CheckRun:
             with self.ledger.spending(state.name):
                 raw = stage_maps(run, state, model, None)
                 if index == 0 or run.settings.archive_all_draws:
-                    path = f"{map_folder(state.name, self.test, index)}/{name}.npy"
-                    self.archive.add_array(
-                        path, raw.cpu().numpy(), method=state.name, test=self.test, draw=index
-                    )
+                    archive_maps(self.archive, state.name, self.test, index, name, raw)
                 self._controls[key] = state.trained if state.baseline else prepare_maps(raw)
             run.report_progress(f"{state.name}: {self.test} {name.replace('_', ' ')} {index + 1}", 1)
         return self._controls[key]
@@ -195,10 +192,7 @@ class CheckRun:
             return state, self.zero[state.name]
         with self.ledger.spending(state.name):
             raw = stage_maps(run, state, reference.model, reference)
-            path = f"{map_folder(state.name, self.test, 0)}/{reference.archive_name}.npy"
-            self.archive.add_array(
-                path, raw.cpu().numpy(), method=state.name, test=self.test, draw=0, stage=0
-            )
+            archive_maps(self.archive, state.name, self.test, 0, reference.archive_name, raw, stage=0)
             referenced = replace(state, raw=raw, trained=prepare_maps(raw))
             stage = stage_zero(run.partners, referenced.trained, reference.label, reference.note)
         run.report_progress(f"{state.name}: {reference.label}", 1)

@@ -133,8 +133,7 @@ def run_unit(run: AuditRun, unit: Unit, states: dict[str, MethodState], archive:
             with counting(passes[state.name]):
                 raw = stage_maps(run, state, model, stage_model)
             if archived:
-                path = f"{map_folder(state.name, test, draw)}/{stage_model.archive_name}.npy"
-                archive.add_array(path, raw.cpu().numpy(), method=state.name, test=test, draw=draw, **about)
+                archive_maps(archive, state.name, test, draw, stage_model.archive_name, raw, **about)
             prepared = state.trained if state.baseline else prepare(raw)
             values = StageValues.of(stage_model)
             measures = check.measure(state.raw, raw) if check.needs_raw_maps else None
@@ -151,8 +150,15 @@ def run_unit(run: AuditRun, unit: Unit, states: dict[str, MethodState], archive:
     return UnitResult(unit, stages, passes, seconds, targets)
 
 
-def map_folder(method: str, test: str, draw: int) -> str:
-    return f"maps/{method}/{test}" + (f"/draw-{draw}" if draw else "")
+def archive_maps(
+    archive: ArraySink, method: str, test: str, draw: int, name: str, maps: Tensor, **about: Any
+) -> None:
+    """A method's maps of one model in a test, under maps/METHOD/TEST[/draw-K]/NAME.npy; ``about``: what
+    the manifest says beyond method, test and draw (the stage)."""
+    folder = f"maps/{method}/{test}" + (f"/draw-{draw}" if draw else "")
+    archive.add_array(
+        f"{folder}/{name}.npy", maps.cpu().numpy(), method=method, test=test, draw=draw, **about
+    )
 
 
 def stage_maps(run: AuditRun, state: MethodState, model: nn.Module, at: StageModel | None) -> Tensor:
