@@ -35,8 +35,8 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
 USER audit
 # the worker answers a ping through the broker: alive and connected
 HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 \
-    CMD celery -A workers.celery_app inspect ping --timeout 10 -d "celery@$HOSTNAME" >/dev/null
-ENTRYPOINT ["celery", "-A", "workers.celery_app", "worker"]
+    CMD celery -A workers.worker.celery_app inspect ping --timeout 10 -d "celery@$HOSTNAME" >/dev/null
+ENTRYPOINT ["celery", "-A", "workers.worker.celery_app", "worker"]
 CMD ["-Q", "audit-cpu", "-c", "1", "--loglevel", "INFO"]
 
 FROM base AS worker-gpu
@@ -45,6 +45,6 @@ RUN pip install torch==2.13.0 && pip install -c constraints.txt ".[engine]"
 USER audit
 ENV SALIENCY_AUDIT_MEMORY_LIMIT_MIB=0
 HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 \
-    CMD celery -A workers.celery_app inspect ping --timeout 10 -d "celery@$HOSTNAME" >/dev/null
-ENTRYPOINT ["celery", "-A", "workers.celery_app", "worker"]
+    CMD celery -A workers.worker.celery_app inspect ping --timeout 10 -d "celery@$HOSTNAME" >/dev/null
+ENTRYPOINT ["celery", "-A", "workers.worker.celery_app", "worker"]
 CMD ["-Q", "audit-gpu", "-c", "1", "--loglevel", "INFO"]

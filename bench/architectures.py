@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.architectures import ARCHITECTURES, FORMATS, IMAGE_SIZE, export, random_weights
+from workers.core.audit_settings import AuditSettings
+from workers.core.errors import AuditInputError
 from workers.engine.audit import run_audit
-from workers.engine.errors import AuditInputError
-from workers.engine.settings import AuditSettings
 
 
 def _audit(model_file: Path, probes: Path, out: Path) -> dict[str, object]:

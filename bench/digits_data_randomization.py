@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from tests.digits import digits_data, export_onnx, train_digits_cnn
+from workers.core.audit_settings import AuditSettings, Metric
 from workers.engine.audit import run_audit
-from workers.engine.data_randomization import DataTestInputs
-from workers.engine.settings import AuditSettings, Metric
+from workers.engine.training_twins import DataTestInputs
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from bench.stage_passes import model_arguments, write_inputs
 from bench.tables import markdown_table
 from tests.e2e import poll, report_numbers, submit, upload
 from tests.services import distributed_deployment, postgres_database, redis_server
-from workers.engine.report import AuditReport
+from workers.core.report import AuditReport
 
 HERE = Path(__file__).parent
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

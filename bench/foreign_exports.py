@@ -32,9 +32,9 @@ from tests.foreign_corpus import (
     stored,
     trained_map,
 )
+from workers.core.audit_settings import AuditSettings, RandomizationTest
+from workers.core.errors import AuditInputError
 from workers.engine.audit import run_audit
-from workers.engine.errors import AuditInputError
-from workers.engine.settings import AuditSettings, RandomizationTest
 
 RTOL = 1e-4
 

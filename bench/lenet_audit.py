@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from workers.core.audit_settings import AuditSettings, Metric
 from workers.engine.audit import run_audit
-from workers.engine.settings import AuditSettings, Metric
 
 TABLE_METHODS = ("gradient", "guided_backprop", "integrated_gradients", "gradcam")
 

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from workers.core.audit_settings import AuditSettings
+from workers.core.report import AuditReport
 from workers.engine import units
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
 from workers.engine.blocks import layer_blocks
 from workers.engine.layers import layers_in_forward_order
-from workers.engine.randomization import randomized_stages
-from workers.engine.report import AuditReport
-from workers.engine.settings import AuditSettings
+from workers.engine.parameter_stages import randomized_stages
 
 METHODS = ["gradient", "integrated_gradients", "gradient_x_input"]
 IG_STEPS = 10

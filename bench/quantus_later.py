@@ -24,7 +24,8 @@ from pathlib import Path
 from bench.matched import METHODS, SETTINGS, engine_audit, machine, timed
 from bench.quantus_mprt import quantus_python
 from bench.tables import markdown_table
-from workers.engine.report import (
+from workers.core.audit_settings import AuditSettings, LayerOrder, Metric, RandomizationTest
+from workers.core.report import (
     ENTROPY_RANDOM,
     ENTROPY_RISE,
     ENTROPY_SHARE,
@@ -32,7 +33,6 @@ from workers.engine.report import (
     AuditReport,
     TestResult,
 )
-from workers.engine.settings import AuditSettings, LayerOrder, Metric, RandomizationTest
 
 HERE = Path(__file__).parent
 CHECKS = [RandomizationTest.smooth_mprt, RandomizationTest.efficient_mprt, RandomizationTest.random_logit]

@@ -29,8 +29,8 @@ from pathlib import Path
 from bench.matched import SETTINGS, engine_audit, machine, timed
 from bench.scale import write_inputs
 from bench.tables import markdown_table
-from workers.engine.report import AuditReport
-from workers.engine.settings import Metric, StageUnit
+from workers.core.audit_settings import Metric, StageUnit
+from workers.core.report import AuditReport
 
 HERE = Path(__file__).parent
 QUANTUS_PACKAGES = ["torch==2.13.0", "quantus==0.6.0", "captum", "onnx"]

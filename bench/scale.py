@@ -28,8 +28,8 @@ from torch import nn
 
 from bench.matched import machine
 from tests.architectures import BasicBlock, export
+from workers.core.audit_settings import AuditSettings
 from workers.engine.audit import run_audit
-from workers.engine.settings import AuditSettings
 
 HERE = Path(__file__).parent
 SIZE = 224

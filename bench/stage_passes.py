@@ -28,9 +28,9 @@ from bench.matched import machine
 from bench.scale import ResNetLike, with_statistics
 from bench.tables import markdown_table
 from tests.architectures import export
+from workers.core.audit_settings import AuditSettings
+from workers.core.report import AuditReport
 from workers.engine.audit import run_audit
-from workers.engine.report import AuditReport
-from workers.engine.settings import AuditSettings
 
 HERE = Path(__file__).parent
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workers.core.audit_settings import AuditSettings
+from workers.core.report import AuditReport
 from workers.engine.audit import run_audit
-from workers.engine.data_randomization import DataTestInputs
-from workers.engine.report import AuditReport
-from workers.engine.settings import AuditSettings
+from workers.engine.training_twins import DataTestInputs
 
 SEEDS = range(5)
 

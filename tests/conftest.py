@@ -12,8 +12,8 @@ import torch
 
 from tests.digits import DigitsCNN, DigitsData, digits_data, export_onnx, train_digits_cnn
 from tests.services import S3_CREDENTIALS, empty_tables, postgres_database, redis_server, s3_server
-from workers.store.database import make_engine, migrate
-from workers.store.jobs import JobStore
+from workers.core.store.database import make_engine, migrate
+from workers.core.store.jobs import JobStore
 
 # Modules whose tests share minutes of module-scoped work (seed sweeps, trained twins, exports of every
 # architecture, live deployments). Workers take whole files (--dist loadfile) in collection order: these go

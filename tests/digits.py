@@ -2,13 +2,13 @@
 miniature: seconds to train, real weights, real exports. ``DigitsCNN`` is 'same'-padded; ``UnpaddedLeNet``
 has LeNet's unpadded convolutions, whose border pattern every gradient map shares; ``ShallowGapNet`` is
 shallow enough that every method sees its weights. ``DigitsCNN``, the data and the training are the
-demo's (``workers.demo``)."""
+demo's (``workers.cli.demo``)."""
 
 import numpy as np
 import torch
 from torch import nn
 
-from workers.demo import IMAGE_SIZE, DigitsCNN, DigitsData, digits_data, export_onnx, train_digits_cnn
+from workers.cli.demo import IMAGE_SIZE, DigitsCNN, DigitsData, digits_data, export_onnx, train_digits_cnn
 
 __all__ = [
     "IMAGE_SIZE",

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from workers.engine.report import AuditReport
+from workers.core.report import AuditReport
 
 OCTET = {"Content-Type": "application/octet-stream"}
 # what differs between two runs of the same audit: timings, and the names the files were uploaded under

@@ -224,7 +224,7 @@ def celery_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     args = [
         str(VENV_BIN / "celery"),
         "-A",
-        "workers.celery_app",
+        "workers.worker.celery_app",
         "worker",
         "-Q",
         "audit-cpu",

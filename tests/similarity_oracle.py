@@ -11,7 +11,7 @@ from scipy.stats import rankdata
 from skimage.feature import hog
 from skimage.metrics import structural_similarity
 
-from workers.engine.settings import Metric
+from workers.core.audit_settings import Metric
 from workers.engine.similarity import MIN_SIDE, hog_geometry, ssim_win_size
 
 CLIP_PERCENTILE = 99.0

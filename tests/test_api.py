@@ -19,15 +19,16 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
+from service.api.app import create_app
 from tests.conftest import TrainedDigits
 from tests.services import free_port
-from workers import problems
-from workers.config import Settings
-from workers.engine.settings import METHOD_NAMES, RandomizationTest
-from workers.requests import AuditRequest
-from workers.store.database import make_engine
-from workers.store.jobs import JobState, JobStore
+from workers.core import problems
+from workers.core.audit_settings import METHOD_NAMES, RandomizationTest
+from workers.core.config import Settings
+from workers.core.requests import AuditRequest
+from workers.core.store.database import make_engine
+from workers.core.store.jobs import JobStore
+from workers.core.store.states import JobState
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -221,9 +222,9 @@ def test_a_poll_shows_a_change_made_by_another_process_at_once(
     first = client.get(location)
     assert client.get(location).content == first.content
     worker_store = JobStore(make_engine(database_url))
-    claimed = worker_store.claim(job_id)
+    claimed = worker_store.attempts.claim(job_id)
     assert claimed is not None
-    worker_store.report_progress(job_id, claimed.attempts, "gradient: trained model", 1, 9)
+    worker_store.attempts.report_progress(job_id, claimed.attempts, "gradient: trained model", 1, 9)
     polled = client.get(location)
     assert polled.headers["etag"] != first.headers["etag"]
     assert polled.json()["state"] == "running"
@@ -379,7 +380,7 @@ def test_without_a_broker_nothing_is_accepted_and_readiness_names_it(
 def test_the_exported_openapi_document_matches_the_app() -> None:
     exported = Path(__file__).parents[1] / "openapi" / "openapi.json"
     current = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "openapi"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "workers.cli.main", "openapi"], capture_output=True, text=True, check=True
     ).stdout
     assert exported.read_text() == current, "run: saliency-audit openapi > openapi/openapi.json"
 
@@ -452,7 +453,7 @@ def test_every_header_the_service_sends_is_declared() -> None:
 
 
 def test_the_service_does_not_import_torch() -> None:
-    code = "import sys, service.app, service.routes.audits; assert 'torch' not in sys.modules"
+    code = "import sys, service.api.app, service.api.routes.audits; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -462,15 +463,20 @@ def test_a_job_a_passing_fault_failed_runs_again_when_submitted_with_its_key(
     headers = {"Idempotency-Key": "interrupted-1"}
     first = client.post("/v1/audits", json=uploaded, headers=headers).json()
     store = JobStore(make_engine(database_url))
-    claimed = store.claim(first["id"])
+    claimed = store.attempts.claim(first["id"])
     assert claimed is not None
     interrupted = problems.AUDIT_INTERRUPTED.body("the service's disk was full at each of 1 attempts")
-    assert store.release(first["id"], claimed.attempts, max_attempts=1, error=interrupted) is JobState.failed
+    assert (
+        store.attempts.release(first["id"], claimed.attempts, max_attempts=1, error=interrupted)
+        is JobState.failed
+    )
     assert client.get(f"/v1/audits/{first['id']}").json()["state"] == "failed"
     again = client.post("/v1/audits", json=uploaded, headers=headers)
     assert again.status_code == 202 and again.json()["id"] == first["id"]
     assert again.json()["state"] == "queued" and again.json()["attempts"] == 0
     refused = problems.AUDIT_REFUSED.body("probes contain NaN")
-    claimed = store.claim(first["id"])
-    assert claimed is not None and store.finish(first["id"], JobState.failed, attempt=1, error=refused)
+    claimed = store.attempts.claim(first["id"])
+    assert claimed is not None and store.attempts.finish(
+        first["id"], JobState.failed, attempt=1, error=refused
+    )
     assert client.post("/v1/audits", json=uploaded, headers=headers).json()["state"] == "failed"  # for good

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tests.architectures import ARCHITECTURES, FORMATS, IMAGE_SIZE, Architecture, export, random_weights
-from workers.cli import main
-from workers.engine.report import AuditReport
+from workers.cli.main import main
+from workers.core.report import AuditReport
 
 PROBES = 8
 FAST = ["--tests", "cascading", "--draws", "1", "--max-draws", "1", "--batch-size", "8"]

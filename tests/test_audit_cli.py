@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tests.conftest import TrainedDigits
-from workers.cli import main
-from workers.engine.report import AuditReport
+from workers.cli.main import main
+from workers.core.report import AuditReport
 
 FAST = ["--ig-steps", "16", "--noise-samples", "8", "--quiet", "--draws", "1"]
 
@@ -284,7 +284,7 @@ def test_label_target_without_labels_is_refused(
 )
 def test_commands_that_need_no_model_start_without_torch(command: list[str]) -> None:
     code = (
-        "import sys\nfrom workers.cli import main\n"
+        "import sys\nfrom workers.cli.main import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.conftest import TrainedDigits
+from workers.core.audit_settings import AuditSettings
+from workers.core.errors import AuditCancelled, AuditInputError, MethodUnsupportedError
 from workers.engine.audit import Progress, run_audit
-from workers.engine.errors import AuditCancelled, AuditInputError, MethodUnsupportedError
 from workers.engine.preparation import cross_image_partners, nondeterminism_noted
-from workers.engine.settings import AuditSettings
 
 QUICK = AuditSettings(methods=["gradient", "gradcam"], tests=["cascading"], batch_size=16, draws=2)
 

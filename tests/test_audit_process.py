@@ -21,14 +21,14 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 
-from service.app import create_app
+from service.api.app import create_app
 from tests.conftest import TrainedDigits
 from tests.e2e import poll, submit, upload
 from tests.services import api_server, wait_until
-from workers.audit_process import MODULE
-from workers.config import Settings
-from workers.store.database import make_engine
-from workers.store.jobs import JobStore
+from workers.core.config import Settings
+from workers.core.store.database import make_engine
+from workers.core.store.jobs import JobStore
+from workers.worker.audit_process import MODULE
 
 FAST = {"methods": ["gradient"], "tests": ["cascading"]}
 # SmoothGrad's 50 noisy passes per map, 100 draws: minutes, still running when a test acts
@@ -194,7 +194,7 @@ def test_stopping_the_service_kills_its_audit_process_and_leaves_the_job_to_the_
         api.wait(timeout=10)
     assert not _alive(audit)
     store = JobStore(make_engine(f"sqlite:///{tmp_path / 'data' / 'jobs.sqlite3'}"))
-    job = store.get_job(location.rsplit("/", 1)[1])
+    job = store.jobs.get_job(location.rsplit("/", 1)[1])
     store.close()
     assert job is not None and job.state in ("queued", "running") and job.error is None
 
@@ -203,7 +203,7 @@ def test_stopping_the_service_kills_its_audit_process_and_leaves_the_job_to_the_
 def test_celery_pool_children_run_under_the_same_memory_limit(limit_mib: str, expected: int) -> None:
     """0 lifts the limit for GPU hosts, whose driver reserves more address space than any sane limit."""
     probe = (
-        "import resource; from celery.signals import worker_process_init; import workers.celery_app; "
+        "import resource; from celery.signals import worker_process_init; import workers.worker.celery_app; "
         "worker_process_init.send(sender=None); print(resource.getrlimit(resource.RLIMIT_AS)[0])"
     )
     env = os.environ | {"SALIENCY_AUDIT_MEMORY_LIMIT_MIB": limit_mib}
@@ -214,7 +214,7 @@ def test_celery_pool_children_run_under_the_same_memory_limit(limit_mib: str, ex
 def test_the_default_memory_budget_stays_within_the_address_space_left() -> None:
     """Batch sizes follow from the budget: planned beyond the limit, a normal audit would fail."""
     probe = (
-        "from workers.audit_process import limit_memory; limit_memory(2048); import torch; "
+        "from workers.worker.audit_process import limit_memory; limit_memory(2048); import torch; "
         "from workers.engine.budget import default_budget; print(default_budget(torch.device('cpu')))"
     )
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True, text=True)

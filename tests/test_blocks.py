@@ -11,12 +11,12 @@ from onnx import helper, numpy_helper
 
 from tests.architectures import ARCHITECTURES, export, random_weights
 from tests.conftest import TrainedDigits
+from workers.core.audit_settings import AuditSettings
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
 from workers.engine.blocks import graph_segments, named_blocks, stage_blocks
 from workers.engine.html_report import _stages
 from workers.engine.layers import layers_in_forward_order
-from workers.engine.settings import AuditSettings
 
 FOREIGN = Path(__file__).parent / "foreign_models"
 RESNET_BLOCKS = [

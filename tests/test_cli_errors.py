@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers.engine.errors import ProbeError
-from workers.engine.probes import inspect_probe_file
-from workers.engine.settings import METHOD_NAMES
+from workers.core.audit_settings import METHOD_NAMES
+from workers.core.errors import ProbeError
+from workers.core.probes import inspect_probe_file
 
 CLI = str(Path(sys.executable).parent / "saliency-audit")
 
@@ -17,7 +17,7 @@ CLI = str(Path(sys.executable).parent / "saliency-audit")
 def _main_in_a_fresh_process(*args: str) -> tuple[int, str, bool]:
     """Exit code, stderr, and whether torch was imported on the way."""
     code = (
-        "import sys; from workers.cli import main; code = main(sys.argv[1:]); "
+        "import sys; from workers.cli.main import main; code = main(sys.argv[1:]); "
         "print('torch' in sys.modules); sys.exit(code)"
     )
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.client import AuditClient, ServiceError
+from service.client.http import AuditClient, ServiceError
 from tests.conftest import TrainedDigits
 from tests.services import (
     VENV_BIN,
@@ -22,10 +22,10 @@ from tests.services import (
     free_port,
     new_bucket,
 )
-from workers.engine.report import AuditReport
-from workers.engine.settings import AuditSettings
-from workers.requests import ArtifactKind, AuditRequest
-from workers.store.jobs import JobState
+from workers.core.audit_settings import AuditSettings
+from workers.core.report import AuditReport
+from workers.core.requests import ArtifactKind, AuditRequest
+from workers.core.store.states import JobState
 
 FAST = AuditSettings(methods=["gradient", "gradcam"], tests=["cascading"])
 SLOW = AuditSettings(methods=["smoothgrad"], tests=["cascading"], draws=100, max_draws=100)

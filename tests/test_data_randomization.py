@@ -11,20 +11,20 @@ import torch
 from PIL import Image
 
 from tests.conftest import TrainedDigits
-from workers.cli import main
+from workers.cli.main import main
+from workers.core.audit_settings import AuditSettings, Outcome, Preprocessing
+from workers.core.errors import AuditInputError, ProbeError
+from workers.core.report import AuditReport
+from workers.core.report import TestResult as ReportedTest
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
-from workers.engine.data_randomization import (
+from workers.engine.figures import MapReader
+from workers.engine.training_twins import (
     DataTestInputs,
     TrainingBudgetExceeded,
     _batches,
     load_training_set,
 )
-from workers.engine.errors import AuditInputError, ProbeError
-from workers.engine.figures import MapReader
-from workers.engine.report import AuditReport
-from workers.engine.report import TestResult as ReportedTest
-from workers.engine.settings import AuditSettings, Outcome, Preprocessing
 
 DATA_ONLY = ("--tests", "data", "--methods", "gradient,gradient_x_input", "--quiet")
 TRAINING_IMAGES = 800

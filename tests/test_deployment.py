@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import TrainedDigits
-from workers.config import Settings
+from workers.core.config import Settings
 
 ROOT = Path(__file__).parents[1]
 ENGINE_PACKAGES = ("torch", "captum", "onnxruntime", "onnxscript", "scipy", "matplotlib", "sklearn")
@@ -28,8 +28,8 @@ class NoEngine(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, NoEngine())
 from fastapi.testclient import TestClient
-from service.app import create_app
-from workers.config import Settings
+from service.api.app import create_app
+from workers.core.config import Settings
 
 folder = Path(sys.argv[1])
 settings = Settings(data_dir=folder / "data", broker_url="memory://", auth="local")
@@ -58,7 +58,7 @@ def test_the_api_validates_uploads_and_queues_audits_without_the_engines_package
 
 def test_serve_without_the_engine_refuses_to_run_audits_itself(tmp_path: Path) -> None:
     blocker = _API_WITHOUT_ENGINE.format(engine=set(ENGINE_PACKAGES)).split("from fastapi")[0]
-    code = blocker + "from workers.cli import main\nsys.exit(main(['serve', '--data-dir', sys.argv[1]]))"
+    code = blocker + "from workers.cli.main import main\nsys.exit(main(['serve', '--data-dir', sys.argv[1]]))"
     command = [sys.executable, "-c", code, str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2 and "saliency-audit[engine]" in done.stderr, done.stderr[-2000:]

@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.audits import request_hash
+from service.api.audits import request_hash
 from tests.conftest import TrainedDigits
 from tests.e2e import FAST_SETTINGS, check_results, poll, submit, training_npz, upload
 from tests.services import distributed_deployment, empty_tables
-from workers.requests import AuditRequest
-from workers.store.database import make_engine
-from workers.store.jobs import JobStore
+from workers.core.requests import AuditRequest
+from workers.core.store.database import make_engine
+from workers.core.store.jobs import JobStore
 
 SHORT_LEASES = {"SALIENCY_LEASE_S": "5", "SALIENCY_SWEEP_INTERVAL_S": "0.5"}
 

@@ -20,14 +20,14 @@ from sqlalchemy import create_engine, text
 from tests.conftest import TrainedDigits
 from tests.e2e import check_results, poll, report_numbers, submit, upload
 from tests.services import distributed_deployment, empty_tables, wait_until, worker_log
+from workers.core.audit_settings import AuditSettings
+from workers.core.report import AuditReport
+from workers.core.storage import Storage
+from workers.core.store.database import make_engine, migrate
+from workers.core.store.units import PlanId, UnitStore, holder_token
 from workers.engine.audit import run_audit
 from workers.engine.plan import Unit
-from workers.engine.report import AuditReport
-from workers.engine.settings import AuditSettings
-from workers.fan_out import FanOut, UnitFiles, UnitRunner
-from workers.storage import Storage
-from workers.store.database import make_engine, migrate
-from workers.store.units import PlanId, UnitStore, holder_token
+from workers.worker.fan_out import FanOut, UnitFiles, UnitRunner
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SETTINGS = {

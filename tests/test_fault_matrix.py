@@ -21,13 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.audits import request_hash
+from service.api.audits import request_hash
 from tests.conftest import TrainedDigits
 from tests.e2e import check_results, poll, submit, training_npz, upload
 from tests.services import VENV_BIN, PostgresServer, RedisServer, free_port, wait_until
-from workers.requests import AuditRequest
-from workers.store.database import make_engine
-from workers.store.jobs import JobStore
+from workers.core.requests import AuditRequest
+from workers.core.store.database import make_engine
+from workers.core.store.jobs import JobStore
 
 SETTINGS = {
     "SALIENCY_LEASE_S": "3",
@@ -67,7 +67,16 @@ class Stack:
         wait_until(lambda: self.api.poll() is None and httpx.get(f"{self.url}/healthz").is_success, 60, "API")
 
     def start_worker(self) -> None:
-        args = [str(VENV_BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", "audit-cpu", "-c", "1"]
+        args = [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "workers.worker.celery_app",
+            "worker",
+            "-Q",
+            "audit-cpu",
+            "-c",
+            "1",
+        ]
         log = self.folder / "worker.log"
         before = log.read_bytes().count(b"ready.") if log.exists() else 0
         self.worker = _spawn([*args, "--loglevel", "INFO", "-n", "fault@%h"], self.env, log)

@@ -26,11 +26,11 @@ from tests.foreign_corpus import (
     stored,
     trained_map,
 )
-from workers.cli import main
+from workers.cli.main import main
+from workers.core.report import AuditReport
 from workers.engine.artifacts import load_model
-from workers.engine.gradcam_target import choose_target
+from workers.engine.methods.gradcam_target import choose_target
 from workers.engine.onnx_import import onnx_to_torch
-from workers.engine.report import AuditReport
 
 FAST = ["--tests", "cascading", "--ig-steps", "4", "--noise-samples", "4", "--draws", "1", "--max-draws", "1"]
 FAST += ["--quiet"]

@@ -24,7 +24,7 @@ from tests.conftest import TrainedDigits
 from tests.e2e import FAST_SETTINGS
 from tests.services import VENV_BIN, api_server, create_api_key
 from tests.test_api import png_zip
-from workers.engine.report import SCHEMA_VERSION
+from workers.core.report import SCHEMA_VERSION
 
 OPENAPI = Path(__file__).parents[1] / "openapi"
 PACKAGE = "saliency_audit_generated_client"

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.architectures import ARCHITECTURES, IMAGE_SIZE, converted, random_weights
-from workers.engine.errors import AuditInputError
-from workers.engine.gradcam_target import as_feature_map, choose_target
+from workers.core.errors import AuditInputError
+from workers.engine.methods.gradcam_target import as_feature_map, choose_target
 
 X = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
 
@@ -103,9 +103,9 @@ def test_a_requested_value_whose_axes_are_unknown_is_refused_and_a_moved_one_rea
 
 
 def test_gradcam_refuses_a_target_not_known_to_be_a_feature_map() -> None:
-    from workers.engine.gradcam_target import GradCamTarget
+    from workers.core.audit_settings import AuditSettings
     from workers.engine.methods import MethodContext, create_method
-    from workers.engine.settings import AuditSettings
+    from workers.engine.methods.gradcam_target import GradCamTarget
 
     graph = _graph("resnet")
     value = choose_target(graph, X[:1], None).value

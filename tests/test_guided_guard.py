@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.architectures import converted
+from workers.core.audit_settings import AuditSettings
+from workers.core.errors import MethodUnsupportedError
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
-from workers.engine.errors import MethodUnsupportedError
-from workers.engine.gradcam_target import choose_target
 from workers.engine.methods import MethodContext, create_method
-from workers.engine.settings import AuditSettings
+from workers.engine.methods.gradcam_target import choose_target
 
 
 class ModuleReluNet(nn.Module):

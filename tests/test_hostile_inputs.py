@@ -24,8 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.conftest import TrainedDigits
 from tests.services import api_server
 from tests.test_hostile_uploads import PIXEL_BUDGET, UPLOAD_CASES, UPLOAD_LIMIT
-from workers.store.database import make_engine
-from workers.store.keys import KeyStore, Scope
+from workers.core.store.database import make_engine
+from workers.core.store.keys import KeyStore, Scope
 
 OCTET = {"Content-Type": "application/octet-stream"}
 JSON = {"Content-Type": "application/json"}

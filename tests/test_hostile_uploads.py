@@ -18,12 +18,12 @@ from fastapi.testclient import TestClient
 
 from tests import hostile_files as hostile
 from tests.test_api import OCTET, make_client
-from workers.engine import probes as probes_module
+from workers.core import probes as probes_module
+from workers.core.audit_settings import Preprocessing
+from workers.core.errors import ProbeError, UnsafeArtifactError
+from workers.core.formats import sniff_format
+from workers.core.probes import ProbeFileInfo, inspect_probe_file, load_probes
 from workers.engine.artifacts import load_model
-from workers.engine.errors import ProbeError, UnsafeArtifactError
-from workers.engine.formats import sniff_format
-from workers.engine.probes import ProbeFileInfo, inspect_probe_file, load_probes
-from workers.engine.settings import Preprocessing
 
 PROBES, TRAINING, MODELS = "/v1/probe-sets", "/v1/training-sets", "/v1/models"
 PIXEL_BUDGET = 10_000_000  # the test server's max_probe_set_pixels: 200 black 4096 x 4096 PNGs exceed it

@@ -19,12 +19,12 @@ from PIL import Image
 from tests.browser import Page, chromium_page, chromium_path
 from tests.conftest import TrainedDigits
 from tests.digits import export_onnx, train_digits_cnn
+from workers.core.audit_settings import AuditSettings, Metric
+from workers.core.report import AuditReport
 from workers.engine.audit import run_audit
-from workers.engine.data_randomization import DataTestInputs
 from workers.engine.figures import DATA_COLUMNS, MapReader, _data_panel, grid_layout
 from workers.engine.html_report import write_html_report
-from workers.engine.report import AuditReport
-from workers.engine.settings import AuditSettings, Metric
+from workers.engine.training_twins import DataTestInputs
 
 SETTINGS = AuditSettings(
     methods=["gradient", "gradcam", "edge_detector"],

@@ -13,6 +13,9 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from tests.conftest import TrainedDigits
+from workers.core.audit_settings import AuditSettings, IgBaseline, Outcome, Preprocessing
+from workers.core.errors import AuditInputError
+from workers.core.summary import format_summary
 from workers.engine.artifacts import load_model
 from workers.engine.audit import run_audit
 from workers.engine.checks import CheckContext
@@ -24,11 +27,8 @@ from workers.engine.checks.invariance import (
     shifted_model,
     shifted_settings,
 )
-from workers.engine.errors import AuditInputError
 from workers.engine.layers import layers_in_forward_order
 from workers.engine.methods import MethodContext, create_method
-from workers.engine.settings import AuditSettings, IgBaseline, Outcome, Preprocessing
-from workers.engine.summary import format_summary
 
 
 def _outcomes(report) -> dict[str, Outcome]:

@@ -19,12 +19,12 @@ from tests.test_html_report import (
     on_laptop_and_phone,
     one_image_of_maps,
 )
+from workers.core.audit_settings import AuditSettings, LayerOrder
+from workers.core.report import AuditReport
 from workers.engine.audit import run_audit
 from workers.engine.checks.logit import other_classes
 from workers.engine.figures import GRID_COLUMNS, MapReader, _class_captions, _plain_cascading
 from workers.engine.html_report import write_html_report
-from workers.engine.report import AuditReport
-from workers.engine.settings import AuditSettings, LayerOrder
 
 LATER = ("input_invariance", "random_logit", "smooth_mprt", "efficient_mprt")
 SETTINGS = AuditSettings(

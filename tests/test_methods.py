@@ -7,11 +7,11 @@ from pydantic import ValidationError
 from torch import nn
 
 from tests.architectures import converted
-from workers.engine.errors import AuditInputError, MethodUnsupportedError
-from workers.engine.gradcam_target import choose_target
+from workers.core.audit_settings import METHOD_NAMES, AuditSettings
+from workers.core.errors import AuditInputError, MethodUnsupportedError
 from workers.engine.methods import MethodContext, available_methods, create_method
 from workers.engine.methods.edges import sobel_magnitude
-from workers.engine.settings import METHOD_NAMES, AuditSettings
+from workers.engine.methods.gradcam_target import choose_target
 
 
 class SmallCNN(nn.Module):

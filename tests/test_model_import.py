@@ -13,9 +13,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from workers.engine import formats as formats_module
+from workers.core import formats as formats_module
+from workers.core.errors import AuditInputError, ModelConversionError, ProbeError, UnsafeArtifactError
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
-from workers.engine.errors import AuditInputError, ModelConversionError, ProbeError, UnsafeArtifactError
 from workers.engine.layers import layers_in_forward_order
 from workers.engine.onnx_import import OnnxGraphModule, onnx_to_torch
 from workers.engine.verification import verify_conversion

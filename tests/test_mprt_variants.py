@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from tests.conftest import TrainedDigits
+from workers.core.audit_settings import AuditSettings, LayerOrder, Outcome, RandomizationTest, VerdictRule
+from workers.core.report import ENTROPY_RISE, ENTROPY_SHARE, Summary
+from workers.core.summary import format_summary
 from workers.engine.audit import Progress, run_audit
 from workers.engine.checks.mprt import map_entropy
 from workers.engine.html_report import write_html_report
-from workers.engine.report import ENTROPY_RISE, ENTROPY_SHARE, Summary
-from workers.engine.settings import AuditSettings, LayerOrder, Outcome, RandomizationTest, VerdictRule
-from workers.engine.summary import format_summary
 from workers.engine.verdict import Judged, decide
 
 
@@ -184,8 +184,8 @@ def test_the_smooth_mprt_figures_show_its_smoothed_reference_and_its_order(mprt_
 def test_a_cancel_is_heard_between_the_noisy_copies_of_a_smoothed_stage() -> None:
     from types import SimpleNamespace
 
-    from workers.engine.errors import AuditCancelled
-    from workers.engine.randomization import Smoothing
+    from workers.core.errors import AuditCancelled
+    from workers.engine.parameter_stages import Smoothing
     from workers.engine.units import smoothed_maps
 
     calls: list[int] = []

@@ -10,10 +10,10 @@ import torch
 from onnx import helper
 
 from tests.test_model_import import graph_model, weights
+from workers.core.audit_settings import ReinitScheme
 from workers.engine.layers import NORMALIZATIONS, layers_in_forward_order, reinitialize
 from workers.engine.onnx_import import onnx_to_torch
 from workers.engine.onnx_import.ops.normalization import ChannelAffine
-from workers.engine.settings import ReinitScheme
 
 node = helper.make_node
 C = 4

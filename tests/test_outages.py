@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from workers.outages import DATABASE, DISK, outage_of
-from workers.storage import Storage
+from workers.core.outages import DATABASE, DISK, outage_of
+from workers.core.storage import Storage
 
 
 def _raised(action) -> BaseException:  # type: ignore[no-untyped-def]
@@ -69,8 +69,8 @@ def test_an_upload_whose_last_write_met_a_full_disk_leaves_nothing(
 
 def test_a_job_store_blip_does_not_stop_a_running_audit_but_a_code_fault_does() -> None:
     from workers.engine.audit import Progress
-    from workers.job_runner import Throttle
-    from workers.lease import Lease
+    from workers.worker.job_runner import Throttle
+    from workers.worker.lease import Lease
 
     blip = _raised(lambda: create_engine("postgresql+psycopg://x@127.0.0.1:1/x").connect())
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.engine import probes as probes_module
-from workers.engine.errors import ProbeError
-from workers.engine.probes import MAX_IMAGE_PIXELS, load_probes
-from workers.engine.settings import Preprocessing
+from workers.core import probes as probes_module
+from workers.core.audit_settings import Preprocessing
+from workers.core.errors import ProbeError
+from workers.core.probes import MAX_IMAGE_PIXELS, load_probes
 
 MODEL_SHAPE = (None, 1, 8, 8)
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tests.conftest import TrainedDigits
+from workers.core.audit_settings import AuditSettings, Metric, Outcome, RandomizationTest
+from workers.core.summary import format_summary
 from workers.engine.audit import run_audit
 from workers.engine.checks.logit import other_classes
 from workers.engine.html_report import write_html_report
-from workers.engine.settings import AuditSettings, Metric, Outcome, RandomizationTest
-from workers.engine.summary import format_summary
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_the_new_tests_are_chosen_by_name() -> None:
 
 
 def test_the_cli_takes_the_new_tests_and_their_settings() -> None:
-    from workers.cli import _build_parser, _settings
+    from workers.cli.main import _build_parser, _settings
 
     args = _build_parser().parse_args(
         [

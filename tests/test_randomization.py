@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from workers.core.audit_settings import AuditSettings, LayerOrder, ReinitScheme
+from workers.core.errors import AuditInputError
 from workers.engine.blocks import layer_blocks
-from workers.engine.errors import AuditInputError
 from workers.engine.layers import layers_in_forward_order, reinitialize
-from workers.engine.randomization import randomized_stages
-from workers.engine.settings import AuditSettings, LayerOrder, ReinitScheme
+from workers.engine.parameter_stages import randomized_stages
 
 
 class RegisteredBackwards(nn.Module):

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from workers.engine.report import SCHEMA_VERSION, AuditReport
+from workers.core.report import SCHEMA_VERSION, AuditReport
 
 SCHEMA_FILE = Path(__file__).parent.parent / "openapi" / "report.schema.json"
 

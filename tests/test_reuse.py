@@ -6,15 +6,15 @@ import torch
 from torch import nn
 
 from tests.architectures import ARCHITECTURES, IMAGE_SIZE, converted, random_weights
+from workers.core.audit_settings import METHOD_NAMES, AuditSettings
 from workers.engine.blocks import layer_blocks, stage_blocks
 from workers.engine.budget import CPU_PASS_BYTES, DEFAULT_BATCH_SIZE, MIB, plan_memory
+from workers.engine.forward_record import ForwardRecord, StageForward, first_step
 from workers.engine.layers import layers_in_forward_order
 from workers.engine.methods import MethodContext, create_method
 from workers.engine.methods.base import SaliencyMethod
 from workers.engine.onnx_import import OnnxGraphModule
-from workers.engine.randomization import randomized_stages
-from workers.engine.reuse import ForwardRecord, StageForward, first_step
-from workers.engine.settings import METHOD_NAMES, AuditSettings
+from workers.engine.parameter_stages import randomized_stages
 
 SETTINGS = AuditSettings(ig_steps=4, noise_samples=3, internal_batch_size=8)
 REUSING = [name for name in METHOD_NAMES if create_method(name, MethodContext(SETTINGS)).reuses_forward]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import TrainedDigits
+from workers.core.audit_settings import AuditSettings
+from workers.core.report import AuditReport
 from workers.engine.audit import run_audit
-from workers.engine.report import AuditReport
-from workers.engine.settings import AuditSettings
 
 SHARING = ["smoothgrad", "vargrad", "guided_backprop", "gradcam", "guided_gradcam"]
 COMMON = {"tests": ["cascading"], "draws": 1, "max_draws": 1, "noise_samples": 4, "batch_size": 16}

@@ -7,7 +7,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from tests import similarity_oracle
-from workers.engine.settings import Metric
+from workers.core.audit_settings import Metric
 from workers.engine.similarity import (
     average_ranks,
     compare,

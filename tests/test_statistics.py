@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from workers.engine.settings import Metric
+from workers.core.audit_settings import Metric
 from workers.engine.statistics import retrain_margin, summarize, summarize_all
 
 T_975_DF4 = 2.7764451051977934  # Student t quantile 0.975 with 4 degrees of freedom (tables: 2.776)

@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from tests.services import new_bucket
-from workers.config import Settings
-from workers.engine.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE
-from workers.object_store import FolderStore, S3Store
-from workers.storage import Storage
-from workers.store.jobs import Artifact
+from workers.core.config import Settings
+from workers.core.object_store import FolderStore, S3Store
+from workers.core.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE
+from workers.core.storage import Storage
+from workers.core.store.artifacts import Artifact
 
 
 @pytest.fixture(params=["folder", "s3"])

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from workers.config import Settings
-from workers.dispatch import DispatchError
-from workers.engine.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE
-from workers.requests import WorkQueue
-from workers.storage import Storage
-from workers.store.jobs import JobState, JobStore
-from workers.sweeper import Sweeper
+from workers.core.config import Settings
+from workers.core.report import ARCHIVE_FILE, HTML_FILE, REPORT_FILE
+from workers.core.requests import WorkQueue
+from workers.core.storage import Storage
+from workers.core.store.jobs import JobStore
+from workers.core.store.states import JobState
+from workers.worker.dispatch import DispatchError
+from workers.worker.sweeper import Sweeper
 
 
 class RecordingDispatcher:
@@ -64,7 +65,7 @@ def _sweeper(store: JobStore, dispatcher: RecordingDispatcher, lease_s: float, *
 
 
 def test_a_job_never_dispatched_is_dispatched_once(store: JobStore, dispatcher: RecordingDispatcher) -> None:
-    job, _ = store.create_job("local", {"model": "m"}, "hash", None, "gpu")
+    job, _ = store.jobs.create_job("local", {"model": "m"}, "hash", None, "gpu")
     assert _sweeper(store, dispatcher, lease_s=3600).sweep() == 0  # its own request may still dispatch it
     sweeper = _sweeper(store, dispatcher, lease_s=1e-6)
     assert sweeper.sweep() == 1 and sweeper.sweep() == 0
@@ -74,20 +75,20 @@ def test_a_job_never_dispatched_is_dispatched_once(store: JobStore, dispatcher: 
 def test_a_job_whose_worker_died_is_requeued_and_dispatched(
     store: JobStore, dispatcher: RecordingDispatcher
 ) -> None:
-    job, _ = store.create_job("local", {"model": "m"}, "hash", None, "cpu")
-    store.mark_dispatched(job.id, attempts=0)
-    store.claim(job.id)
+    job, _ = store.jobs.create_job("local", {"model": "m"}, "hash", None, "cpu")
+    store.recovery.mark_dispatched(job.id, attempts=0)
+    store.attempts.claim(job.id)
     assert _sweeper(store, dispatcher, lease_s=3600).sweep() == 0  # the attempt's lease holds
     assert _sweeper(store, dispatcher, lease_s=1e-6).sweep() == 1
     assert dispatcher.handed == [(job.id, WorkQueue.cpu)]
-    requeued = store.get_job(job.id)
+    requeued = store.jobs.get_job(job.id)
     assert requeued is not None and requeued.state is JobState.queued and requeued.attempts == 1
 
 
 def test_jobs_the_broker_refused_are_dispatched_by_a_later_sweep(
     store: JobStore, dispatcher: RecordingDispatcher
 ) -> None:
-    jobs = [store.create_job("local", {"model": "m"}, "hash", None, "cpu")[0] for _ in range(2)]
+    jobs = [store.jobs.create_job("local", {"model": "m"}, "hash", None, "cpu")[0] for _ in range(2)]
     sweeper = _sweeper(store, dispatcher, lease_s=1e-6)
     dispatcher.down = True
     assert sweeper.sweep() == 0
@@ -99,7 +100,7 @@ def test_a_handed_job_no_worker_started_is_handed_again_once_its_queue_holds_no_
     store: JobStore, dispatcher: RecordingDispatcher
 ) -> None:
     """A worker that took the message and gave up during a job-store outage leaves the job queued."""
-    waiting, lost = (store.create_job("local", {"model": "m"}, "hash", None, "cpu")[0] for _ in range(2))
+    waiting, lost = (store.jobs.create_job("local", {"model": "m"}, "hash", None, "cpu")[0] for _ in range(2))
     sweeper = _sweeper(store, dispatcher, lease_s=1e-6, redispatch_after_s=1e-6)
     assert sweeper.sweep() == 2
     time.sleep(0.01)
@@ -110,7 +111,7 @@ def test_a_handed_job_no_worker_started_is_handed_again_once_its_queue_holds_no_
     time.sleep(0.01)
     assert sweeper.sweep() == 2
     assert {job_id for job_id, _ in dispatcher.handed} == {waiting.id, lost.id}
-    store.claim(waiting.id)
+    store.attempts.claim(waiting.id)
     dispatcher.handed.clear()
     time.sleep(0.01)
     holding = _sweeper(store, dispatcher, lease_s=3600, redispatch_after_s=1e-6)  # the attempt is alive
@@ -124,20 +125,20 @@ def test_finished_jobs_expire_with_their_results_and_active_ones_stay(
     store: JobStore, dispatcher: RecordingDispatcher
 ) -> None:
     sweeper = _sweeper(store, dispatcher, lease_s=3600, retention_s=0.05)
-    finished, _ = store.create_job("local", {"model": "m"}, "hash", None, "cpu")
-    running, _ = store.create_job("local", {"model": "m"}, "hash", None, "cpu")
+    finished, _ = store.jobs.create_job("local", {"model": "m"}, "hash", None, "cpu")
+    running, _ = store.jobs.create_job("local", {"model": "m"}, "hash", None, "cpu")
     for job in (finished, running):
-        store.claim(job.id)
+        store.attempts.claim(job.id)
     out = Path(tempfile.mkdtemp())
     for name in (REPORT_FILE, HTML_FILE, ARCHIVE_FILE):
         (out / name).write_text("{}")
     result = sweeper.storage.publish_results(finished.id, 1, out)
-    store.finish(finished.id, JobState.succeeded, attempt=1, result=result)
+    store.attempts.finish(finished.id, JobState.succeeded, attempt=1, result=result)
     time.sleep(0.1)
     assert sweeper.expire() == 1
-    assert store.get_job(finished.id) is None
+    assert store.jobs.get_job(finished.id) is None
     assert sweeper.storage.open_result(finished.id, 1, REPORT_FILE) is None
-    assert store.get_job(running.id) is not None
+    assert store.jobs.get_job(running.id) is not None
 
 
 def test_artifacts_no_job_names_expire_and_a_blob_goes_with_its_last_owner(
@@ -146,15 +147,15 @@ def test_artifacts_no_job_names_expire_and_a_blob_goes_with_its_last_owner(
     sweeper = _sweeper(store, dispatcher, lease_s=3600, retention_s=0.05)
     used, unused = "1" * 64, "2" * 64
     for sha in (used, unused):
-        store.add_artifact("local", sha, "model", "onnx", 10, {})
+        store.artifacts.add_artifact("local", sha, "model", "onnx", 10, {})
         sweeper.storage.objects.put(f"blobs/{sha[:2]}/{sha}", _file(b"x"))
-    store.add_artifact("other", used, "model", "onnx", 10, {})
-    store.create_job("local", {"model": used, "probes": "3" * 64}, "hash", None, "cpu")
+    store.artifacts.add_artifact("other", used, "model", "onnx", 10, {})
+    store.jobs.create_job("local", {"model": used, "probes": "3" * 64}, "hash", None, "cpu")
     time.sleep(0.1)
     sweeper.expire()
-    assert store.get_artifact("local", used, "model") is not None
-    assert store.get_artifact("other", used, "model") is None  # no job of that tenant names it
-    assert store.get_artifact("local", unused, "model") is None
+    assert store.artifacts.get_artifact("local", used, "model") is not None
+    assert store.artifacts.get_artifact("other", used, "model") is None  # no job of that tenant names it
+    assert store.artifacts.get_artifact("local", unused, "model") is None
     assert sweeper.storage.has_blob(used) and not sweeper.storage.has_blob(unused)
 
 
@@ -186,8 +187,8 @@ def test_abandoned_uploads_and_stale_work_folders_are_removed_but_not_a_running_
     store: JobStore, dispatcher: RecordingDispatcher
 ) -> None:
     sweeper = _sweeper(store, dispatcher, lease_s=3600, abandoned_upload_s=60)
-    job, _ = store.create_job("local", {"model": "m"}, "hash", None, "cpu")
-    store.claim(job.id)
+    job, _ = store.jobs.create_job("local", {"model": "m"}, "hash", None, "cpu")
+    store.attempts.claim(job.id)
     storage = sweeper.storage
     old = time.time() - 120
     abandoned = storage.new_upload(100, "model.onnx")

@@ -23,7 +23,7 @@ from PIL import Image
 from tests.conftest import TrainedDigits
 from tests.services import VENV_BIN
 from tests.test_api import OCTET, make_client
-from workers.store.keys import Scope
+from workers.core.store.keys import Scope
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ def test_an_unexpected_error_answers_500_with_the_request_id_and_no_internals(
     def broken(*_: object) -> None:
         raise RuntimeError("/srv/secret/jobs.sqlite3 is corrupt")
 
-    monkeypatch.setattr(app_client.app.state.runtime.store, "list_jobs", broken)
+    monkeypatch.setattr(app_client.app.state.runtime.store.jobs, "list_jobs", broken)
     response = app_client.get("/v1/audits", headers=_token(app_client, "alice") | {"X-Request-ID": "ci-7"})
     body = _problem(response, 500, "quote request id ci-7")
     assert body["type"] == "/problems/internal-error" and response.headers["x-request-id"] == "ci-7"

@@ -1,8 +1,8 @@
 """The units of a fanned-out audit in the job store, on SQLite and PostgreSQL through the real migration:
 one holder at a time, a lapsed holder loses its unit, a result counts once (docs/decisions/0026)."""
 
-from workers.store.jobs import JobStore
-from workers.store.units import PlanId, UnitStore, holder_token
+from workers.core.store.jobs import JobStore
+from workers.core.store.units import PlanId, UnitStore, holder_token
 
 KEYS = ["cascading.draw-0.gradient", "cascading.draw-0.gradcam"]
 PLAN = PlanId("job", 1)

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from torch import nn
 
+from workers.core.audit_settings import AuditSettings, Metric, Outcome, RandomizationTest, VerdictRule
+from workers.core.report import Stage
 from workers.engine.checks import CheckContext, RetrainFloor, StageValues, create_check
 from workers.engine.layers import Layer
-from workers.engine.randomization import StageModel
-from workers.engine.report import Stage
-from workers.engine.settings import AuditSettings, Metric, Outcome, RandomizationTest, VerdictRule
+from workers.engine.parameter_stages import StageModel
 from workers.engine.similarity import prepare
 from workers.engine.statistics import summarize, summarize_all
 

@@ -15,11 +15,11 @@ from tests.digits import (
     export_onnx,
     train_digits_cnn,
 )
-from workers.cli import main
+from workers.cli.main import main
+from workers.core.audit_settings import METHOD_NAMES, AuditSettings, Outcome
+from workers.core.report import AuditReport, Verdict
 from workers.engine.audit import run_audit
-from workers.engine.data_randomization import DataTestInputs
-from workers.engine.report import AuditReport, Verdict
-from workers.engine.settings import METHOD_NAMES, AuditSettings, Outcome
+from workers.engine.training_twins import DataTestInputs
 
 SEEDS = range(5)
 # each seed of the data test trains up to 9 twins and 9 controls; bench/verdict_stability.py sweeps 5

@@ -13,17 +13,18 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from service.callback_urls import AllowList, refusal
-from service.client import AuditClient
-from service.webhooks import WebhookSender
+from service.api.callback_urls import AllowList, refusal
+from service.api.webhooks import WebhookSender
+from service.client.http import AuditClient
 from tests.conftest import TrainedDigits
 from tests.services import api_server, wait_until
 from tests.test_api import OCTET, make_client
-from workers.config import Settings
-from workers.engine.settings import AuditSettings
-from workers.requests import AuditRequest
-from workers.store.jobs import CallbackState, JobResult, JobState, JobStore
-from workers.store.keys import KeyStore
+from workers.core.audit_settings import AuditSettings
+from workers.core.config import Settings
+from workers.core.requests import AuditRequest
+from workers.core.store.jobs import JobStore
+from workers.core.store.keys import KeyStore
+from workers.core.store.states import CallbackState, JobResult, JobState
 
 FAST = AuditSettings(methods=["gradient"], tests=["cascading"])
 
@@ -124,9 +125,9 @@ def test_a_submit_with_a_private_callback_is_refused_with_a_problem(
 
 def _ended_job(store: JobStore, callback_url: str) -> str:
     request = AuditRequest(model="a" * 64, probes="b" * 64, callback_url=callback_url)
-    job, _ = store.create_job("team", request.model_dump(mode="json"), "hash", None, "cpu")
-    store.claim(job.id)
-    store.finish(job.id, JobState.succeeded, attempt=1, result=JobResult("c" * 64, 1, "d" * 64, 1))
+    job, _ = store.jobs.create_job("team", request.model_dump(mode="json"), "hash", None, "cpu")
+    store.attempts.claim(job.id)
+    store.attempts.finish(job.id, JobState.succeeded, attempt=1, result=JobResult("c" * 64, 1, "d" * 64, 1))
     return job.id
 
 
@@ -140,13 +141,13 @@ def test_a_failed_delivery_is_retried_after_its_pause_and_then_delivered(store: 
         job_id = _ended_job(store, hooks.url)
         sender = _sender(store)
         assert sender.send_due() == 0 and len(hooks.received) == 1
-        callback = store.get_job(job_id).callback
+        callback = store.jobs.get_job(job_id).callback
         assert callback.state is CallbackState.pending and "HTTP 500" in (callback.error or "")
         assert sender.send_due() == 0 and len(hooks.received) == 1  # not before its pause
         time.sleep(0.3)
         assert sender.send_due() == 1 and len(hooks.received) == 2
         assert sender.send_due() == 0 and len(hooks.received) == 2  # delivered once
-    callback = store.get_job(job_id).callback
+    callback = store.jobs.get_job(job_id).callback
     assert callback.state is CallbackState.delivered and callback.attempts == 2
     (first, _), (second, _) = hooks.received
     assert first["webhook-id"] == second["webhook-id"] == f"{job_id}.succeeded"
@@ -157,21 +158,23 @@ def test_a_receiver_that_keeps_failing_is_given_up_on_after_the_attempts(store: 
         job_id = _ended_job(store, hooks.url)
         sender = _sender(store, webhook_attempts=3, webhook_retry_s=0.05)
         deadline = time.monotonic() + 10
-        while store.get_job(job_id).callback.state is CallbackState.pending and time.monotonic() < deadline:
+        while (
+            store.jobs.get_job(job_id).callback.state is CallbackState.pending and time.monotonic() < deadline
+        ):
             sender.send_due()
             time.sleep(0.05)
-    callback = store.get_job(job_id).callback
+    callback = store.jobs.get_job(job_id).callback
     assert callback.state is CallbackState.failed and callback.attempts == 3 and len(hooks.received) == 3
     assert "gave up after 3 tries" in (callback.error or "")
 
 
 def test_a_try_whose_claim_lapsed_and_was_taken_again_records_nothing(store: JobStore) -> None:
     job_id = _ended_job(store, "http://127.0.0.1:9/hook")
-    assert store.claim_callback(job_id, 0, hold_s=0)  # the first sender stalls past its hold
-    assert store.claim_callback(job_id, 1, hold_s=60)  # another takes the callback over
-    store.settle_callback(job_id, 2, CallbackState.delivered)
-    store.settle_callback(job_id, 1, CallbackState.failed, "the stalled try, late")
-    callback = store.get_job(job_id).callback
+    assert store.callbacks.claim_callback(job_id, 0, hold_s=0)  # the first sender stalls past its hold
+    assert store.callbacks.claim_callback(job_id, 1, hold_s=60)  # another takes the callback over
+    store.callbacks.settle_callback(job_id, 2, CallbackState.delivered)
+    store.callbacks.settle_callback(job_id, 1, CallbackState.failed, "the stalled try, late")
+    callback = store.jobs.get_job(job_id).callback
     assert callback.state is CallbackState.delivered and callback.error is None
 
 
@@ -179,7 +182,7 @@ def test_an_address_no_longer_allowed_at_delivery_is_not_called(store: JobStore)
     with receiver([204]) as hooks:
         job_id = _ended_job(store, hooks.url)
         _sender(store, webhook_allowed_hosts=[]).send_due()
-    callback = store.get_job(job_id).callback
+    callback = store.jobs.get_job(job_id).callback
     assert hooks.received == [] and callback.state is CallbackState.failed
     assert "127.0.0.1" in (callback.error or "")
 

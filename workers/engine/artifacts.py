@@ -28,16 +28,16 @@ from torch import Tensor
 from torch._export.converter import TS2EPConverter
 from torch.utils._pytree import tree_leaves
 
-from workers.engine.errors import AuditInputError, ModelConversionError
-from workers.engine.formats import (
+from workers.core.errors import AuditInputError, ModelConversionError
+from workers.core.formats import (
     ArtifactFormat,
     format_label,
     parse_onnx,
     read_artifact,
     sniff_format,
 )
+from workers.core.report import ArtifactInfo
 from workers.engine.onnx_import import OnnxGraphModule, onnx_to_torch
-from workers.engine.report import ArtifactInfo
 
 TORCHSCRIPT_ONNX_OPSET = 17
 _BATCH_HINTS: dict[ArtifactFormat, str] = {

@@ -8,14 +8,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from workers.core.audit_settings import AuditSettings, ReinitScheme
+from workers.core.probes import ProbeSet
+from workers.core.report import MemoryUse, MethodResult, MetricTable, ProbeInfo, Stage, TestResult, Versions
 from workers.engine.budget import MIB, MemoryPlan
 from workers.engine.checks import StageValues
+from workers.engine.forward_record import ForwardRecord
 from workers.engine.layers import NORMALIZATIONS, Layer
 from workers.engine.passes import as_report
-from workers.engine.probes import ProbeSet
-from workers.engine.report import MemoryUse, MethodResult, MetricTable, ProbeInfo, Stage, TestResult, Versions
-from workers.engine.reuse import ForwardRecord
-from workers.engine.settings import AuditSettings, ReinitScheme
 from workers.engine.similarity import PreparedMaps, compare_prepared, prepare
 from workers.engine.statistics import summarize, summarize_all
 from workers.engine.units import MethodState

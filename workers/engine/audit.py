@@ -14,6 +14,17 @@ from pathlib import Path
 
 from torch import nn
 
+from workers.core.audit_settings import AuditSettings, RandomizationTest, TargetPolicy
+from workers.core.errors import AuditInputError
+from workers.core.report import (
+    ARCHIVE_FILE,
+    REPORT_FILE,
+    AuditReport,
+    LayerInfo,
+    MethodResult,
+    MetricTable,
+    TestResult,
+)
 from workers.engine import units
 from workers.engine.archive import MapArchive
 from workers.engine.assembly import (
@@ -26,8 +37,7 @@ from workers.engine.assembly import (
 )
 from workers.engine.check_run import CheckRun, InProcess, Ledger, UnitExecutor
 from workers.engine.checks import CheckContext, create_check
-from workers.engine.data_randomization import DataSetup, DataTestInputs, TwinPool
-from workers.engine.errors import AuditInputError
+from workers.engine.forward_record import ForwardRecord
 from workers.engine.methods import SaliencyMethod
 from workers.engine.methods.edges import sobel_magnitude
 from workers.engine.passes import as_report
@@ -40,20 +50,10 @@ from workers.engine.preparation import (
     nondeterminism_noted,
     prepare,
 )
-from workers.engine.report import (
-    ARCHIVE_FILE,
-    REPORT_FILE,
-    AuditReport,
-    LayerInfo,
-    MethodResult,
-    MetricTable,
-    TestResult,
-)
-from workers.engine.reuse import ForwardRecord
-from workers.engine.settings import AuditSettings, RandomizationTest, TargetPolicy
 from workers.engine.similarity import compare_prepared
 from workers.engine.similarity import prepare as prepare_maps
 from workers.engine.statistics import summarize_all
+from workers.engine.training_twins import DataSetup, DataTestInputs, TwinPool
 from workers.engine.units import ArraySink, AuditRun, MethodState, noise_seed
 from workers.engine.verification import verify_conversion
 

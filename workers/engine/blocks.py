@@ -24,9 +24,9 @@ from itertools import pairwise
 
 from torch import nn
 
+from workers.core.audit_settings import AuditSettings, StageUnit
 from workers.engine.layers import Layer
 from workers.engine.onnx_import import OnnxGraphModule
-from workers.engine.settings import AuditSettings, StageUnit
 
 _KERAS_BLOCK = re.compile(r"^(.+?_\d+)_")  # block_3_expand -> block_3
 

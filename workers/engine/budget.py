@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from workers.core.audit_settings import AuditSettings
+from workers.engine.forward_record import recorded_forward
 from workers.engine.onnx_import import OnnxGraphModule
-from workers.engine.reuse import recorded_forward
-from workers.engine.settings import AuditSettings
 
 MIB = 2**20
 DEFAULT_BATCH_SIZE = 256  # probe images per method call, when the budget allows: fewer, fuller passes

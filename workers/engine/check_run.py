@@ -9,13 +9,13 @@ from typing import Protocol
 
 from torch import nn
 
+from workers.core.report import Stage, TestResult, Verdict
 from workers.engine.archive import MapArchive
 from workers.engine.assembly import stage_zero, summarized
 from workers.engine.checks import RetrainFloor, SanityCheck, StageValues
+from workers.engine.parameter_stages import StageModel
 from workers.engine.passes import counting, new_counter
 from workers.engine.plan import Unit, check_progress, draw_units
-from workers.engine.randomization import StageModel
-from workers.engine.report import Stage, TestResult, Verdict
 from workers.engine.similarity import PreparedMaps
 from workers.engine.similarity import prepare as prepare_maps
 from workers.engine.units import (

@@ -35,9 +35,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
-from workers.engine.checks.data import CONTROL_MAPS
-from workers.engine.checks.mprt import map_histograms
-from workers.engine.report import (
+from workers.core.audit_settings import LayerOrder, Metric, Outcome, StageUnit
+from workers.core.report import (
     ENTROPY_MASK,
     ENTROPY_RANDOM,
     ENTROPY_TRAINED,
@@ -46,7 +45,8 @@ from workers.engine.report import (
     Stage,
     TestResult,
 )
-from workers.engine.settings import LayerOrder, Metric, Outcome, StageUnit
+from workers.engine.checks.data_randomization import CONTROL_MAPS
+from workers.engine.checks.mprt import map_histograms
 from workers.engine.similarity import normalize_absolute, normalize_signed
 
 GRID_IMAGES = 3  # probe images per grid: a few, as in the paper's figures

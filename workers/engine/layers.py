@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from workers.engine.errors import AuditInputError
+from workers.core.audit_settings import ReinitScheme
+from workers.core.errors import AuditInputError
 from workers.engine.onnx_import.ops.normalization import ChannelAffine, InstanceNormalization
-from workers.engine.settings import ReinitScheme
 
 
 @dataclass(frozen=True)

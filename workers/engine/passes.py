@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from workers.engine.report import ImagePasses
+from workers.core.report import ImagePasses
 
 _active: ContextVar[tuple[dict[str, int], ...]] = ContextVar("image_passes", default=())
 

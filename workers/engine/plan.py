@@ -11,9 +11,9 @@ for number. More draws for an undecided verdict are more units.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from workers.core.audit_settings import RandomizationTest
 from workers.engine.checks import SanityCheck
 from workers.engine.methods import SaliencyMethod
-from workers.engine.settings import RandomizationTest
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from workers.core.audit_settings import METHOD_NAMES, AuditSettings, Layout, TargetPolicy
+from workers.core.errors import AuditInputError, MethodUnsupportedError
+from workers.core.probes import ProbeSet, check_label_range, load_probes
+from workers.core.report import SkippedMethod
 from workers.engine.artifacts import LoadedModel, detect_format, load_model
 from workers.engine.blocks import Block, stage_blocks
 from workers.engine.budget import MemoryPlan, plan_memory
-from workers.engine.errors import AuditInputError, MethodUnsupportedError
-from workers.engine.gradcam_target import choose_target
 from workers.engine.layers import Layer, layers_in_forward_order
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method, method_class
+from workers.engine.methods.gradcam_target import choose_target
 from workers.engine.passes import counting, new_counter
-from workers.engine.probes import ProbeSet, check_label_range, load_probes
-from workers.engine.report import SkippedMethod
-from workers.engine.settings import METHOD_NAMES, AuditSettings, Layout, TargetPolicy
 from workers.engine.units import predictions
 
 

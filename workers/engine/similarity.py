@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workers.engine.settings import Metric
+from workers.core.audit_settings import Metric
 
 CLIP_PERCENTILE = 99.0
 SSIM_WIN_SIZE = 7

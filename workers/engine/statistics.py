@@ -18,8 +18,8 @@ import math
 import numpy as np
 from scipy.stats import t as student_t
 
-from workers.engine.report import Summary
-from workers.engine.settings import Metric
+from workers.core.audit_settings import Metric
+from workers.core.report import Summary
 
 CONFIDENCE = 0.95
 

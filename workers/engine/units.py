@@ -13,18 +13,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from workers.core.audit_settings import AuditSettings, RandomizationTest
+from workers.core.errors import AuditCancelled
 from workers.engine.budget import MemoryPlan
 from workers.engine.checks import SanityCheck, StageValues
-from workers.engine.errors import AuditCancelled
+from workers.engine.forward_record import ForwardRecord, StageForward, first_step
 from workers.engine.layers import Layer
 from workers.engine.methods import MethodContext, SaliencyMethod, create_method
 from workers.engine.methods.gradients import noise_std
 from workers.engine.onnx_import import OnnxGraphModule
+from workers.engine.parameter_stages import Smoothing, StageModel
 from workers.engine.passes import count_passes, counting, new_counter
 from workers.engine.plan import Unit
-from workers.engine.randomization import Smoothing, StageModel
-from workers.engine.reuse import ForwardRecord, StageForward, first_step
-from workers.engine.settings import AuditSettings, RandomizationTest
 from workers.engine.shared_parts import SharedParts
 from workers.engine.similarity import PreparedMaps, compare_prepared, prepare
 

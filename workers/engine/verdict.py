@@ -13,8 +13,8 @@ an estimate from a few models; docs/decisions/0017).
 import math
 from dataclasses import dataclass
 
-from workers.engine.report import RetrainMargin, Summary, Verdict
-from workers.engine.settings import Outcome, VerdictRule
+from workers.core.audit_settings import Outcome, VerdictRule
+from workers.core.report import RetrainMargin, Summary, Verdict
 
 FLOOR_MARGIN = 0.05  # a failing similarity this close to the cross-image floor gets an explanation
 DISAGREEING_SHARE = 0.25  # draws disagree when at least this share lies clearly on each side of the limit

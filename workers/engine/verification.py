@@ -9,9 +9,9 @@ import logging
 import numpy as np
 import torch
 
+from workers.core.errors import AuditInputError, ModelConversionError, ProbeError
+from workers.core.report import ConversionCheck
 from workers.engine.artifacts import LoadedModel
-from workers.engine.errors import AuditInputError, ModelConversionError, ProbeError
-from workers.engine.report import ConversionCheck
 
 log = logging.getLogger(__name__)
 

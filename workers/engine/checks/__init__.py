@@ -1,6 +1,6 @@
 """The sanity checks behind one interface; importing this package registers every built-in check."""
 
-from workers.engine.checks import data, invariance, logit, mprt, parameters
+from workers.engine.checks import data_randomization, invariance, logit, mprt, parameters
 from workers.engine.checks.base import CheckContext, RetrainFloor, SanityCheck, StageValues, create_check
 
 __all__ = [
@@ -9,7 +9,7 @@ __all__ = [
     "SanityCheck",
     "StageValues",
     "create_check",
-    "data",
+    "data_randomization",
     "invariance",
     "logit",
     "mprt",

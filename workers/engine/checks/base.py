@@ -13,15 +13,15 @@ from typing import ClassVar
 import numpy as np
 from torch import Tensor, nn
 
+from workers.core.audit_settings import AuditSettings, LayerOrder, Metric, RandomizationTest, VerdictRule
+from workers.core.errors import AuditInputError
+from workers.core.report import MetricTable, Stage, Verdict
 from workers.engine.blocks import Block, layer_blocks
-from workers.engine.data_randomization import TwinPool
-from workers.engine.errors import AuditInputError
 from workers.engine.layers import Layer
-from workers.engine.randomization import StageModel
-from workers.engine.report import MetricTable, Stage, Verdict
-from workers.engine.settings import AuditSettings, LayerOrder, Metric, RandomizationTest, VerdictRule
+from workers.engine.parameter_stages import StageModel
 from workers.engine.similarity import PreparedMaps
 from workers.engine.statistics import draw_intervals, summarize, summarize_all
+from workers.engine.training_twins import TwinPool
 from workers.engine.verdict import Judged
 
 _REGISTRY: dict[RandomizationTest, type["SanityCheck"]] = {}

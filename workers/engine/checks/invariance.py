@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers.core.audit_settings import AuditSettings, RandomizationTest
+from workers.core.errors import AuditInputError
+from workers.core.report import RELATIVE_L2, Stage, Verdict
 from workers.engine.checks.base import (
     CheckContext,
     RetrainFloor,
@@ -39,13 +42,10 @@ from workers.engine.checks.base import (
     StageValues,
     judged_table,
 )
-from workers.engine.errors import AuditInputError
 from workers.engine.layers import Layer
 from workers.engine.onnx_import.builder import INPUT_SCALING
 from workers.engine.onnx_import.graph import OnnxGraphModule
-from workers.engine.randomization import StageModel
-from workers.engine.report import RELATIVE_L2, Stage, Verdict
-from workers.engine.settings import AuditSettings, RandomizationTest
+from workers.engine.parameter_stages import StageModel
 from workers.engine.verdict import decide
 
 SHIFTED_MAPS = "shifted"

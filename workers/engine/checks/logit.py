@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from workers.core.audit_settings import RandomizationTest
+from workers.core.errors import AuditInputError
+from workers.core.report import Stage, Verdict
 from workers.engine.checks.base import (
     CheckContext,
     RetrainFloor,
@@ -25,10 +28,7 @@ from workers.engine.checks.base import (
     StageValues,
     judged_table,
 )
-from workers.engine.errors import AuditInputError
-from workers.engine.randomization import StageModel
-from workers.engine.report import Stage, Verdict
-from workers.engine.settings import RandomizationTest
+from workers.engine.parameter_stages import StageModel
 from workers.engine.statistics import summarize
 from workers.engine.verdict import decide
 

@@ -27,10 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, judged_table
-from workers.engine.checks.parameters import Cascading
-from workers.engine.randomization import Smoothing, StageModel, randomized_stages
-from workers.engine.report import (
+from workers.core.audit_settings import LayerOrder, RandomizationTest
+from workers.core.report import (
     ENTROPY_MASK,
     ENTROPY_RANDOM,
     ENTROPY_RISE,
@@ -39,7 +37,9 @@ from workers.engine.report import (
     Stage,
     Verdict,
 )
-from workers.engine.settings import LayerOrder, RandomizationTest
+from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, judged_table
+from workers.engine.checks.parameters import Cascading
+from workers.engine.parameter_stages import Smoothing, StageModel, randomized_stages
 from workers.engine.similarity import is_degenerate, normalize_absolute
 from workers.engine.verdict import decide
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from workers.core.audit_settings import LayerOrder, RandomizationTest
+from workers.core.report import Stage, Verdict
 from workers.engine.checks.base import RetrainFloor, SanityCheck, StageValues, non_finite_by_stage
-from workers.engine.randomization import StageModel, randomized_stages
-from workers.engine.report import Stage, Verdict
-from workers.engine.settings import LayerOrder, RandomizationTest
+from workers.engine.parameter_stages import StageModel, randomized_stages
 from workers.engine.statistics import defined_mean, draw_intervals, summarize
 from workers.engine.verdict import Judged, decide
 

@@ -1,6 +1,6 @@
 """Saliency methods behind one interface; importing this package registers every built-in method."""
 
-from workers.engine.methods import edges, gradients, guided
+from workers.engine.methods import edges, gradcam, gradients, guided_backprop
 from workers.engine.methods.base import (
     MethodContext,
     SaliencyMethod,
@@ -15,7 +15,8 @@ __all__ = [
     "available_methods",
     "create_method",
     "edges",
+    "gradcam",
     "gradients",
-    "guided",
+    "guided_backprop",
     "method_class",
 ]

@@ -16,9 +16,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from workers.engine.errors import AuditInputError
-from workers.engine.gradcam_target import GradCamTarget
-from workers.engine.settings import AuditSettings
+from workers.core.audit_settings import AuditSettings
+from workers.core.errors import AuditInputError
+from workers.engine.methods.gradcam_target import GradCamTarget
 
 _REGISTRY: dict[str, type["SaliencyMethod"]] = {}
 

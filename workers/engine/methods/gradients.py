@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from workers.core.audit_settings import AuditSettings, IgBaseline
+from workers.engine.forward_record import StageForward
 from workers.engine.methods.base import PartFn, SaliencyMethod
 from workers.engine.passes import count_passes
-from workers.engine.reuse import StageForward
-from workers.engine.settings import AuditSettings, IgBaseline
 
 
 def logit_gradient(model: nn.Module, inputs: Tensor, target: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ module, and ``ops`` holds one module per op family, where a reader looks for an 
 
 import onnx
 
-from workers.engine.errors import ModelConversionError
+from workers.core.errors import ModelConversionError
 from workers.engine.onnx_import.builder import Builder
 from workers.engine.onnx_import.graph import OnnxGraphModule
 from workers.engine.onnx_import.layouts import source_input_layout

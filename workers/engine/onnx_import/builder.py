@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from onnx import NodeProto, numpy_helper
 from torch import Tensor, nn
 
-from workers.engine.errors import ModelConversionError
+from workers.core.errors import ModelConversionError
 from workers.engine.onnx_import.graph import Attrs, Fn, LearnedTensor, OnnxGraphModule, Shape, Step
 from workers.engine.onnx_import.naming import Naming
 from workers.engine.onnx_import.prepare import (

@@ -9,7 +9,7 @@ import torch
 from onnx import NodeProto, TensorProto, numpy_helper
 from torch import Tensor
 
-from workers.engine.errors import ModelConversionError
+from workers.core.errors import ModelConversionError
 from workers.engine.onnx_import.graph import Attrs, Shape
 
 MIN_NATIVE_OPSET = 11  # older graphs (attribute-style Pad, Clip, Slice) are converted to FALLBACK_OPSET

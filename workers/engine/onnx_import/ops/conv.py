@@ -10,7 +10,7 @@ import torch
 from onnx import NodeProto
 from torch import Tensor, nn
 
-from workers.engine.errors import ModelConversionError
+from workers.core.errors import ModelConversionError
 from workers.engine.onnx_import.builder import with_parameters
 from workers.engine.onnx_import.graph import Attrs
 from workers.engine.onnx_import.input_gradient import Conv2d

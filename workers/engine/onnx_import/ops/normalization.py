@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from onnx import NodeProto
 from torch import Tensor, nn
 
-from workers.engine.errors import ModelConversionError
+from workers.core.errors import ModelConversionError
 from workers.engine.onnx_import.builder import parameter, with_parameters
 from workers.engine.onnx_import.graph import Attrs
 from workers.engine.onnx_import.prepare import describe

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from onnx import NodeProto
 from torch import Tensor
 
-from workers.engine.errors import ModelConversionError
+from workers.core.errors import ModelConversionError
 from workers.engine.onnx_import.builder import plain, torch_pads
 from workers.engine.onnx_import.graph import Attrs, Fn
 from workers.engine.onnx_import.prepare import describe

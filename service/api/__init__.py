@@ -1,0 +1,1 @@
+"""The HTTP API: thin routes (``routes``) over service functions; it never imports torch."""
