@@ -8,29 +8,20 @@ why), 130 interrupted. Baselines such as the edge detector are never judged, so 
 
 import argparse
 import sys
-from enum import Enum
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from service.client.submit import EXIT_CODES, add_submit_arguments, run_submit
 from workers.cli.keys import add_key_commands, run_key_command
+from workers.cli.options import add_setting_options, setting_overrides
 from workers.core.audit_settings import (
     METHOD_SUMMARIES,
     AuditSettings,
-    IgBaseline,
-    LayerOrder,
-    Metric,
-    Optimizer,
     Outcome,
-    ReinitScheme,
-    StageUnit,
-    TargetPolicy,
-    TrainingRecipe,
-    VerdictRule,
 )
 
 if TYPE_CHECKING:  # the engine imports torch: commands that need it import it when they run
@@ -39,11 +30,6 @@ if TYPE_CHECKING:  # the engine imports torch: commands that need it import it w
 
 EXIT_FAILED_CHECK = 1
 EXIT_REFUSED = 2
-
-
-def _default(field: str, section: type[BaseModel] = AuditSettings) -> str:
-    default = section.model_fields[field].get_default(call_default_factory=True)
-    return f" (default: {default.value if isinstance(default, Enum) else default})"
 
 
 def _outcomes(text: str) -> frozenset[Outcome]:
@@ -57,158 +43,16 @@ def _outcomes(text: str) -> frozenset[Outcome]:
 
 
 def _add_audit_options(parser: argparse.ArgumentParser) -> None:
-    """The audit's settings, data-test inputs and --fail-on: the same for `run` and `submit`."""
+    """The audit's settings (one option per field of AuditSettings), data-test inputs and --fail-on: the
+    same for `run` and `submit`."""
     add = parser.add_argument
     add("--settings", type=Path, help="JSON file of settings; the options below override it")
-    add("--methods", help="comma-separated methods, see 'saliency-audit methods' (default: all)")
-    add(
-        "--tests",
-        help="comma-separated: cascading,independent,data,input_invariance,random_logit,smooth_mprt,"
-        "efficient_mprt (default: cascading,independent, plus data when --twin or --train-data is given)",
-    )
-    add("--seed", type=int, help="seeds re-initialization and noise" + _default("seed"))
-    add("--draws", type=int, help="re-initializations per parameter test" + _default("draws"))
-    add(
-        "--max-draws",
-        type=int,
-        help="an undecided parameter test gets more draws, up to this many" + _default("max_draws"),
-    )
-    add("--order", choices=list(LayerOrder), help="order the layers are randomized in" + _default("order"))
-    add(
-        "--stages",
-        choices=list(StageUnit),
-        help="what a stage randomizes: a block (residual or named block, as the paper did) or one layer"
-        + _default("stages"),
-    )
-    add(
-        "--max-stages",
-        type=int,
-        help="blocks are merged evenly to at most this many stages" + _default("max_stages"),
-    )
-    add(
-        "--archive-all-draws",
-        action="store_true",
-        default=None,
-        help="keep every draw's maps in maps.zip (default: draw 0's only)",
-    )
-    add("--target", choices=list(TargetPolicy), help="class each map explains" + _default("target"))
-    add("--reinit", choices=list(ReinitScheme), help="how layers are re-initialized" + _default("reinit"))
-    add("--reinit-std", type=float, help="std of the 'normal' re-initialization" + _default("reinit_std"))
-    add("--ig-steps", type=int, help="Integrated Gradients steps" + _default("ig_steps"))
-    add(
-        "--ig-baseline",
-        choices=list(IgBaseline),
-        help="Integrated Gradients baseline: black pixels, zero model input, or each image's mean colour"
-        + _default("ig_baseline"),
-    )
-    add("--noise-samples", type=int, help="SmoothGrad/VarGrad samples" + _default("noise_samples"))
-    add("--noise-level", type=float, help="noise std / (max - min) of each image" + _default("noise_level"))
-    add(
-        "--gradcam-layer",
-        help="module, layer, ONNX node or value GradCAM reads (default: the last feature map, or a ViT's "
-        "last residual stream as a patch grid)",
-    )
-    add("--output", help="model output to audit, by name or 0-based position (default: the first)")
-    add(
-        "--model-layout",
-        choices=["NCHW", "NHWC"],
-        help="the model's input layout, NHWC for channels-last (default: read from the graph)",
-    )
-    add(
-        "--batch-size", type=int, help="probe images per method call, at most (default: 64 within the budget)"
-    )
-    add(
-        "--internal-batch-size",
-        type=int,
-        help="images per pass of IG steps and noise samples, at most (default: what the budget allows)",
-    )
-    add(
-        "--memory-budget",
-        type=int,
-        metavar="MIB",
-        help="memory the audit may use on its device; batch sizes follow (default: 1/4 of RAM up to 8 GiB, "
-        "1/2 of a GPU)",
-    )
-    add("--size", type=int, nargs=2, metavar=("H", "W"), help="resize images to H x W (default: never)")
-    add("--channels", type=int, choices=[1, 3], help="read images as grey or RGB (default: as the model)")
-    add("--value-scale", type=float, help="divide raw values by this (default: 255 for 8-bit, 1 for floats)")
-    add("--mean", type=float, nargs="+", help="per-channel mean subtracted after scaling (default: none)")
-    add("--std", type=float, nargs="+", help="per-channel std divided after the mean (default: none)")
-    add(
-        "--layout",
-        choices=["NCHW", "NHWC"],
-        help="axis order of .npy/.npz arrays (default: the model's own input layout)",
-    )
-    add(
-        "--invariance-shift",
-        type=float,
-        help="input invariance: shift in units of each channel's range" + _default("invariance_shift"),
-    )
-    add(
-        "--invariance-tolerance",
-        type=float,
-        help="input invariance: largest relative L2 difference of invariant maps"
-        + _default("invariance_tolerance"),
-    )
-    add(
-        "--random-logit-metric",
-        choices=list(Metric),
-        help="random logit: similarity of the two classes' maps" + _default("random_logit_metric"),
-    )
-    add(
-        "--random-logit-threshold",
-        type=float,
-        help="random logit: pass below this upper 95%% bound" + _default("random_logit_threshold"),
-    )
-    add(
-        "--smooth-mprt-samples",
-        type=int,
-        help="smooth MPRT: noisy copies averaged per probe" + _default("smooth_mprt_samples"),
-    )
-    add(
-        "--smooth-mprt-noise",
-        type=float,
-        help="smooth MPRT: noise std / (max - min) of each image" + _default("smooth_mprt_noise"),
-    )
-    add(
-        "--smooth-mprt-order",
-        choices=list(LayerOrder),
-        help="smooth MPRT: order its cascade walks the layers" + _default("smooth_mprt_order"),
-    )
-    add(
-        "--efficient-mprt-bins",
-        type=int,
-        help="efficient MPRT: histogram bins of the entropy" + _default("efficient_mprt_bins"),
-    )
-    add(
-        "--efficient-mprt-min-share",
-        type=float,
-        help="efficient MPRT: pass above this lower 95%% bound of the entropy share"
-        + _default("efficient_mprt_min_share"),
-    )
-    add("--metric", choices=list(Metric), help="metric of the verdict" + _default("metric", VerdictRule))
-    add(
-        "--threshold",
-        type=float,
-        help="pass below this upper 95%% bound" + _default("threshold", VerdictRule),
-    )
-    add(
-        "--min-defined-images",
-        type=int,
-        help="fewer images with a defined similarity make a verdict inconclusive"
-        + _default("min_defined_images", VerdictRule),
-    )
-    add("--device", help="'auto' (CUDA when present), 'cpu', 'cuda:1', ..." + _default("device"))
     data = parser.add_argument_group(
         "data randomization test",
         "compare with a model of the same architecture trained on permuted labels: give one (--twin), or "
         "labelled training data from which the audit trains it and a true-label control",
     )
-    data.add_argument(
-        "--retrain-gap",
-        type=float,
-        help="with a control, pass this far below the retrain floor" + _default("retrain_gap", VerdictRule),
-    )
+    add_setting_options(parser, data)
     data.add_argument(
         "--twin", type=Path, action="append", help="random-label twin (ONNX, TorchScript or .pt2); repeatable"
     )
@@ -220,37 +64,6 @@ def _add_audit_options(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--train-data", type=Path, help=".npz with x and y, or a zip of class folders of images"
-    )
-    recipe = TrainingRecipe.model_fields
-    data.add_argument(
-        "--optimizer", choices=list(Optimizer), help=f"(default: {recipe['optimizer'].default})"
-    )
-    data.add_argument("--learning-rate", type=float, help=f"(default: {recipe['learning_rate'].default})")
-    data.add_argument("--train-batch-size", type=int, help=f"(default: {recipe['batch_size'].default})")
-    data.add_argument("--max-epochs", type=int, help=f"(default: {recipe['max_epochs'].default})")
-    data.add_argument(
-        "--max-seconds", type=float, help=f"per model (default: {recipe['max_seconds'].default})"
-    )
-    data.add_argument(
-        "--memorize-accuracy",
-        type=float,
-        help=f"training accuracy each model must reach (default: {recipe['memorize_accuracy'].default})",
-    )
-    data.add_argument(
-        "--train-models",
-        type=int,
-        help=f"twins trained, and as many controls (default: {recipe['models'].default})",
-    )
-    data.add_argument(
-        "--max-train-models",
-        type=int,
-        help="an undecided data test trains more, up to this many of each "
-        f"(default: {recipe['max_models'].default})",
-    )
-    data.add_argument(
-        "--holdout-fraction",
-        type=float,
-        help=f"share held out to test accuracy (default: {recipe['holdout_fraction'].default})",
     )
     add(
         "--fail-on",
@@ -354,71 +167,13 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
         None if args.settings is None else AuditSettings.model_validate_json(args.settings.read_text())
     )
     base = {} if from_file is None else from_file.model_dump()
-    overrides = {
-        "methods": args.methods and args.methods.split(","),
-        "tests": args.tests and args.tests.split(","),
-        "seed": args.seed,
-        "draws": args.draws,
-        "max_draws": args.max_draws,
-        "order": args.order,
-        "stages": args.stages,
-        "max_stages": args.max_stages,
-        "archive_all_draws": args.archive_all_draws,
-        "target": args.target,
-        "reinit": args.reinit,
-        "reinit_std": args.reinit_std,
-        "ig_steps": args.ig_steps,
-        "ig_baseline": args.ig_baseline,
-        "noise_samples": args.noise_samples,
-        "noise_level": args.noise_level,
-        "gradcam_layer": args.gradcam_layer,
-        "output": args.output,
-        "model_layout": args.model_layout,
-        "batch_size": args.batch_size,
-        "internal_batch_size": args.internal_batch_size,
-        "memory_budget_mib": args.memory_budget,
-        "device": args.device,
-        "invariance_shift": args.invariance_shift,
-        "invariance_tolerance": args.invariance_tolerance,
-        "random_logit_metric": args.random_logit_metric,
-        "random_logit_threshold": args.random_logit_threshold,
-        "smooth_mprt_samples": args.smooth_mprt_samples,
-        "smooth_mprt_noise": args.smooth_mprt_noise,
-        "smooth_mprt_order": args.smooth_mprt_order,
-        "efficient_mprt_bins": args.efficient_mprt_bins,
-        "efficient_mprt_min_share": args.efficient_mprt_min_share,
-    }
-    preprocessing = {
-        "size": args.size,
-        "channels": args.channels,
-        "value_scale": args.value_scale,
-        "mean": args.mean,
-        "std": args.std,
-        "layout": args.layout,
-    }
-    verdict = {
-        "metric": args.metric,
-        "threshold": args.threshold,
-        "retrain_gap": args.retrain_gap,
-        "min_defined_images": args.min_defined_images,
-    }
-    training = {
-        "optimizer": args.optimizer,
-        "learning_rate": args.learning_rate,
-        "batch_size": args.train_batch_size,
-        "max_epochs": args.max_epochs,
-        "max_seconds": args.max_seconds,
-        "memorize_accuracy": args.memorize_accuracy,
-        "holdout_fraction": args.holdout_fraction,
-        "models": args.train_models,
-        "max_models": args.max_train_models,
-    }
+    overrides = setting_overrides(args)
     tests_chosen = args.tests is not None or (from_file is not None and "tests" in from_file.model_fields_set)
     if not tests_chosen and (args.twin or args.train_data):
         overrides["tests"] = ["cascading", "independent", "data"]
-    merged = base | {k: v for k, v in overrides.items() if v is not None}
-    for section, values in (("preprocessing", preprocessing), ("verdict", verdict), ("training", training)):
-        merged[section] = base.get(section, {}) | {k: v for k, v in values.items() if v is not None}
+    merged = base | {name: value for name, value in overrides.items() if not isinstance(value, dict)}
+    for section in ("preprocessing", "verdict", "training"):
+        merged[section] = base.get(section, {}) | overrides.get(section, {})
     return AuditSettings.model_validate(merged)
 
 

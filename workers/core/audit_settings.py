@@ -155,11 +155,15 @@ class TrainingRecipe(BaseModel):
 
     model_config = _BOUNDED
 
-    optimizer: Optimizer = Optimizer.adam
-    learning_rate: Annotated[float, Field(gt=0, le=10)] = 1e-3
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
-    max_epochs: Annotated[int, Field(ge=1, le=100_000)] = 300
-    max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 3600.0
+    optimizer: Optimizer = Field(Optimizer.adam, description="Optimizer that trains each model.")
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = Field(
+        1e-3, description="The optimizer's learning rate."
+    )
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(64, description="Training images per step.")
+    max_epochs: Annotated[int, Field(ge=1, le=100_000)] = Field(300, description="Epochs per model, at most.")
+    max_seconds: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        3600.0, description="Seconds of training per model, at most."
+    )
     memorize_accuracy: Annotated[float, Field(gt=0, le=1)] = Field(
         0.95, description="Training accuracy each model must reach on the labels it is trained on."
     )
@@ -192,8 +196,10 @@ class VerdictRule(BaseModel):
 
     model_config = _BOUNDED
 
-    metric: Metric = Metric.spearman_abs
-    threshold: Annotated[float, Field(gt=-1, le=1)] = 0.5
+    metric: Metric = Field(Metric.spearman_abs, description="Similarity the verdict is judged on.")
+    threshold: Annotated[float, Field(gt=-1, le=1)] = Field(
+        0.5, description="A method passes when the upper 95% bound of the similarity lies below this."
+    )
     retrain_gap: Annotated[float, Field(ge=0, le=2)] = Field(
         0.2,
         description="Data randomization: the retrain floor (the similarity of the true-label models) less "
@@ -220,8 +226,11 @@ class AuditSettings(BaseModel):
     tests: list[RandomizationTest] = Field(
         default_factory=lambda: [RandomizationTest.cascading, RandomizationTest.independent],
         max_length=len(RandomizationTest),
+        description="Sanity checks to run.",
     )
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        0, description="Seeds every re-initialization, noise sample and class draw."
+    )
     draws: Annotated[int, Field(ge=1, le=100)] = Field(
         3, description="Independent re-initializations of the layers per parameter test."
     )
@@ -230,7 +239,7 @@ class AuditSettings(BaseModel):
         description="A parameter test whose interval still contains the limit gets ``draws`` more draws, "
         "up to this many in all (never fewer than ``draws``).",
     )
-    order: LayerOrder = LayerOrder.top_down
+    order: LayerOrder = Field(LayerOrder.top_down, description="Order the layers are randomized in.")
     stages: StageUnit = Field(
         StageUnit.blocks,
         description="What a stage of the parameter tests randomizes: a block (a residual or named block, "
@@ -242,17 +251,23 @@ class AuditSettings(BaseModel):
     archive_all_draws: bool = Field(
         False, description="Keep every draw's maps in maps.zip, not only draw 0's."
     )
-    target: TargetPolicy = TargetPolicy.predicted
-    reinit: ReinitScheme = ReinitScheme.default
-    reinit_std: Annotated[float, Field(gt=0, le=1e38)] = 0.01  # huge values are a test of overflow handling
-    ig_steps: Annotated[int, Field(ge=2, le=1000)] = 50
+    target: TargetPolicy = Field(TargetPolicy.predicted, description="Class each map explains.")
+    reinit: ReinitScheme = Field(ReinitScheme.default, description="How layers are re-initialized.")
+    reinit_std: Annotated[float, Field(gt=0, le=1e38)] = Field(  # huge values test overflow handling
+        0.01, description="Std of the 'normal' re-initialization."
+    )
+    ig_steps: Annotated[int, Field(ge=2, le=1000)] = Field(50, description="Integrated Gradients steps.")
     ig_baseline: IgBaseline = Field(
         IgBaseline.black,
         description="Integrated Gradients' starting image: 'black' (pixel value 0, preprocessed like the "
         "probes), 'zero' (zeros of the model input) or 'mean' (each probe's mean colour).",
     )
-    noise_samples: Annotated[int, Field(ge=2, le=1000)] = 50
-    noise_level: Annotated[float, Field(gt=0, le=2)] = 0.15
+    noise_samples: Annotated[int, Field(ge=2, le=1000)] = Field(
+        50, description="SmoothGrad's and VarGrad's noisy samples per image."
+    )
+    noise_level: Annotated[float, Field(gt=0, le=2)] = Field(
+        0.15, description="SmoothGrad's and VarGrad's noise std as a fraction of each image's (max - min)."
+    )
     gradcam_layer: str | None = Field(
         None,
         max_length=500,
@@ -273,7 +288,7 @@ class AuditSettings(BaseModel):
     )
     batch_size: Annotated[int, Field(ge=1, le=4096)] | None = Field(
         None,
-        description="Probe images per method call. Default: 64, or fewer where memory_budget_mib needs; "
+        description="Probe images per method call. Default: 256, or fewer where memory_budget_mib needs; "
         "an explicit value is an upper limit.",
     )
     internal_batch_size: Annotated[int, Field(ge=1, le=65_536)] | None = Field(
@@ -331,12 +346,14 @@ class AuditSettings(BaseModel):
         "when every layer is randomized, lies above this, fails when its upper bound does not. Hedström et "
         "al.'s relative rise (H(random) - H(trained)) / H(trained) is reported beside it.",
     )
-    max_images: Annotated[int, Field(ge=2, le=10_000)] = 1000
+    max_images: Annotated[int, Field(ge=2, le=10_000)] = Field(1000, description="Probe images, at most.")
     conversion_atol: Annotated[float, Field(gt=0, le=0.1)] = Field(
         1e-4,
         description="Largest |logit difference| allowed between the converted model and its own runtime.",
     )
-    conversion_rtol: Annotated[float, Field(ge=0, le=0.1)] = 1e-3
+    conversion_rtol: Annotated[float, Field(ge=0, le=0.1)] = Field(
+        1e-3, description="Relative part of the logit tolerance between the converted model and its runtime."
+    )
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     training: TrainingRecipe = Field(default_factory=TrainingRecipe)
     verdict: VerdictRule = Field(default_factory=VerdictRule)

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from workers.core.audit_settings import Metric
+from workers.core.probes import MIN_SIDE  # the smallest SSIM window and HOG gradient need 3 pixels a side
 
 CLIP_PERCENTILE = 99.0
 SSIM_WIN_SIZE = 7
@@ -49,7 +50,6 @@ HOG_MAX_CELL = 16
 HOG_CELLS_ACROSS = 7
 HOG_EPS = 1e-5
 HOG_CLIP = 0.2  # L2-Hys
-MIN_SIDE = 3  # the smallest SSIM window and HOG gradient need three pixels per side
 
 MapBatch = np.ndarray | Tensor
 
