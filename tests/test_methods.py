@@ -253,6 +253,9 @@ def test_gradcam_upsamples_a_smaller_cam_bilinearly_then_scales_to_max_one() -> 
     }
     for name, other in wrong.items():
         assert (maps - other).abs().max() > 1e-2, name
+    nearest = _method("gradcam", graph, gradcam_upsampling="nearest")
+    assert nearest.parameters()["upsampling"] == "nearest"
+    assert torch.allclose(nearest.attribute(graph, x, target, torch.Generator()), wrong["nearest"], atol=1e-5)
 
 
 def test_gradcam_without_a_feature_map_is_refused() -> None:

@@ -96,6 +96,11 @@ class Layout(StrEnum):
     nhwc = "NHWC"
 
 
+class Upsampling(StrEnum):
+    bilinear = "bilinear"  # as Selvaraju et al. and captum's LayerAttribution.interpolate
+    nearest = "nearest"  # each cell's value over the pixels it covers: the coarse grid as it is
+
+
 class IgBaseline(StrEnum):
     black = "black"  # pixel value 0 preprocessed like the probes: -mean/std per channel
     zero = "zero"  # zeros of the model's input (the mean colour when mean/std normalize the probes)
@@ -273,6 +278,11 @@ class AuditSettings(BaseModel):
         max_length=500,
         description="What GradCAM reads: a module of the source model (e.g. 'layer4.1'), a layer, an ONNX "
         "node or value name. Default: the last feature map (a ViT's last residual stream as a patch grid).",
+    )
+    gradcam_upsampling: Upsampling = Field(
+        Upsampling.bilinear,
+        description="How GradCAM's coarse map is brought to the input's size: 'bilinear' (as Selvaraju et "
+        "al.) or 'nearest' (the feature map's grid as it is).",
     )
     model_layout: Layout | None = Field(
         None,

@@ -48,7 +48,7 @@ class GradCam(SaliencyMethod):
         return {
             "layer": target.label if target else None,
             "layer_reason": target.reason if target else None,
-            "upsampling": "bilinear",
+            "upsampling": self.context.settings.gradcam_upsampling.value,
             "scaling": "divide by max",
         }
 
@@ -81,7 +81,9 @@ class GradCam(SaliencyMethod):
         gradients = as_feature_map(chosen, gradients)
         weights = gradients.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activations).sum(dim=1, keepdim=True))
-        cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+        mode = self.context.settings.gradcam_upsampling.value
+        corners = False if mode == "bilinear" else None  # nearest has no corners to align
+        cam = F.interpolate(cam, size=inputs.shape[-2:], mode=mode, align_corners=corners)
         peak = cam.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
         return torch.where(peak > 0, cam / peak.clamp_min(torch.finfo(cam.dtype).tiny), torch.zeros_like(cam))
 
