@@ -22,7 +22,10 @@ from tests.digits import export_onnx, train_digits_cnn
 from workers.core.audit_settings import AuditSettings, Metric
 from workers.core.report import AuditReport
 from workers.engine.audit import run_audit
-from workers.engine.figures import DATA_COLUMNS, MapReader, _data_panel, grid_layout
+from workers.engine.figures import MapReader
+from workers.engine.figures.common import DATA_COLUMNS
+from workers.engine.figures.curves import _data_panel
+from workers.engine.figures.grids import grid_layout
 from workers.engine.html_report import write_html_report
 from workers.engine.training_twins import DataTestInputs
 

@@ -23,7 +23,10 @@ from workers.core.audit_settings import AuditSettings, LayerOrder
 from workers.core.report import AuditReport
 from workers.engine.audit import run_audit
 from workers.engine.checks.logit import other_classes
-from workers.engine.figures import GRID_COLUMNS, MapReader, _class_captions, _plain_cascading
+from workers.engine.figures import MapReader
+from workers.engine.figures.common import GRID_COLUMNS
+from workers.engine.figures.curves import _plain_cascading
+from workers.engine.figures.grids import _class_captions
 from workers.engine.html_report import write_html_report
 
 LATER = ("input_invariance", "random_logit", "smooth_mprt", "efficient_mprt")

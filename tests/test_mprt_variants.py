@@ -166,7 +166,8 @@ def test_only_checks_that_measure_raw_maps_keep_them() -> None:
 
 
 def test_the_smooth_mprt_figures_show_its_smoothed_reference_and_its_order(mprt_audit) -> None:
-    from workers.engine.figures import MapReader, _x_label
+    from workers.engine.figures import MapReader
+    from workers.engine.figures.curves import _x_label
 
     reports, out, _ = mprt_audit
     archive = out / "smooth_mprt" / "maps.zip"

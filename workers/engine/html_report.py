@@ -18,7 +18,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from workers.core.audit_settings import RandomizationTest, StageUnit
 from workers.core.report import ARCHIVE_FILE, HTML_FILE, AuditReport, MethodResult, TestResult
 from workers.core.summary import stage_name
-from workers.engine.figures import TEST_TITLES, FigureImage, render_figures
+from workers.engine.figures import FigureImage, render_figures
+from workers.engine.figures.common import TEST_TITLES
 
 FIGURES_FOLDER = "figures"
 LATER_TESTS = (  # judged by rules of their own (docs/decisions/0023), stated in their sections
