@@ -125,7 +125,7 @@ def test_a_job_recorded_but_never_dispatched_is_dispatched_by_the_sweeper(
     body = {"model": deployment.model, "probes": deployment.probes, "settings": FAST_SETTINGS | {"seed": 5}}
     request = AuditRequest.model_validate(body)
     engine = make_engine(postgres_url)
-    job, _ = JobStore(engine).create_job(
+    job, _ = JobStore(engine).jobs.create_job(
         "local", request.model_dump(mode="json"), request_hash(request), None, "cpu"
     )
     engine.dispose()

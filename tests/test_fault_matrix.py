@@ -253,7 +253,7 @@ def test_a_job_stored_but_never_queued_by_a_killed_api_runs_once(stack: Stack, t
     """The API process died between storing the job and handing it to the broker."""
     request = AuditRequest.model_validate(stack.body(4))
     engine = make_engine(stack.postgres.url)
-    job, _ = JobStore(engine).create_job(
+    job, _ = JobStore(engine).jobs.create_job(
         "local", request.model_dump(mode="json"), request_hash(request), None, "cpu"
     )
     engine.dispose()

@@ -312,7 +312,7 @@ def execute_unit(
     renew = partial(units.heartbeat, plan, key, holder)
     try:
         with Lease(renew, settings.lease_s, f"unit {key}") as lease:
-            throttle = Throttle(store, plan.job_id, plan.attempt, lease)
+            throttle = Throttle(store.attempts, plan.job_id, plan.attempt, lease)
             RUNNER.run(plan, Unit.from_key(key), files, inputs, throttle.cancel_requested)
     except AuditCancelled:
         units.release(plan, key, holder)
