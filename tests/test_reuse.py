@@ -8,7 +8,7 @@ from torch import nn
 from tests.architectures import ARCHITECTURES, IMAGE_SIZE, converted, random_weights
 from workers.core.audit_settings import METHOD_NAMES, AuditSettings
 from workers.engine.blocks import layer_blocks, stage_blocks
-from workers.engine.budget import CPU_PASS_BYTES, DEFAULT_BATCH_SIZE, MIB, plan_memory
+from workers.engine.budget import CPU_PASS_BYTES, CPU_PASS_FLOOR_IMAGES, DEFAULT_BATCH_SIZE, MIB, plan_memory
 from workers.engine.forward_record import ForwardRecord, StageForward, first_step
 from workers.engine.layers import layers_in_forward_order
 from workers.engine.methods import MethodContext, create_method
@@ -112,5 +112,10 @@ def test_batch_sizes_follow_from_the_memory_budget() -> None:
         model, x, AuditSettings(memory_budget_mib=4096, batch_size=8, internal_batch_size=16), cpu
     )
     assert (capped.batch_size, capped.internal_batch_size) == (8, 16)
+    large = torch.rand(2, 3, 4 * IMAGE_SIZE, 4 * IMAGE_SIZE)  # an image outgrows the caches alone
+    big = plan_memory(model, large, AuditSettings(memory_budget_mib=4096), cpu)
+    assert CPU_PASS_BYTES // big.image_bytes < CPU_PASS_FLOOR_IMAGES == big.internal_batch_size
+    small_budget = plan_memory(model, large, AuditSettings(memory_budget_mib=64), cpu)
+    assert small_budget.internal_batch_size < CPU_PASS_FLOOR_IMAGES  # the budget still binds
     applied = capped.applied(AuditSettings())
     assert (applied.batch_size, applied.internal_batch_size) == (8, 16)

@@ -32,6 +32,10 @@ PASS_FACTOR = 3  # a pass holds the forward values, as many gradients, and tempo
 # (2-core Xeon, 4 MiB L2) passes of up to 372 images (16 MiB of forward values) ran 40% faster per image
 # than passes of 496 or more, and the matched audit 15% faster than with 24 MiB
 CPU_PASS_BYTES = 16 * MIB
+# but a pass of a few large images (one ResNet-18 image at 112 x 112 alone holds 5.7 MiB) outgrows the caches
+# anyway and leaves the convolutions too little work per call: at least this many images per pass, where the
+# budget allows
+CPU_PASS_FLOOR_IMAGES = 32
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ def plan_memory(
     image_bytes = forward_bytes(model, example[:1])
     pass_images = max(1, int(budget * PASS_SHARE) // (PASS_FACTOR * image_bytes))
     if device.type == "cpu":
-        pass_images = min(pass_images, max(1, CPU_PASS_BYTES // image_bytes))
+        pass_images = min(pass_images, max(CPU_PASS_FLOOR_IMAGES, CPU_PASS_BYTES // image_bytes))
     batch = min(settings.batch_size or DEFAULT_BATCH_SIZE, pass_images)
     internal = max(batch, min(settings.internal_batch_size or pass_images, pass_images))
     return MemoryPlan(
