@@ -218,23 +218,23 @@ def api_server(
         yield url, child
 
 
+# a Celery worker with one prefork child on the CPU queue
+CELERY_CPU_WORKER = [
+    str(VENV_BIN / "celery"),
+    "-A",
+    "workers.worker.celery_app",
+    "worker",
+    "-Q",
+    "audit-cpu",
+    "-c",
+    "1",
+]
+
+
 @contextmanager
 def celery_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     """A real Celery worker process (prefork, one child) consuming the CPU queue."""
-    args = [
-        str(VENV_BIN / "celery"),
-        "-A",
-        "workers.worker.celery_app",
-        "worker",
-        "-Q",
-        "audit-cpu",
-        "-c",
-        "1",
-        "--loglevel",
-        "INFO",
-        "-n",
-        f"test-{uuid.uuid4().hex[:6]}@%h",
-    ]
+    args = [*CELERY_CPU_WORKER, "--loglevel", "INFO", "-n", f"test-{uuid.uuid4().hex[:6]}@%h"]
     with process(args, env, log) as child:
         wait_until(lambda: b"ready." in log.read_bytes(), 90, "celery worker")
         yield child

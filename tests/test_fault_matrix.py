@@ -24,7 +24,7 @@ import pytest
 from service.api.audits import request_hash
 from tests.conftest import TrainedDigits
 from tests.e2e import check_results, poll, submit, training_npz, upload
-from tests.services import VENV_BIN, PostgresServer, RedisServer, free_port, wait_until
+from tests.services import CELERY_CPU_WORKER, VENV_BIN, PostgresServer, RedisServer, free_port, wait_until
 from workers.core.requests import AuditRequest
 from workers.core.store.database import make_engine
 from workers.core.store.jobs import JobStore
@@ -67,19 +67,9 @@ class Stack:
         wait_until(lambda: self.api.poll() is None and httpx.get(f"{self.url}/healthz").is_success, 60, "API")
 
     def start_worker(self) -> None:
-        args = [
-            str(VENV_BIN / "celery"),
-            "-A",
-            "workers.worker.celery_app",
-            "worker",
-            "-Q",
-            "audit-cpu",
-            "-c",
-            "1",
-        ]
         log = self.folder / "worker.log"
         before = log.read_bytes().count(b"ready.") if log.exists() else 0
-        self.worker = _spawn([*args, "--loglevel", "INFO", "-n", "fault@%h"], self.env, log)
+        self.worker = _spawn([*CELERY_CPU_WORKER, "--loglevel", "INFO", "-n", "fault@%h"], self.env, log)
         wait_until(lambda: log.read_bytes().count(b"ready.") > before, 90, "celery worker")
 
     def client(self) -> httpx.Client:
