@@ -5,6 +5,8 @@ in a module counts, whether or not a test runs it."""
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,8 @@ ALLOWED = {
     CLI: {CORE, ENGINE, WORKER, API, CLIENT, "torch"},
 }
 FRAMEWORKS = ("torch", "fastapi", "celery")
+# what runs models: imported only where torch may be
+TORCH_SIDE = {"torch", "captum", "onnxruntime", "onnxscript", "torchvision", "scipy", "matplotlib", "sklearn"}
 
 
 def _role(module: str) -> str | None:
@@ -60,7 +64,8 @@ def _dependencies() -> dict[tuple[str, str], set[str]]:
     for module, path in _modules().items():
         role = _role(module)
         for imported in _imports(path):
-            target = _role(imported) or next((f for f in FRAMEWORKS if imported.split(".")[0] == f), None)
+            top = imported.split(".")[0]
+            target = _role(imported) or ("torch" if top in TORCH_SIDE else top if top in FRAMEWORKS else None)
             if role and target and target != role:
                 edges.setdefault((role, target), set()).add(module)
     return edges
@@ -69,6 +74,37 @@ def _dependencies() -> dict[tuple[str, str], set[str]]:
 def test_every_module_belongs_to_one_role() -> None:
     homeless = [m for m in _modules() if _role(m) is None and m not in ("service", "workers")]
     assert not homeless
+
+
+def test_the_top_level_packages_import_nothing_and_no_module_imports_relatively() -> None:
+    modules = _modules()
+    assert not _imports(modules["service"]) and not _imports(modules["workers"])
+    relative = [
+        module
+        for module, path in modules.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    ]
+    assert not relative
+
+
+def test_importing_the_core_the_api_and_the_client_loads_neither_torch_nor_the_engine() -> None:
+    """What the static graph cannot see: an allowed import (the API's of the worker) that pulls the engine
+    or torch in at import time."""
+    torch_free = [
+        module
+        for module in _modules()
+        if _role(module) in (CORE, API, CLIENT) and ".migrations" not in module
+    ]
+    code = (
+        f"import importlib, sys\nfor m in {torch_free!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'captum', 'onnxruntime'} "
+        "or m.startswith(('workers.engine', 'workers.cli'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert loaded.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("role", list(ALLOWED))

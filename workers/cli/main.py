@@ -171,9 +171,10 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
     tests_chosen = args.tests is not None or (from_file is not None and "tests" in from_file.model_fields_set)
     if not tests_chosen and (args.twin or args.train_data):
         overrides["tests"] = ["cascading", "independent", "data"]
-    merged = base | {name: value for name, value in overrides.items() if not isinstance(value, dict)}
-    for section in ("preprocessing", "verdict", "training"):
-        merged[section] = base.get(section, {}) | overrides.get(section, {})
+    merged = base | overrides
+    for section, values in overrides.items():
+        if isinstance(values, dict):  # a nested section: the file's fields, those given here replaced
+            merged[section] = base.get(section, {}) | values
     return AuditSettings.model_validate(merged)
 
 

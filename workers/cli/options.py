@@ -24,6 +24,11 @@ FLAGS = {
     ("training", "max_models"): "--max-train-models",
 }
 METAVARS = {("memory_budget_mib",): "MIB", ("preprocessing", "size"): ("H", "W")}
+CHOICES = {("preprocessing", "channels"): [1, 3]}  # refused before torch loads, not when the probes are read
+NOTES = {  # what the command line adds to a field's meaning
+    ("methods",): "'saliency-audit methods' lists them.",
+    ("tests",): "With --twin or --train-data and no --tests: cascading, independent and data.",
+}
 DATA_TEST = "training"  # the section whose options join the data randomization test's group
 DATA_TEST_FIELDS = {("verdict", "retrain_gap")}
 
@@ -63,7 +68,10 @@ def add_setting_options(parser: argparse.ArgumentParser, data_test: argparse._Ar
         kwargs = _argument(kind)
         if option.path in METAVARS:
             kwargs["metavar"] = METAVARS[option.path]
-        target.add_argument(option.flag, dest=option.dest, help=_help(option.field, kind), **kwargs)
+        if option.path in CHOICES:
+            kwargs["choices"] = CHOICES[option.path]
+        text = " ".join(filter(None, [_help(option.field, kind), NOTES.get(option.path)]))
+        target.add_argument(option.flag, dest=option.dest, help=text, **kwargs)
 
 
 def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:

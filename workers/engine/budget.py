@@ -2,7 +2,7 @@
 
 One forward pass of one image is measured (every value the graph computes, with the autograd graph kept),
 and the budget is shared: a forward/backward pass holds those values, about as many gradients and
-temporaries; the trained model's recorded forward passes (``reuse``) take the largest share, since
+temporaries; the trained model's recorded forward passes (``forward_record``) take the largest share, since
 every stage starts from them; a small share keeps gradients asked for twice in a stage.
 """
 

@@ -117,7 +117,7 @@ MapsOf = Callable[[nn.Module, str, int], PreparedMaps]
 class SanityCheck(ABC):
     test: ClassVar[RandomizationTest]
     # stage models hold the trained weights below their randomized layers, so stages may start from the
-    # trained model's recorded forward passes there (``reuse``)
+    # trained model's recorded forward passes there (``forward_record``)
     shares_trained: ClassVar[bool] = False
     # ``measure`` reads the raw maps of every stage beside the trained ones
     needs_raw_maps: ClassVar[bool] = False

@@ -42,7 +42,7 @@ class SaliencyMethod:
     stochastic: ClassVar[bool] = False
     uses_model: ClassVar[bool] = True
     reads_gradcam_layer: ClassVar[bool] = False  # needs ``MethodContext.gradcam``
-    reuses_forward: ClassVar[bool] = False  # may run on a ``reuse.StageForward`` (no hooks, no taps)
+    reuses_forward: ClassVar[bool] = False  # may run on a ``forward_record.StageForward`` (no hooks, no taps)
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
