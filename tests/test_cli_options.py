@@ -1,19 +1,11 @@
 """The command line's audit options are generated from AuditSettings: every field is an option of `run`
 and `submit`, helped by its description and default, and each option's value lands in its field."""
 
-import argparse
-
 import pytest
 
-from workers.cli.main import _build_parser, _settings
+from workers.cli.main import _build_parser, _command_parser, _settings
 from workers.cli.options import setting_options
 from workers.core.audit_settings import AuditSettings, Layout, Metric, Optimizer, RandomizationTest
-
-
-def _command(name: str) -> argparse.ArgumentParser:
-    parser = _build_parser()
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return subparsers.choices[name]
 
 
 def _fields(model: type = AuditSettings, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
@@ -29,7 +21,11 @@ def _fields(model: type = AuditSettings, prefix: tuple[str, ...] = ()) -> set[tu
 
 @pytest.mark.parametrize("command", ["run", "submit"])
 def test_every_setting_is_an_option_helped_by_its_description(command: str) -> None:
-    actions = {flag: action for action in _command(command)._actions for flag in action.option_strings}
+    actions = {
+        flag: action
+        for action in _command_parser(_build_parser(), command)._actions
+        for flag in action.option_strings
+    }
     options = list(setting_options())
     assert {option.path for option in options} == _fields()
     for option in options:

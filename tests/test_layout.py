@@ -4,6 +4,7 @@ Read from the source (every import statement, those inside functions too), so an
 in a module counts, whether or not a test runs it."""
 
 import ast
+import functools
 import re
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def _role(module: str) -> str | None:
     return next((role for role in ALLOWED if module == role or module.startswith(role + ".")), None)
 
 
+@functools.cache
 def _modules() -> dict[str, Path]:
     modules = {}
     for package in ("service", "workers"):
@@ -58,6 +60,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+@functools.cache
 def _dependencies() -> dict[tuple[str, str], set[str]]:
     """(role, imported role or framework) -> the modules of ``role`` that import it."""
     edges: dict[tuple[str, str], set[str]] = {}

@@ -18,11 +18,7 @@ from tqdm import tqdm
 from service.client.submit import EXIT_CODES, add_submit_arguments, run_submit
 from workers.cli.keys import add_key_commands, run_key_command
 from workers.cli.options import add_setting_options, setting_overrides
-from workers.core.audit_settings import (
-    METHOD_SUMMARIES,
-    AuditSettings,
-    Outcome,
-)
+from workers.core.audit_settings import METHOD_SUMMARIES, AuditSettings, Outcome
 
 if TYPE_CHECKING:  # the engine imports torch: commands that need it import it when they run
     from workers.core.report import AuditReport

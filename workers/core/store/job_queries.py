@@ -33,7 +33,8 @@ class JobQueries(JobTable):
     """What the API asks of the job store."""
 
     def __init__(self, engine: Engine, session: sessionmaker[Session]) -> None:
-        super().__init__(engine, session)
+        super().__init__(session)
+        self.engine = engine
         # polls read the version on the API's event loop; SQLite (local, no server) in a thread
         self._polls = PollConnection(engine) if engine.dialect.name == "postgresql" else None
 

@@ -21,10 +21,10 @@ class JobStore:
         self.engine = engine
         session = sessionmaker(engine, expire_on_commit=False)
         self.jobs = JobQueries(engine, session)
-        self.attempts = Attempts(engine, session)
-        self.recovery = Recovery(engine, session)
-        self.callbacks = CallbackOutbox(engine, session)
-        self.artifacts = ArtifactStore(engine, session)
+        self.attempts = Attempts(session)
+        self.recovery = Recovery(session)
+        self.callbacks = CallbackOutbox(session)
+        self.artifacts = ArtifactStore(session)
 
     def close(self) -> None:
         self.engine.dispose()

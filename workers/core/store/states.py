@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from workers.core.store.tables import JobRow
@@ -143,8 +143,7 @@ class JobTable:
     """What every part of the job store shares: its sessions, reading a job, and the one state-transition
     function (a conditional UPDATE that bumps the version)."""
 
-    def __init__(self, engine: Engine, session: sessionmaker[Session]) -> None:
-        self.engine = engine
+    def __init__(self, session: sessionmaker[Session]) -> None:
         self._session = session
 
     def get_job(self, job_id: str, tenant: str | None = None) -> Job | None:
